@@ -1,0 +1,3 @@
+from grufast.cli import main
+
+raise SystemExit(main())

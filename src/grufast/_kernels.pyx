@@ -1,0 +1,351 @@
+# cython: language_level=3
+"""The GRU recurrence for one layer and one direction: forward and backward loops.
+
+Kernels trust their inputs: shapes, dtypes and contiguity are checked once by the Python
+callers (grufast.functional, grufast.layers). Every buffer, scratch included, is allocated by
+the caller, so the loops allocate nothing and run without the GIL.
+
+Layout: row-major, time-major. Gate blocks are stacked r, z, n (PyTorch order), G = 3H.
+A step t is valid for sequence b when t < lengths[b]; invalid steps output zeros and leave
+the state unchanged (packed-sequence semantics, both directions).
+"""
+
+from grufast._types cimport real
+from grufast._blas cimport gemm_rm, fill
+from grufast._activations cimport sigmoid, tanh_approx
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+
+cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                     real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                     real* h, real* y, real* hprev, real* ghn) noexcept nogil:
+    """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)).
+
+    gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
+    hprev and ghn are NULL in inference; in training they receive h and the recurrent n term.
+    """
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r, z, n, hn, hp, hnew
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(y + b * H, H, <real>0)
+            if hprev != NULL:
+                fill(g, G, <real>0)
+                fill(hprev + b * H, H, <real>0)
+                fill(ghn + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            z = sigmoid(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j])
+            hn = q[2 * H + j] + b_hh[2 * H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
+            hp = h[b * H + j]
+            hnew = n + z * (hp - n)
+            g[j] = r
+            g[H + j] = z
+            g[2 * H + j] = n
+            if hprev != NULL:
+                hprev[b * H + j] = hp
+                ghn[b * H + j] = hn
+            h[b * H + j] = hnew
+            y[b * H + j] = hnew
+
+
+cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                    real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                    const real* h, real* rh) noexcept nogil:
+    """linear_before_reset=False, first half: r and z into gi, r * h into rh (B, H)."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(rh + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            g[j] = r
+            g[H + j] = sigmoid(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j])
+            rh[b * H + j] = r * h[b * H + j]
+
+
+cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                   real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                   real* h, real* y, real* hprev) noexcept nogil:
+    """linear_before_reset=False, second half: n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn)."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real z, n, hp, hnew
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(y + b * H, H, <real>0)
+            if hprev != NULL:
+                fill(g, G, <real>0)
+                fill(hprev + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            z = g[H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
+            hp = h[b * H + j]
+            hnew = n + z * (hp - n)
+            g[2 * H + j] = n
+            if hprev != NULL:
+                hprev[b * H + j] = hp
+            h[b * H + j] = hnew
+            y[b * H + j] = hnew
+
+
+cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   const real* x, const real* w_ih, const real* w_hh,
+                   const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
+                   bint reverse, bint lbr, real* y, real* h, real* gates,
+                   real* hprev, real* ghn, real* gh, real* rh) noexcept nogil:
+    cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
+    cdef real* gi
+    # Input projections of every step in one GEMM: gates = x W_ih^T, (T*B, G).
+    gemm_rm(c'N', c'T', T * B, G, I, 1, x, I, w_ih, I, 0, gates, G)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        gi = gates + t * BG
+        if lbr:
+            gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
+            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH,
+                       NULL if hprev == NULL else hprev + t * BH,
+                       NULL if ghn == NULL else ghn + t * BH)
+        else:
+            gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
+            _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh)
+            gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
+            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH,
+                     NULL if hprev == NULL else hprev + t * BH)
+
+
+def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
+            const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
+            bint reverse, bint linear_before_reset,
+            real[:, :, ::1] y, real[:, ::1] h, real[:, :, ::1] gates,
+            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh):
+    """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
+
+    h (B, H) holds h0 on entry and h_n on exit. gates (T, B, 3H) is work space that ends
+    holding r, z, n. hprev (T, B, H) and ghn (T, B, H) are None in inference; in training
+    they receive the state entering each step and the recurrent n term (h W_hn^T + b_hn,
+    linear_before_reset only; None otherwise). gh (B, 3H) and rh (B, H) are per-step scratch.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
+    cdef real* p_hprev = NULL
+    cdef real* p_ghn = NULL
+    if T == 0 or B == 0:
+        return
+    if hprev is not None:
+        p_hprev = &hprev[0, 0, 0]
+    if ghn is not None:
+        p_ghn = &ghn[0, 0, 0]
+    with nogil:
+        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
+                 &lengths[0], reverse, linear_before_reset, &y[0, 0, 0], &h[0, 0],
+                 &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+#
+# With d = dL/dh' (carried gradient plus dy_t) and the stored r, z, n, h, hn = h W_hn^T + b_hn:
+#   dn  = d (1 - z)            dz = d (h - n)            dh  = d z  (+ the recurrent terms)
+#   dan = dn (1 - n^2)         daz = dz z (1 - z)        (pre-activation gradients)
+#   lbr:     dar = dan hn r (1 - r);  dgh = [dar, daz, dan r];  dh += dgh W_hh
+#   not lbr: ds = dan W_hn;  dar = ds h r (1 - r);  dh += ds r + [dar, daz] W_h[rz]
+#   dgi = [dar, daz, dan] for both; it is stored for all steps in dG (T, B, G) so that
+#   dx, dW_ih and dW_hh become large GEMMs after the loop.
+
+cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                      const real* g, const real* hprev, const real* ghn, const real* dy,
+                      real* dh, real* dg, real* dgh) noexcept nogil:
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, r, z, n, dan, daz, dar
+    for b in range(B):
+        if t >= lengths[b]:
+            fill(dg + b * G, G, <real>0)
+            fill(dgh + b * G, G, <real>0)
+            continue
+        for j in range(H):
+            d = dh[b * H + j]
+            if dy != NULL:
+                d = d + dy[b * H + j]
+            r = g[b * G + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dan = d * (1 - z) * (1 - n * n)
+            daz = d * (hprev[b * H + j] - n) * z * (1 - z)
+            dar = dan * ghn[b * H + j] * r * (1 - r)
+            dg[b * G + j] = dar
+            dg[b * G + H + j] = daz
+            dg[b * G + 2 * H + j] = dan
+            dgh[b * G + j] = dar
+            dgh[b * G + H + j] = daz
+            dgh[b * G + 2 * H + j] = dan * r
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                     const real* g, const real* hprev, const real* dy,
+                     real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, first half: daz, dan and the direct dh = d z."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, z, n
+    for b in range(B):
+        if t >= lengths[b]:
+            fill(dg + b * G, G, <real>0)
+            continue
+        for j in range(H):
+            d = dh[b * H + j]
+            if dy != NULL:
+                d = d + dy[b * H + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (1 - z)
+            dg[b * G + 2 * H + j] = d * (1 - z) * (1 - n * n)
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                    const real* g, const real* hprev, const real* ds,
+                    real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, second half: dar from ds = dan W_hn, and dh += ds r."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r
+    for b in range(B):
+        if t >= lengths[b]:
+            continue
+        for j in range(H):
+            r = g[b * G + j]
+            dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (1 - r)
+            dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
+
+
+cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
+                  bint accumulate) noexcept nogil:
+    cdef Py_ssize_t i, j
+    if not accumulate:
+        fill(out, cols, <real>0)
+    for i in range(rows):
+        for j in range(cols):
+            out[j] = out[j] + a[i * cols + j]
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const real* x, const real* w_ih, const real* w_hh,
+                    const Py_ssize_t* lengths, bint reverse, bint lbr,
+                    const real* gates, const real* hprev, const real* ghn, const real* dy,
+                    real* dh, real* dx, real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
+                    bint accumulate, real* dG, real* dgh, real* ds, real* work) noexcept nogil:
+    cdef Py_ssize_t s, t, i, j, G = 3 * H, BG = B * G, BH = B * H, TB = T * B
+    cdef real beta = 1 if accumulate else 0
+    cdef const real* dyt = NULL
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        if dy != NULL:
+            dyt = dy + t * BH
+        if lbr:
+            _dgates_lbr(B, H, t, lengths, gates + t * BG, hprev + t * BH, ghn + t * BH,
+                        dyt, dh, dG + t * BG, dgh)
+            gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
+        else:
+            _dgates_zn(B, H, t, lengths, gates + t * BG, hprev + t * BH,
+                       dyt, dh, dG + t * BG)
+            gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
+                    0, ds, H)
+            _dgates_r(B, H, t, lengths, gates + t * BG, hprev + t * BH, ds, dh, dG + t * BG)
+            gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
+
+    # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
+    gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 0, dx, I)
+    gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
+    if db_ih != NULL:
+        _colsum(TB, G, dG, db_ih, accumulate)
+    if lbr:
+        # dgh differs from dgi only in its n block, which is scaled by r; dG is ours to reuse.
+        for i in range(TB):
+            for j in range(H):
+                dG[i * G + 2 * H + j] = dG[i * G + 2 * H + j] * gates[i * G + j]
+        gemm_rm(c'T', c'N', G, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
+        if db_hh != NULL:
+            _colsum(TB, G, dG, db_hh, accumulate)
+    else:
+        # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
+        for i in range(TB):
+            for j in range(H):
+                work[i * H + j] = gates[i * G + j] * hprev[i * H + j]
+        gemm_rm(c'T', c'N', 2 * H, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
+        gemm_rm(c'T', c'N', H, H, TB, 1, dG + 2 * H, G, work, H, beta, dw_hh + 2 * H * H, H)
+        if db_hh != NULL:
+            _colsum(TB, G, dG, db_hh, accumulate)
+
+
+def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
+             const Py_ssize_t[::1] lengths, bint reverse, bint linear_before_reset,
+             const real[:, :, ::1] gates, const real[:, :, ::1] hprev,
+             const real[:, :, ::1] ghn, const real[:, :, ::1] dy, real[:, ::1] dh,
+             real[:, :, ::1] dx, real[:, ::1] dw_ih, real[:, ::1] dw_hh,
+             real[::1] db_ih, real[::1] db_hh, bint accumulate,
+             real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work):
+    """Back-propagate through the recurrence recorded by a training forward.
+
+    dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, H) may be None (zero).
+    dx (T, B, I) is overwritten; the weight and bias gradients are overwritten, or added to
+    when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
+    (B, 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
+    linear_before_reset; ds and work are only touched when it is false.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
+    cdef const real* p_dy = NULL
+    cdef const real* p_ghn = NULL
+    cdef real* p_dbi = NULL
+    cdef real* p_dbh = NULL
+    cdef real* p_ds = NULL
+    cdef real* p_work = NULL
+    if db_ih is not None:
+        p_dbi = &db_ih[0]
+        p_dbh = &db_hh[0]
+    if T == 0 or B == 0:
+        # No step ran: dh0 = dh_n, and the parameter gradients are zero (or unchanged).
+        if not accumulate:
+            dw_ih[:, :] = 0
+            dw_hh[:, :] = 0
+            if p_dbi != NULL:
+                db_ih[:] = 0
+                db_hh[:] = 0
+        return
+    if dy is not None:
+        p_dy = &dy[0, 0, 0]
+    if linear_before_reset:
+        p_ghn = &ghn[0, 0, 0]
+    else:
+        p_ds = &ds[0, 0]
+        p_work = &work[0, 0, 0]
+    with nogil:
+        _backward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &lengths[0],
+                  reverse, linear_before_reset, &gates[0, 0, 0], &hprev[0, 0, 0], p_ghn, p_dy,
+                  &dh[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], p_dbi, p_dbh,
+                  accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work)
+
+
+def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
+    """Apply the kernels' sigmoid and tanh elementwise (exposed to test their error bound)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            sig[i] = sigmoid(x[i])
+            tanh[i] = tanh_approx(x[i])

@@ -1,0 +1,100 @@
+"""Argument checks shared by the public entry points. Every error names the argument, what
+was expected and what came."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# BLAS integers are 32-bit in the common LP64 builds: no dimension or leading dimension a
+# kernel passes may exceed this.
+BLAS_INT_MAX = 2**31 - 1
+
+
+def describe(value) -> str:
+    """A short description of a value for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
+    """Convert an array-like of real numbers to a C-contiguous array of ``dtype``.
+
+    Returns the caller's own array when it is already C-contiguous with that dtype (callers
+    never write into it). Refuses complex, bool, string, object and other non-real data.
+    """
+    if value is None:
+        raise TypeError(f"{name} must be an array of real numbers, got None")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array of real numbers, got {describe(value)}: "
+                        f"{exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers (float or integer), got dtype "
+                        f"{arr.dtype}")
+    if dtype is None:
+        dtype = arr.dtype
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def weight_dtype(name: str, value) -> np.dtype:
+    """The dtype a weight array fixes for a computation: float32 or float64."""
+    arr = value if isinstance(value, np.ndarray) else real_array(name, value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    return arr.dtype
+
+
+def shaped(name: str, arr: np.ndarray, shape: tuple, what: str) -> np.ndarray:
+    """Check an exact shape; ``what`` spells the expected shape symbolically, e.g. (T, B, I)."""
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {what} = {tuple(shape)}, got {arr.shape}")
+    return arr
+
+
+def ndim(name: str, arr: np.ndarray, n: int, what: str) -> np.ndarray:
+    if arr.ndim != n:
+        raise ValueError(f"{name} must be {n}-D {what}, got {arr.ndim}-D shape {arr.shape}")
+    return arr
+
+
+def lengths_array(value, batch: int, steps: int) -> np.ndarray:
+    """Per-sequence lengths: B integers in [0, T], as a C-contiguous intp array."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"lengths must be a 1-D array of integers, got {describe(value)}: "
+                        f"{exc}") from None
+    if arr.dtype.kind == "f":
+        if arr.size and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise ValueError(f"lengths must be whole numbers, got {arr.tolist()[:8]}")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = ({batch},), got {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > steps):
+        raise ValueError(f"lengths must lie in [0, T] = [0, {steps}], got min {arr.min()} "
+                         f"and max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.intp)
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def blas_sized(**dims: int) -> None:
+    """Refuse sizes that would overflow 32-bit BLAS integers before any kernel runs."""
+    for name, value in dims.items():
+        if value > BLAS_INT_MAX:
+            raise ValueError(f"{name} = {value} exceeds the BLAS integer limit {BLAS_INT_MAX}")

@@ -1,0 +1,87 @@
+"""``python -m grufast``: a self-check of the kernels against the NumPy reference."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from grufast import functional, reference
+
+
+def _problem(rng, T, B, I, H, dtype):
+    k = 1 / np.sqrt(H)
+    shapes = [(3 * H, I), (3 * H, H), (3 * H,), (3 * H,)]
+    w = [rng.uniform(-k, k, s).astype(dtype) for s in shapes]
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    return x, rng.standard_normal((B, H)).astype(dtype), w
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def check(args: argparse.Namespace) -> int:
+    """Kernels vs the reference (in float64) on random data: largest relative errors."""
+    rng = np.random.default_rng(args.seed)
+    limits = {np.float32: (5e-5, 5e-4), np.float64: (1e-10, 1e-10)}
+    ok = True
+    print(f"{'dtype':8} {'variant':22} {'direction':9} {'forward err':>12} {'grad err':>12}")
+    for dtype in (np.float32, np.float64):
+        for lbr in (True, False):
+            for reverse in (False, True):
+                x, h0, w = _problem(rng, 20, 5, 13, 17, dtype)
+                lengths = rng.integers(0, 21, 5)
+                kw = dict(lengths=lengths, reverse=reverse, linear_before_reset=lbr)
+                y, h, cache = functional.gru_forward(x, h0, *w, training=True, **kw)
+                as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+                yr, hr, cr = reference.gru_forward(*as64, training=True, **kw)
+                dy = rng.standard_normal(y.shape)
+                g = functional.gru_backward(dy, None, cache)
+                gr = reference.gru_backward(dy, None, cr)
+                fwd = max(_rel(y, yr), _rel(h, hr))
+                grad = max(_rel(a, b) for a, b in zip(g, gr))
+                passed = fwd <= limits[dtype][0] and grad <= limits[dtype][1]
+                ok &= passed
+                print(f"{np.dtype(dtype).name:8} {'linear_before_reset=' + str(lbr):22} "
+                      f"{'reverse' if reverse else 'forward':9} {fwd:12.2e} {grad:12.2e}"
+                      f"{'' if passed else '  FAIL'}")
+    T, B, I, H = 100, 64, 256, 256
+    x, h0, w = _problem(rng, T, B, I, H, np.float32)
+    kern = _median_ms(lambda: functional.gru_forward(x, h0, *w), args.repeats)
+    ref = _median_ms(lambda: reference.gru_forward(x, h0, *w), max(3, args.repeats // 3))
+    _, _, cache = functional.gru_forward(x, h0, *w, training=True)
+    dy = np.ones((T, B, H), np.float32)
+    train = _median_ms(lambda: functional.gru_backward(
+        dy, None, functional.gru_forward(x, h0, *w, training=True)[2]), args.repeats)
+    print(f"\nT={T} B={B} I={I} H={H} float32, median of {args.repeats}:")
+    print(f"  kernel forward   {kern:8.2f} ms")
+    print(f"  reference fwd    {ref:8.2f} ms   ({ref / kern:.1f}x the kernel's time)")
+    print(f"  kernel fwd+bwd   {train:8.2f} ms")
+    print("self-check " + ("passed" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grufast", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("check", help="kernels vs the NumPy reference, with timings (default)")
+    for q in (parser, p):
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--repeats", type=int, default=9)
+    args = parser.parse_args(argv)
+    return check(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""Validated pure functions over one GRU layer in one direction (DESIGN.md section 3).
+
+Inputs are checked and converted once, to C-contiguous arrays of the weights' dtype
+(float32 or float64); callers' arrays are never written. The loops run in
+``grufast._kernels`` without the GIL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from grufast import _kernels
+from grufast._validate import (
+    blas_sized,
+    describe,
+    lengths_array,
+    ndim,
+    real_array,
+    shaped,
+    weight_dtype,
+)
+
+
+class GRUGrads(NamedTuple):
+    """Gradients of a loss with respect to every input of :func:`gru_forward`.
+
+    Shapes follow the inputs: x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H),
+    b_ih and b_hh (3H,), or None when the forward ran without biases.
+    """
+
+    x: np.ndarray
+    h0: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class GRUCache:
+    """What a training forward keeps for :func:`gru_backward`; treat it as opaque.
+
+    gates (T, B, 3H) holds r, z, n; hprev (T, B, H) the state entering each step; ghn
+    (T, B, H) the recurrent n term h W_hn^T + b_hn (linear_before_reset only, else None).
+    """
+
+    x: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    has_bias: bool
+    lengths: np.ndarray
+    reverse: bool
+    linear_before_reset: bool
+    gates: np.ndarray
+    hprev: np.ndarray
+    ghn: np.ndarray | None
+
+
+class Weights(NamedTuple):
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+    has_bias: bool
+
+
+def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
+    """Validate one layer's parameters; missing biases become zeros (has_bias False)."""
+    dtype = weight_dtype("w_ih", w_ih)
+    w_ih = ndim("w_ih", real_array("w_ih", w_ih, dtype), 2, "(3H, I)")
+    if w_ih.shape[0] == 0 or w_ih.shape[0] % 3 or w_ih.shape[1] == 0:
+        raise ValueError(f"w_ih must have shape (3H, I) with H >= 1 and I >= 1, "
+                         f"got {w_ih.shape}")
+    H = w_ih.shape[0] // 3
+    w_hh = shaped("w_hh", real_array("w_hh", w_hh, dtype), (3 * H, H), "(3H, H)")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih and b_hh must be given together or both be None, got "
+                         f"b_ih={describe(b_ih)} and b_hh={describe(b_hh)}")
+    has_bias = b_ih is not None
+    if has_bias:
+        b_ih = shaped("b_ih", real_array("b_ih", b_ih, dtype), (3 * H,), "(3H,)")
+        b_hh = shaped("b_hh", real_array("b_hh", b_hh, dtype), (3 * H,), "(3H,)")
+    else:
+        b_ih = b_hh = np.zeros(3 * H, dtype)
+    return Weights(w_ih, w_hh, b_ih, b_hh, has_bias)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return bool(value)
+
+
+def gru_forward(
+    x: ArrayLike,
+    h0: ArrayLike | None,
+    w_ih: ArrayLike,
+    w_hh: ArrayLike,
+    b_ih: ArrayLike | None = None,
+    b_hh: ArrayLike | None = None,
+    *,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
+    linear_before_reset: bool = True,
+    training: bool = False,
+) -> tuple[np.ndarray, np.ndarray, GRUCache | None]:
+    """One GRU layer in one direction over a whole sequence.
+
+    Parameters
+    ----------
+    x : array_like, shape (T, B, I)
+    h0 : array_like, shape (B, H), or None for zeros
+    w_ih : array_like, shape (3H, I), gate blocks r, z, n; its dtype (float32 or float64)
+        is the dtype of the computation
+    w_hh : array_like, shape (3H, H)
+    b_ih, b_hh : array_like, shape (3H,), or both None
+    lengths : array_like of int, shape (B,), optional
+        Valid steps per sequence, in [0, T]: later steps output zeros and keep the state.
+    reverse : bool
+        Run t = T-1 ... 0 (from lengths[b] - 1 for sequence b).
+    linear_before_reset : bool
+        True: n = tanh(gi_n + r * (h W_hn^T + b_hn)) (PyTorch, cuDNN); False: the original
+        n = tanh(gi_n + (r * h) W_hn^T + b_hn).
+    training : bool
+        Keep what :func:`gru_backward` needs and return it as the cache.
+
+    Returns
+    -------
+    y : ndarray, shape (T, B, H)
+    h_n : ndarray, shape (B, H)
+    cache : GRUCache or None
+    """
+    reverse = _flag("reverse", reverse)
+    lbr = _flag("linear_before_reset", linear_before_reset)
+    training = _flag("training", training)
+    w = check_weights(w_ih, w_hh, b_ih, b_hh)
+    dtype = w.w_ih.dtype
+    H, I = w.w_hh.shape[1], w.w_ih.shape[1]
+    x = ndim("x", real_array("x", x, dtype), 3, "(T, B, I)")
+    T, B = x.shape[:2]
+    shaped("x", x, (T, B, I), "(T, B, I)")
+    blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H, "input_size": I})
+    if h0 is None:
+        h = np.zeros((B, H), dtype)
+    else:
+        h = np.array(shaped("h0", real_array("h0", h0, dtype), (B, H), "(B, H)"), order="C")
+    if lengths is None:
+        lens = np.full(B, T, dtype=np.intp)
+    else:
+        lens = lengths_array(lengths, B, T)
+        if training and np.any(lens < T):
+            # Padding never reaches the outputs, but 0 * NaN would reach dW_ih: zero it.
+            x = x.copy()
+            x[np.arange(T)[:, None] >= lens[None, :]] = 0
+
+    y = np.empty((T, B, H), dtype)
+    gates = np.empty((T, B, 3 * H), dtype)
+    hprev = np.empty((T, B, H), dtype) if training else None
+    ghn = np.empty((T, B, H), dtype) if training and lbr else None
+    gh = np.empty((B, 3 * H), dtype)
+    rh = np.empty((B, H), dtype)
+    _kernels.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse, lbr,
+                     y, h, gates, hprev, ghn, gh, rh)
+    cache = None
+    if training:
+        cache = GRUCache(x, w.w_ih, w.w_hh, w.has_bias, lens, reverse, lbr, gates, hprev, ghn)
+    return y, h, cache
+
+
+def gru_backward(dy: ArrayLike | None, dh_n: ArrayLike | None, cache: GRUCache) -> GRUGrads:
+    """Back-propagation through time for the forward that produced ``cache``.
+
+    Parameters
+    ----------
+    dy : array_like, shape (T, B, H), or None for zero
+        Gradient of the loss with respect to y.
+    dh_n : array_like, shape (B, H), or None for zero
+        Gradient of the loss with respect to h_n.
+    cache : GRUCache
+        From ``gru_forward(..., training=True)``.
+
+    Returns
+    -------
+    GRUGrads
+        x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih and b_hh (3H,) or None.
+    """
+    if not isinstance(cache, GRUCache):
+        raise TypeError("cache must be the GRUCache returned by gru_forward(..., "
+                        f"training=True), got {describe(cache)}")
+    c = cache
+    dtype = c.w_ih.dtype
+    T, B, I = c.x.shape
+    H = c.w_hh.shape[1]
+    if dy is not None:
+        dy = shaped("dy", real_array("dy", dy, dtype), (T, B, H), "(T, B, H)")
+    if dh_n is None:
+        dh = np.zeros((B, H), dtype)
+    else:
+        dh = np.array(shaped("dh_n", real_array("dh_n", dh_n, dtype), (B, H), "(B, H)"),
+                      order="C")
+    dx = np.empty((T, B, I), dtype)
+    dw_ih = np.empty((3 * H, I), dtype)
+    dw_hh = np.empty((3 * H, H), dtype)
+    db_ih = np.empty(3 * H, dtype) if c.has_bias else None
+    db_hh = np.empty(3 * H, dtype) if c.has_bias else None
+    backward_into(c, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, accumulate=False)
+    return GRUGrads(dx, dh, dw_ih, dw_hh, db_ih, db_hh)
+
+
+def backward_into(c: GRUCache, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, *, accumulate: bool):
+    """Kernel call on prepared buffers (no validation): dh holds dh_n and ends holding dh0;
+    parameter gradients are overwritten, or added to when ``accumulate``."""
+    T, B, _ = c.x.shape
+    H = c.w_hh.shape[1]
+    dtype = c.w_ih.dtype
+    dG = np.empty((T, B, 3 * H), dtype)
+    dgh = np.empty((B, 3 * H), dtype)
+    ds = None if c.linear_before_reset else np.empty((B, H), dtype)
+    work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
+    _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
+                      c.gates, c.hprev, c.ghn, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh,
+                      accumulate, dG, dgh, ds, work)

@@ -1,0 +1,92 @@
+"""The Cython kernels (through grufast.functional) against the NumPy reference,
+property-based over shapes from 0/1 upward, lengths, both variants, directions and dtypes."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grufast import functional as F
+from grufast import reference as R
+
+from .helpers import assert_close, problem
+
+
+@st.composite
+def gru_cases(draw):
+    T = draw(st.integers(0, 9))
+    B = draw(st.integers(0, 5))
+    I = draw(st.integers(1, 11))
+    H = draw(st.integers(1, 11))
+    lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
+    return dict(
+        T=T, B=B, I=I, H=H,
+        lengths=None if lengths is None else np.array(lengths, dtype=np.int64),
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        lbr=draw(st.booleans()), reverse=draw(st.booleans()), bias=draw(st.booleans()),
+        h0=draw(st.booleans()), dy=draw(st.booleans()), dh=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@given(gru_cases())
+def test_kernels_match_reference(c):
+    rng = np.random.default_rng(c["seed"])
+    dtype = np.dtype(c["dtype"])
+    x, h0, *w = problem(rng, c["T"], c["B"], c["I"], c["H"], dtype, bias=c["bias"], scale=0.7)
+    h0 = h0 if c["h0"] else None
+    kw = dict(lengths=c["lengths"], reverse=c["reverse"], linear_before_reset=c["lbr"])
+    y, h, cache = F.gru_forward(x, h0, *w, training=True, **kw)
+    y_inf, h_inf, none = F.gru_forward(x, h0, *w, **kw)
+    assert none is None and y.dtype == dtype and h.dtype == dtype
+    np.testing.assert_array_equal(y_inf, y)  # training keeps more, computes the same
+    np.testing.assert_array_equal(h_inf, h)
+
+    # The oracle runs in float64 on the same (rounded) inputs.
+    as64 = [None if a is None else a.astype(np.float64) for a in (x, h0, *w)]
+    yr, hr, cr = R.gru_forward(*as64, training=True, **kw)
+    assert_close(y, yr, dtype, "fwd", "y")
+    assert_close(h, hr, dtype, "fwd", "h_n")
+
+    dy = rng.standard_normal(y.shape).astype(dtype) if c["dy"] else None
+    dh = rng.standard_normal(h.shape).astype(dtype) if c["dh"] else None
+    g = F.gru_backward(dy, dh, cache)
+    gr = R.gru_backward(dy, dh, cr)
+    for name, a, b in zip(g._fields, g, gr):
+        if b is None:
+            assert a is None, name
+        else:
+            assert a.dtype == dtype, name
+            assert_close(a, b, dtype, "grad", name)
+
+
+def test_backward_twice_gives_same_result_and_keeps_cache():
+    rng = np.random.default_rng(5)
+    for lbr in (True, False):
+        x, h0, *w = problem(rng, 6, 3, 4, 5)
+        _, _, cache = F.gru_forward(x, h0, *w, training=True, linear_before_reset=lbr,
+                                    lengths=[6, 2, 0])
+        dy = rng.standard_normal((6, 3, 5))
+        g1 = F.gru_backward(dy, None, cache)
+        g2 = F.gru_backward(dy, None, cache)
+        for a, b in zip(g1, g2):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_nan_padding_does_not_reach_gradients():
+    rng = np.random.default_rng(6)
+    x, h0, *w = problem(rng, 5, 2, 3, 4)
+    x[3:, 1] = np.nan
+    lengths = np.array([5, 3])
+    y, h, cache = F.gru_forward(x, h0, *w, lengths=lengths, training=True)
+    g = F.gru_backward(np.ones_like(y), np.ones_like(h), cache)
+    assert all(np.all(np.isfinite(a)) for a in g)
+    assert np.isnan(x[4, 1, 0])  # the caller's array is untouched
+
+
+def test_batch_one_matches_batched_rows():
+    # B = 1 takes the gemv path; it must agree with the same row inside a batch.
+    rng = np.random.default_rng(7)
+    x, h0, *w = problem(rng, 7, 3, 5, 6)
+    y, h, _ = F.gru_forward(x, h0, *w)
+    y1, h1, _ = F.gru_forward(x[:, 1:2], h0[1:2], *w)
+    np.testing.assert_allclose(y1[:, 0], y[:, 1], rtol=1e-12, atol=1e-14)
