@@ -24,7 +24,8 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
     """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)).
 
     gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
-    hprev and ghn are NULL in inference; in training they receive h and the recurrent n term.
+    hprev and ghn (B, H) receive h and the recurrent n term (scratch in inference: storing
+    unconditionally keeps the loop branch-free, hence vectorisable).
     """
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real r, z, n, hn, hp, hnew
@@ -35,10 +36,9 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
         q = gh + b * G
         if t >= lengths[b]:
             fill(y + b * H, H, <real>0)
-            if hprev != NULL:
-                fill(g, G, <real>0)
-                fill(hprev + b * H, H, <real>0)
-                fill(ghn + b * H, H, <real>0)
+            fill(g, G, <real>0)
+            fill(hprev + b * H, H, <real>0)
+            fill(ghn + b * H, H, <real>0)
             continue
         for j in range(H):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
@@ -50,9 +50,8 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             g[j] = r
             g[H + j] = z
             g[2 * H + j] = n
-            if hprev != NULL:
-                hprev[b * H + j] = hp
-                ghn[b * H + j] = hn
+            hprev[b * H + j] = hp
+            ghn[b * H + j] = hn
             h[b * H + j] = hnew
             y[b * H + j] = hnew
 
@@ -91,9 +90,8 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
         q = gh + b * G
         if t >= lengths[b]:
             fill(y + b * H, H, <real>0)
-            if hprev != NULL:
-                fill(g, G, <real>0)
-                fill(hprev + b * H, H, <real>0)
+            fill(g, G, <real>0)
+            fill(hprev + b * H, H, <real>0)
             continue
         for j in range(H):
             z = g[H + j]
@@ -101,8 +99,7 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
             hp = h[b * H + j]
             hnew = n + z * (hp - n)
             g[2 * H + j] = n
-            if hprev != NULL:
-                hprev[b * H + j] = hp
+            hprev[b * H + j] = hp
             h[b * H + j] = hnew
             y[b * H + j] = hnew
 
@@ -111,38 +108,44 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const real* x, const real* w_ih, const real* w_hh,
                    const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
                    bint reverse, bint lbr, real* y, real* h, real* gates,
-                   real* hprev, real* ghn, real* gh, real* rh) noexcept nogil:
+                   real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
+                   ) noexcept nogil:
     cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
     cdef real* gi
+    cdef real* hp_t = step_scratch
+    cdef real* hn_t = step_scratch + BH
     # Input projections of every step in one GEMM: gates = x W_ih^T, (T*B, G).
     gemm_rm(c'N', c'T', T * B, G, I, 1, x, I, w_ih, I, 0, gates, G)
     for s in range(T):
         t = T - 1 - s if reverse else s
         gi = gates + t * BG
+        if hprev != NULL:
+            hp_t = hprev + t * BH
+        if ghn != NULL:
+            hn_t = ghn + t * BH
         if lbr:
             gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
-            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH,
-                       NULL if hprev == NULL else hprev + t * BH,
-                       NULL if ghn == NULL else ghn + t * BH)
+            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH, hp_t, hn_t)
         else:
             gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
             _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh)
             gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
-            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH,
-                     NULL if hprev == NULL else hprev + t * BH)
+            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH, hp_t)
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
             const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
             bint reverse, bint linear_before_reset,
             real[:, :, ::1] y, real[:, ::1] h, real[:, :, ::1] gates,
-            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh):
+            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
+            real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
     h (B, H) holds h0 on entry and h_n on exit. gates (T, B, 3H) is work space that ends
     holding r, z, n. hprev (T, B, H) and ghn (T, B, H) are None in inference; in training
     they receive the state entering each step and the recurrent n term (h W_hn^T + b_hn,
-    linear_before_reset only; None otherwise). gh (B, 3H) and rh (B, H) are per-step scratch.
+    linear_before_reset only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch
+    (2B, H) are per-step scratch.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef real* p_hprev = NULL
@@ -156,7 +159,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     with nogil:
         _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
                  &lengths[0], reverse, linear_before_reset, &y[0, 0, 0], &h[0, 0],
-                 &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0])
+                 &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,9 +184,7 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t
             fill(dgh + b * G, G, <real>0)
             continue
         for j in range(H):
-            d = dh[b * H + j]
-            if dy != NULL:
-                d = d + dy[b * H + j]
+            d = dh[b * H + j] + dy[b * H + j]
             r = g[b * G + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
@@ -210,9 +211,7 @@ cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             fill(dg + b * G, G, <real>0)
             continue
         for j in range(H):
-            d = dh[b * H + j]
-            if dy != NULL:
-                d = d + dy[b * H + j]
+            d = dh[b * H + j] + dy[b * H + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
             dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (1 - z)
@@ -250,10 +249,11 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const Py_ssize_t* lengths, bint reverse, bint lbr,
                     const real* gates, const real* hprev, const real* ghn, const real* dy,
                     real* dh, real* dx, real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
-                    bint accumulate, real* dG, real* dgh, real* ds, real* work) noexcept nogil:
+                    bint accumulate, real* dG, real* dgh, real* ds, real* work,
+                    const real* dy_zero) noexcept nogil:
     cdef Py_ssize_t s, t, i, j, G = 3 * H, BG = B * G, BH = B * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
-    cdef const real* dyt = NULL
+    cdef const real* dyt = dy_zero  # (B, H) of zeros stands in for a missing dy
     for s in range(T):
         t = s if reverse else T - 1 - s
         if dy != NULL:
@@ -300,14 +300,16 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
              const real[:, :, ::1] ghn, const real[:, :, ::1] dy, real[:, ::1] dh,
              real[:, :, ::1] dx, real[:, ::1] dw_ih, real[:, ::1] dw_hh,
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
-             real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work):
+             real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work,
+             const real[:, ::1] dy_zero):
     """Back-propagate through the recurrence recorded by a training forward.
 
     dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, H) may be None (zero).
     dx (T, B, I) is overwritten; the weight and bias gradients are overwritten, or added to
     when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
     (B, 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
-    linear_before_reset; ds and work are only touched when it is false.
+    linear_before_reset; ds and work are only touched when it is false. dy_zero (B, H) holds
+    zeros, read in place of a missing dy.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const real* p_dy = NULL
@@ -339,7 +341,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
         _backward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &lengths[0],
                   reverse, linear_before_reset, &gates[0, 0, 0], &hprev[0, 0, 0], p_ghn, p_dy,
                   &dh[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], p_dbi, p_dbh,
-                  accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work)
+                  accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work, &dy_zero[0, 0])
 
 
 def activations(const real[::1] x, real[::1] sig, real[::1] tanh):

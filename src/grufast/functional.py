@@ -164,7 +164,7 @@ def gru_forward(
     gh = np.empty((B, 3 * H), dtype)
     rh = np.empty((B, H), dtype)
     _kernels.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse, lbr,
-                     y, h, gates, hprev, ghn, gh, rh)
+                     y, h, gates, hprev, ghn, gh, rh, np.empty((2 * B, H), dtype))
     cache = None
     if training:
         cache = GRUCache(x, w.w_ih, w.w_hh, w.has_bias, lens, reverse, lbr, gates, hprev, ghn)
@@ -223,4 +223,4 @@ def backward_into(c: GRUCache, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, *, accumu
     work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
                       c.gates, c.hprev, c.ghn, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh,
-                      accumulate, dG, dgh, ds, work)
+                      accumulate, dG, dgh, ds, work, np.zeros((B, H), dtype))
