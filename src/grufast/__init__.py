@@ -1,6 +1,8 @@
 """grufast: a fast, exact GRU for CPUs, with NumPy in and NumPy out."""
 
 from grufast.functional import GRUGrads, gru_backward, gru_forward
+from grufast.io import load, save
+from grufast.layers import GRU, GRUCell
 
-__all__ = ["GRUGrads", "gru_backward", "gru_forward"]
+__all__ = ["GRU", "GRUCell", "GRUGrads", "gru_backward", "gru_forward", "load", "save"]
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ from grufast._activations cimport sigmoid, tanh_approx
 
 cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                      real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                     real* h, real* y, real* hprev, real* ghn) noexcept nogil:
+                     real* h, real* y, Py_ssize_t ldy, real* hprev, real* ghn) noexcept nogil:
     """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)).
 
     gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
@@ -35,7 +35,7 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            fill(y + b * H, H, <real>0)
+            fill(y + b * ldy, H, <real>0)
             fill(g, G, <real>0)
             fill(hprev + b * H, H, <real>0)
             fill(ghn + b * H, H, <real>0)
@@ -53,7 +53,7 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             hprev[b * H + j] = hp
             ghn[b * H + j] = hn
             h[b * H + j] = hnew
-            y[b * H + j] = hnew
+            y[b * ldy + j] = hnew
 
 
 cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
@@ -79,7 +79,7 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
 
 cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                    real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                   real* h, real* y, real* hprev) noexcept nogil:
+                   real* h, real* y, Py_ssize_t ldy, real* hprev) noexcept nogil:
     """linear_before_reset=False, second half: n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn)."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real z, n, hp, hnew
@@ -89,7 +89,7 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            fill(y + b * H, H, <real>0)
+            fill(y + b * ldy, H, <real>0)
             fill(g, G, <real>0)
             fill(hprev + b * H, H, <real>0)
             continue
@@ -101,13 +101,13 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
             g[2 * H + j] = n
             hprev[b * H + j] = hp
             h[b * H + j] = hnew
-            y[b * H + j] = hnew
+            y[b * ldy + j] = hnew
 
 
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const real* x, const real* w_ih, const real* w_hh,
                    const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
-                   bint reverse, bint lbr, real* y, real* h, real* gates,
+                   bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h, real* gates,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
                    ) noexcept nogil:
     cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
@@ -125,21 +125,25 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             hn_t = ghn + t * BH
         if lbr:
             gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
-            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH, hp_t, hn_t)
+            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy,
+                       hp_t, hn_t)
         else:
             gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
             _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh)
             gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
-            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * BH, hp_t)
+            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t)
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
             const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
             bint reverse, bint linear_before_reset,
-            real[:, :, ::1] y, real[:, ::1] h, real[:, :, ::1] gates,
+            real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
             real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
             real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
+
+    y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
+    a bidirectional layer write side by side into one buffer.
 
     h (B, H) holds h0 on entry and h_n on exit. gates (T, B, 3H) is work space that ends
     holding r, z, n. hprev (T, B, H) and ghn (T, B, H) are None in inference; in training
@@ -158,7 +162,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
         p_ghn = &ghn[0, 0, 0]
     with nogil:
         _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
-                 &lengths[0], reverse, linear_before_reset, &y[0, 0, 0], &h[0, 0],
+                 &lengths[0], reverse, linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
+                 &h[0, 0],
                  &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
 
 
@@ -175,7 +180,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
 
 cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                       const real* g, const real* hprev, const real* ghn, const real* dy,
-                      real* dh, real* dg, real* dgh) noexcept nogil:
+                      Py_ssize_t ldy, real* dh, real* dg, real* dgh) noexcept nogil:
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real d, r, z, n, dan, daz, dar
     for b in range(B):
@@ -184,7 +189,7 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t
             fill(dgh + b * G, G, <real>0)
             continue
         for j in range(H):
-            d = dh[b * H + j] + dy[b * H + j]
+            d = dh[b * H + j] + dy[b * ldy + j]
             r = g[b * G + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
@@ -201,7 +206,7 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t
 
 
 cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                     const real* g, const real* hprev, const real* dy,
+                     const real* g, const real* hprev, const real* dy, Py_ssize_t ldy,
                      real* dh, real* dg) noexcept nogil:
     """linear_before_reset=False, first half: daz, dan and the direct dh = d z."""
     cdef Py_ssize_t b, j, G = 3 * H
@@ -211,7 +216,7 @@ cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             fill(dg + b * G, G, <real>0)
             continue
         for j in range(H):
-            d = dh[b * H + j] + dy[b * H + j]
+            d = dh[b * H + j] + dy[b * ldy + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
             dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (1 - z)
@@ -248,30 +253,31 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const real* x, const real* w_ih, const real* w_hh,
                     const Py_ssize_t* lengths, bint reverse, bint lbr,
                     const real* gates, const real* hprev, const real* ghn, const real* dy,
-                    real* dh, real* dx, real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
+                    Py_ssize_t ldy, real* dh, real* dx, bint dx_accumulate,
+                    real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
                     bint accumulate, real* dG, real* dgh, real* ds, real* work,
                     const real* dy_zero) noexcept nogil:
     cdef Py_ssize_t s, t, i, j, G = 3 * H, BG = B * G, BH = B * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
-    cdef const real* dyt = dy_zero  # (B, H) of zeros stands in for a missing dy
+    cdef const real* dyt = dy_zero  # (B, ldy) of zeros stands in for a missing dy
     for s in range(T):
         t = s if reverse else T - 1 - s
         if dy != NULL:
-            dyt = dy + t * BH
+            dyt = dy + t * B * ldy
         if lbr:
             _dgates_lbr(B, H, t, lengths, gates + t * BG, hprev + t * BH, ghn + t * BH,
-                        dyt, dh, dG + t * BG, dgh)
+                        dyt, ldy, dh, dG + t * BG, dgh)
             gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
         else:
             _dgates_zn(B, H, t, lengths, gates + t * BG, hprev + t * BH,
-                       dyt, dh, dG + t * BG)
+                       dyt, ldy, dh, dG + t * BG)
             gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
                     0, ds, H)
             _dgates_r(B, H, t, lengths, gates + t * BG, hprev + t * BH, ds, dh, dG + t * BG)
             gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
 
     # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
-    gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 0, dx, I)
+    gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
     gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
     if db_ih != NULL:
         _colsum(TB, G, dG, db_ih, accumulate)
@@ -297,15 +303,17 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
 def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
              const Py_ssize_t[::1] lengths, bint reverse, bint linear_before_reset,
              const real[:, :, ::1] gates, const real[:, :, ::1] hprev,
-             const real[:, :, ::1] ghn, const real[:, :, ::1] dy, real[:, ::1] dh,
-             real[:, :, ::1] dx, real[:, ::1] dw_ih, real[:, ::1] dw_hh,
+             const real[:, :, ::1] ghn, const real[:, :, ::1] dy, Py_ssize_t dy_col,
+             real[:, ::1] dh, real[:, :, ::1] dx, bint dx_accumulate,
+             real[:, ::1] dw_ih, real[:, ::1] dw_hh,
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
              real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work,
              const real[:, ::1] dy_zero):
     """Back-propagate through the recurrence recorded by a training forward.
 
-    dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, H) may be None (zero).
-    dx (T, B, I) is overwritten; the weight and bias gradients are overwritten, or added to
+    dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
+    its columns [dy_col, dy_col + H) are this direction's. dx (T, B, I) is overwritten, or
+    added to when dx_accumulate; the weight and bias gradients are overwritten, or added to
     when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
     (B, 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
     linear_before_reset; ds and work are only touched when it is false. dy_zero (B, H) holds
@@ -313,6 +321,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const real* p_dy = NULL
+    cdef Py_ssize_t ldy = H
     cdef const real* p_ghn = NULL
     cdef real* p_dbi = NULL
     cdef real* p_dbh = NULL
@@ -331,7 +340,8 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
                 db_hh[:] = 0
         return
     if dy is not None:
-        p_dy = &dy[0, 0, 0]
+        p_dy = &dy[0, 0, 0] + dy_col
+        ldy = dy.shape[2]
     if linear_before_reset:
         p_ghn = &ghn[0, 0, 0]
     else:
@@ -340,7 +350,8 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     with nogil:
         _backward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &lengths[0],
                   reverse, linear_before_reset, &gates[0, 0, 0], &hprev[0, 0, 0], p_ghn, p_dy,
-                  &dh[0, 0], &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], p_dbi, p_dbh,
+                  ldy, &dh[0, 0], &dx[0, 0, 0], dx_accumulate, &dw_ih[0, 0], &dw_hh[0, 0],
+                  p_dbi, p_dbh,
                   accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work, &dy_zero[0, 0])
 
 

@@ -158,17 +158,28 @@ def gru_forward(
             x[np.arange(T)[:, None] >= lens[None, :]] = 0
 
     y = np.empty((T, B, H), dtype)
+    cache = forward_into(x, w, h, lens, reverse, lbr, training, y, 0)
+    return y, h, cache
+
+
+def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, reverse: bool,
+                 lbr: bool, training: bool, y: np.ndarray, y_col: int) -> GRUCache | None:
+    """Kernel call on validated, prepared buffers (no checks here): h (B, H) holds h0 and
+    ends holding h_n; the outputs go to columns [y_col, y_col + H) of y (T, B, W)."""
+    T, B, _ = x.shape
+    H = w.w_hh.shape[1]
+    dtype = w.w_ih.dtype
     gates = np.empty((T, B, 3 * H), dtype)
     hprev = np.empty((T, B, H), dtype) if training else None
     ghn = np.empty((T, B, H), dtype) if training and lbr else None
-    gh = np.empty((B, 3 * H), dtype)
-    rh = np.empty((B, H), dtype)
-    _kernels.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse, lbr,
-                     y, h, gates, hprev, ghn, gh, rh, np.empty((2 * B, H), dtype))
-    cache = None
-    if training:
-        cache = GRUCache(x, w.w_ih, w.w_hh, w.has_bias, lens, reverse, lbr, gates, hprev, ghn)
-    return y, h, cache
+    scratch = np.empty(6 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 2 x (B, H)
+    _kernels.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
+                     gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
+                     scratch[3 * B * H:4 * B * H].reshape(B, H),
+                     scratch[4 * B * H:].reshape(2 * B, H))
+    if not training:
+        return None
+    return GRUCache(x, w.w_ih, w.w_hh, w.has_bias, lens, reverse, lbr, gates, hprev, ghn)
 
 
 def gru_backward(dy: ArrayLike | None, dh_n: ArrayLike | None, cache: GRUCache) -> GRUGrads:
@@ -207,13 +218,15 @@ def gru_backward(dy: ArrayLike | None, dh_n: ArrayLike | None, cache: GRUCache) 
     dw_hh = np.empty((3 * H, H), dtype)
     db_ih = np.empty(3 * H, dtype) if c.has_bias else None
     db_hh = np.empty(3 * H, dtype) if c.has_bias else None
-    backward_into(c, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, accumulate=False)
+    backward_into(c, dy, 0, dh, dx, False, dw_ih, dw_hh, db_ih, db_hh, accumulate=False)
     return GRUGrads(dx, dh, dw_ih, dw_hh, db_ih, db_hh)
 
 
-def backward_into(c: GRUCache, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, *, accumulate: bool):
-    """Kernel call on prepared buffers (no validation): dh holds dh_n and ends holding dh0;
-    parameter gradients are overwritten, or added to when ``accumulate``."""
+def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, db_ih, db_hh,
+                  *, accumulate: bool) -> None:
+    """Kernel call on prepared buffers (no validation): dy (T, B, W) or None, this
+    direction's gradient in columns [dy_col, dy_col + H); dh holds dh_n and ends holding dh0;
+    dx and the parameter gradients are overwritten, or added to when asked."""
     T, B, _ = c.x.shape
     H = c.w_hh.shape[1]
     dtype = c.w_ih.dtype
@@ -222,5 +235,5 @@ def backward_into(c: GRUCache, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh, *, accumu
     ds = None if c.linear_before_reset else np.empty((B, H), dtype)
     work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
-                      c.gates, c.hprev, c.ghn, dy, dh, dx, dw_ih, dw_hh, db_ih, db_hh,
-                      accumulate, dG, dgh, ds, work, np.zeros((B, H), dtype))
+                      c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
+                      db_ih, db_hh, accumulate, dG, dgh, ds, work, np.zeros((B, H), dtype))
