@@ -12,7 +12,7 @@ the state unchanged (packed-sequence semantics, both directions).
 
 from grufast._types cimport real
 from grufast._blas cimport gemm_rm, fill
-from grufast._activations cimport sigmoid, tanh_approx
+from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
     unconditionally keeps the loop branch-free, hence vectorisable).
     """
     cdef Py_ssize_t b, j, G = 3 * H
-    cdef real r, z, n, hn, hp, hnew
+    cdef real r, z, ez, n, hn, hp
     cdef real* g
     cdef const real* q
     for b in range(B):
@@ -42,26 +42,29 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             continue
         for j in range(H):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
-            z = sigmoid(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j])
+            ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            z = 1 / (1 + ez)
             hn = q[2 * H + j] + b_hh[2 * H + j]
             n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
             hp = h[b * H + j]
-            hnew = n + z * (hp - n)
             g[j] = r
             g[H + j] = z
             g[2 * H + j] = n
             hprev[b * H + j] = hp
             ghn[b * H + j] = hn
-            h[b * H + j] = hnew
-            y[b * ldy + j] = hnew
+            # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
+            hn = z * (hp + ez * n)
+            h[b * H + j] = hn
+            y[b * ldy + j] = hn
 
 
 cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                     real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                    const real* h, real* rh) noexcept nogil:
-    """linear_before_reset=False, first half: r and z into gi, r * h into rh (B, H)."""
+                    const real* h, real* rh, real* ez) noexcept nogil:
+    """linear_before_reset=False, first half: r and z into gi, r * h into rh (B, H),
+    exp(-a_z) into ez (B, H) for the second half."""
     cdef Py_ssize_t b, j, G = 3 * H
-    cdef real r
+    cdef real r, e
     cdef real* g
     cdef const real* q
     for b in range(B):
@@ -73,16 +76,18 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
         for j in range(H):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
             g[j] = r
-            g[H + j] = sigmoid(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j])
+            e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            g[H + j] = 1 / (1 + e)
+            ez[b * H + j] = e
             rh[b * H + j] = r * h[b * H + j]
 
 
 cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                    real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                   real* h, real* y, Py_ssize_t ldy, real* hprev) noexcept nogil:
+                   real* h, real* y, Py_ssize_t ldy, real* hprev, const real* ez) noexcept nogil:
     """linear_before_reset=False, second half: n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn)."""
     cdef Py_ssize_t b, j, G = 3 * H
-    cdef real z, n, hp, hnew
+    cdef real z, n, hp
     cdef real* g
     cdef const real* q
     for b in range(B):
@@ -97,11 +102,11 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
             z = g[H + j]
             n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
             hp = h[b * H + j]
-            hnew = n + z * (hp - n)
             g[2 * H + j] = n
             hprev[b * H + j] = hp
-            h[b * H + j] = hnew
-            y[b * ldy + j] = hnew
+            n = z * (hp + ez[b * H + j] * n)
+            h[b * H + j] = n
+            y[b * ldy + j] = n
 
 
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -113,7 +118,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
     cdef real* gi
     cdef real* hp_t = step_scratch
-    cdef real* hn_t = step_scratch + BH
+    cdef real* hn_t = step_scratch + BH  # lbr: the recurrent n term; else exp(-a_z)
     # Input projections of every step in one GEMM: gates = x W_ih^T, (T*B, G).
     gemm_rm(c'N', c'T', T * B, G, I, 1, x, I, w_ih, I, 0, gates, G)
     for s in range(T):
@@ -129,9 +134,10 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                        hp_t, hn_t)
         else:
             gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
-            _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh)
+            _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
             gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
-            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t)
+            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t,
+                     hn_t)
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,

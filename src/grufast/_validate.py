@@ -23,11 +23,10 @@ def describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
-def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
-    """Convert an array-like of real numbers to a C-contiguous array of ``dtype``.
+def real_values(name: str, value) -> np.ndarray:
+    """``np.asarray(value)`` if it holds real numbers (float or integer), without copying.
 
-    Returns the caller's own array when it is already C-contiguous with that dtype (callers
-    never write into it). Refuses complex, bool, string, object and other non-real data.
+    Refuses None, complex, bool, string, object and other non-real data.
     """
     if value is None:
         raise TypeError(f"{name} must be an array of real numbers, got None")
@@ -39,9 +38,17 @@ def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (float or integer), got dtype "
                         f"{arr.dtype}")
-    if dtype is None:
-        dtype = arr.dtype
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
+    """Convert an array-like of real numbers to a C-contiguous array of ``dtype``.
+
+    Returns the caller's own array when it is already C-contiguous with that dtype (callers
+    never write into it).
+    """
+    arr = real_values(name, value)
+    return np.ascontiguousarray(arr, dtype=arr.dtype if dtype is None else dtype)
 
 
 def weight_dtype(name: str, value) -> np.dtype:

@@ -20,6 +20,7 @@ from grufast._validate import (
     lengths_array,
     ndim,
     real_array,
+    real_values,
     shaped,
     weight_dtype,
 )
@@ -140,10 +141,11 @@ def gru_forward(
     w = check_weights(w_ih, w_hh, b_ih, b_hh)
     dtype = w.w_ih.dtype
     H, I = w.w_hh.shape[1], w.w_ih.shape[1]
-    x = ndim("x", real_array("x", x, dtype), 3, "(T, B, I)")
+    x = ndim("x", real_values("x", x), 3, "(T, B, I)")
     T, B = x.shape[:2]
     shaped("x", x, (T, B, I), "(T, B, I)")
     blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H, "input_size": I})
+    x = np.ascontiguousarray(x, dtype)  # only now that its size is known to be sane
     if h0 is None:
         h = np.zeros((B, H), dtype)
     else:

@@ -20,6 +20,7 @@ from grufast._validate import (
     lengths_array,
     positive_int,
     real_array,
+    real_values,
     shaped,
 )
 from grufast.functional import GRUCache, Weights, backward_into, forward_into
@@ -196,21 +197,22 @@ class GRU(_Parameters):
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
-        x = real_array("x", x, self.dtype)
+        x = real_values("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
                              f"input_size), got {x.ndim}-D shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x must have input_size = {self.input_size} features in its "
+                             f"last axis, got shape {x.shape}")
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None, :]
         elif self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"x must have input_size = {self.input_size} features in its "
-                             f"last axis, got shape {x.shape}")
+            x = x.transpose(1, 0, 2)
+        T, B, _ = x.shape
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H})
+        x = np.ascontiguousarray(x, self.dtype)  # one conversion, time-major
         if h0 is None:
             h0 = np.zeros((LD, B, H), self.dtype)
         else:
