@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the kernel-level tests under valgrind memcheck and report the errors valgrind counts in
+# grufast's own code (frames in _kernels*.so). CPython, NumPy and OpenBLAS are built without
+# valgrind annotations; their reports are listed separately and do not fail the run.
+# Usage: tools/memcheck.sh   (needs valgrind and the test dependencies installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp)
+PYTHONMALLOC=malloc OPENBLAS_NUM_THREADS=1 HYPOTHESIS_PROFILE=dev \
+  valgrind --tool=memcheck --num-callers=30 --track-origins=no --leak-check=no \
+  --log-file="$log" \
+  "$(python -c "import sys; print(sys.executable)")" -m pytest -q -p no:cacheprovider -W ignore \
+    tests/test_kernels.py tests/test_functional_validation.py tests/test_activations.py \
+    "tests/test_robustness.py::test_empty_and_unit_sizes_behave_as_documented" \
+    "tests/test_robustness.py::test_nan_stays_in_its_sequence" \
+    tests/test_layer_torch.py::test_step_equals_full_forward
+total=$(grep -c "^==[0-9]*== [A-Z][a-z].*\(Invalid\|uninitialised\|Mismatched\|overlap\)" "$log" || true)
+ours=$(awk '/^==[0-9]+== [A-Z]/{inerr=1; hit=0} inerr && /_kernels/{hit=1} /^==[0-9]+== $/{if(inerr && hit) n++; inerr=0} END{print n+0}' "$log")
+echo "valgrind memcheck: $(grep 'ERROR SUMMARY' "$log" | tail -1 | sed 's/^==[0-9]*== //')"
+echo "errors with a grufast kernel frame: $ours (all memcheck error reports: $total)"
+[ -n "${MEMCHECK_LOG:-}" ] && cp "$log" "$MEMCHECK_LOG"
+rm -f "$log"
+[ "$ours" -eq 0 ]
