@@ -1,4 +1,5 @@
-"""``python -m grufast``: a self-check of the kernels against the NumPy reference."""
+"""``python -m grufast``: a self-check of the kernels against the NumPy reference;
+``python -m grufast bench``: the side-by-side benchmark (grufast.bench)."""
 
 from __future__ import annotations
 
@@ -79,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     for q in (parser, p):
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--repeats", type=int, default=9)
+    from grufast import bench
+
+    b = sub.add_parser("bench", help="grufast vs the reference, PyTorch, ONNX Runtime, JAX",
+                       description=bench.__doc__)
+    bench.add_arguments(b)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench.main(args)
     return check(args)
 
 
