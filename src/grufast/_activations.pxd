@@ -16,7 +16,7 @@ Relative accuracy is kept wherever the result is a normal number; below that (si
 x < -87 in float, x < -708 in double) the result is the tiny clamped value, not zero.
 """
 
-from libc.math cimport fabs, copysign
+from libc.math cimport copysign, copysignf, fabs, fabsf
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -71,10 +71,16 @@ cdef inline real exp_approx(real x) noexcept nogil:
 
 
 cdef inline real sigmoid(real x) noexcept nogil:
-    return 1 / (1 + exp_approx(-x))
+    return <real>1 / (<real>1 + exp_approx(-x))
 
 
 cdef inline real tanh_approx(real x) noexcept nogil:
     # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow, exact +-1 in the tails.
-    cdef real e = exp_approx(-2 * fabs(x))
-    return copysign((1 - e) / (1 + e), x)
+    # fabsf/copysignf for float: the double versions would promote the whole loop to double.
+    cdef real e
+    if real is float:
+        e = exp_approx(<float>-2 * fabsf(x))
+        return copysignf((<real>1 - e) / (<real>1 + e), x)
+    else:
+        e = exp_approx(-2 * fabs(x))
+        return copysign((<real>1 - e) / (<real>1 + e), x)

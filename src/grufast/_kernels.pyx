@@ -43,7 +43,7 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
         for j in range(H):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
             ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
-            z = 1 / (1 + ez)
+            z = <real>1 / (<real>1 + ez)
             hn = q[2 * H + j] + b_hh[2 * H + j]
             n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
             hp = h[b * H + j]
@@ -77,7 +77,7 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
             g[j] = r
             e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
-            g[H + j] = 1 / (1 + e)
+            g[H + j] = <real>1 / (<real>1 + e)
             ez[b * H + j] = e
             rh[b * H + j] = r * h[b * H + j]
 
@@ -199,9 +199,9 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t
             r = g[b * G + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
-            dan = d * (1 - z) * (1 - n * n)
-            daz = d * (hprev[b * H + j] - n) * z * (1 - z)
-            dar = dan * ghn[b * H + j] * r * (1 - r)
+            dan = d * (<real>1 - z) * (<real>1 - n * n)
+            daz = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dar = dan * ghn[b * H + j] * r * (<real>1 - r)
             dg[b * G + j] = dar
             dg[b * G + H + j] = daz
             dg[b * G + 2 * H + j] = dan
@@ -225,8 +225,8 @@ cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             d = dh[b * H + j] + dy[b * ldy + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
-            dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (1 - z)
-            dg[b * G + 2 * H + j] = d * (1 - z) * (1 - n * n)
+            dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dg[b * G + 2 * H + j] = d * (<real>1 - z) * (<real>1 - n * n)
             dh[b * H + j] = d * z
 
 
@@ -241,7 +241,7 @@ cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
             continue
         for j in range(H):
             r = g[b * G + j]
-            dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (1 - r)
+            dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (<real>1 - r)
             dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
 
 
