@@ -18,6 +18,7 @@ def test_inference(benchmark, problem, peer):
     if peer in MODULES:
         pytest.importorskip(MODULES[peer])
     sd, x, _ = problem
-    benchmark.group = "inference T, B, I, H = {}, {}, {}, {}".format(*x.shape, sd["weight_hh_l0"].shape[1])
+    H = sd["weight_hh_l0"].shape[1]
+    benchmark.group = "inference T, B, I, H = {}, {}, {}, {}".format(*x.shape, H)
     infer, _ = PEERS[peer](*problem)
     benchmark(infer)

@@ -12,6 +12,7 @@ def test_training(benchmark, problem, peer):
     if peer in MODULES:
         pytest.importorskip(MODULES[peer])
     sd, x, _ = problem
-    benchmark.group = "training T, B, I, H = {}, {}, {}, {}".format(*x.shape, sd["weight_hh_l0"].shape[1])
+    H = sd["weight_hh_l0"].shape[1]
+    benchmark.group = "training T, B, I, H = {}, {}, {}, {}".format(*x.shape, H)
     _, train = PEERS[peer](*problem)
     benchmark(train)

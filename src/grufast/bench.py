@@ -14,7 +14,8 @@ import json
 import os
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -237,19 +238,19 @@ def run(threads: int, budget: float, shapes=GRID, with_reference: bool = True) -
             sd = _weights(rng, I, H)
             x = rng.standard_normal((T, B, I)).astype(np.float32)
             dy = rng.standard_normal((T, B, H)).astype(np.float32)
-            makers = {"grufast": lambda: _grufast(sd, x, dy)}
+            makers = {"grufast": _grufast}
             if with_reference:
-                makers["numpy-reference"] = lambda: _reference(sd, x, dy)
+                makers["numpy-reference"] = _reference
             if "torch" in peers:
-                makers["torch"] = lambda: _torch(sd, x, dy)
+                makers["torch"] = _torch
             if "onnxruntime" in peers:
-                makers["onnxruntime"] = lambda: _onnxruntime(sd, x, dy, threads)
+                makers["onnxruntime"] = partial(_onnxruntime, threads=threads)
             if "jax" in peers:
-                makers["jax"] = lambda: _jax(sd, x, dy)
+                makers["jax"] = _jax
             row = {"shape": shape, "inference_ms": {}, "training_ms": {},
                    "sgemm_ms": median_ms(_sgemm(x, H), budget)}
             for name, make in makers.items():
-                infer, train = make()
+                infer, train = make(sd, x, dy)
                 row["inference_ms"][name] = median_ms(infer, budget)
                 if train is not None:
                     row["training_ms"][name] = median_ms(train, budget)
