@@ -6,6 +6,7 @@ Environment switches (build time):
 
 import os
 import pathlib
+import platform
 
 import numpy as np
 import scipy
@@ -36,6 +37,10 @@ FLAGS = {
     "msvc": ["/O2"],
 }
 DEBUG_FLAGS = {"gcc": ["-O0", "-g"], "clang": ["-O0", "-g"], "msvc": ["/Od"]}
+# The same kernels built again for one instruction set; grufast._isa imports this build only
+# on CPUs that have it, so the wheel still runs on any x86-64.
+ISA_FLAGS = {"gcc": ["-mavx2", "-mfma"], "clang": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def write_blas_int_pxi() -> None:
@@ -65,18 +70,20 @@ class BuildExt(build_ext):
             name = "clang" if "clang" in cc else "gcc"
         flags = (DEBUG_FLAGS if DEBUG else FLAGS)[name]
         for ext in self.extensions:
-            ext.extra_compile_args = flags
+            ext.extra_compile_args = flags + (ISA_FLAGS[name] if ext.name.endswith("_avx2")
+                                              else [])
         super().build_extensions()
 
 
 write_blas_int_pxi()
 extensions = [
     Extension(
-        "grufast._kernels",
-        ["src/grufast/_kernels.pyx"],
+        f"grufast.{name}",
+        [f"src/grufast/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
+    for name in ["_kernels"] + (["_kernels_avx2"] if X86_64 else [])
 ]
 
 setup(

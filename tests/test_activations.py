@@ -3,18 +3,22 @@
 import numpy as np
 import pytest
 
-from grufast import _kernels
+from grufast import _isa, _kernels
 
 BOUND = {np.float32: 1e-7, np.float64: 5e-16}
+# Every build of the kernels this machine can run: baseline, and AVX2 + FMA where present.
+BUILDS = [pytest.param(_kernels, id="baseline")] + (
+    [pytest.param(_isa.kernels, id="avx2")] if _isa.kernels is not _kernels else [])
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_activation_error_bound(dtype):
+def test_activation_error_bound(dtype, build):
     x = np.concatenate([np.linspace(-120, 120, 1_200_001), np.linspace(-3, 3, 600_001),
                         np.geomspace(1e-30, 1e30, 10_001), -np.geomspace(1e-30, 1e30, 10_001)])
     x = x.astype(dtype)
     sig, tanh = np.empty_like(x), np.empty_like(x)
-    _kernels.activations(x, sig, tanh)
+    build.activations(x, sig, tanh)
     xd = x.astype(np.float64)
     with np.errstate(over="ignore"):
         expected = 1 / (1 + np.exp(-xd))
@@ -25,11 +29,12 @@ def test_activation_error_bound(dtype):
     assert np.all((sig >= 0) & (sig <= 1)) and np.all(np.abs(tanh) <= 1)
 
 
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_activation_special_values(dtype):
+def test_activation_special_values(dtype, build):
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype)
     sig, tanh = np.empty_like(x), np.empty_like(x)
-    _kernels.activations(x, sig, tanh)
+    build.activations(x, sig, tanh)
     assert np.isnan(sig[0]) and np.isnan(tanh[0])
     assert sig[1] == 1 and 0 <= sig[2] < 1e-37 and sig[3] == 0.5
     np.testing.assert_array_equal(tanh[1:], [1, -1, 0, 0])

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from grufast import _kernels
+from grufast._isa import kernels as _kernels
 from grufast._validate import (
     blas_sized,
     describe,

@@ -1,0 +1,362 @@
+# The kernels' implementation, compiled once per instruction set: _kernels.pyx (baseline
+# x86-64 / any CPU) and _kernels_avx2.pyx (AVX2 + FMA) both include this file.
+
+
+from grufast._types cimport real
+from grufast._blas cimport gemm_rm, fill
+from grufast._activations cimport exp_approx, sigmoid, tanh_approx
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+
+cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                     real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                     real* h, real* y, Py_ssize_t ldy, real* hprev, real* ghn) noexcept nogil:
+    """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)).
+
+    gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
+    hprev and ghn (B, H) receive h and the recurrent n term (scratch in inference: storing
+    unconditionally keeps the loop branch-free, hence vectorisable).
+    """
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r, z, ez, n, hn, hp
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(y + b * ldy, H, <real>0)
+            fill(g, G, <real>0)
+            fill(hprev + b * H, H, <real>0)
+            fill(ghn + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            z = <real>1 / (<real>1 + ez)
+            hn = q[2 * H + j] + b_hh[2 * H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
+            hp = h[b * H + j]
+            g[j] = r
+            g[H + j] = z
+            g[2 * H + j] = n
+            hprev[b * H + j] = hp
+            ghn[b * H + j] = hn
+            # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
+            hn = z * (hp + ez * n)
+            h[b * H + j] = hn
+            y[b * ldy + j] = hn
+
+
+cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                    real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                    const real* h, real* rh, real* ez) noexcept nogil:
+    """linear_before_reset=False, first half: r and z into gi, r * h into rh (B, H),
+    exp(-a_z) into ez (B, H) for the second half."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r, e
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(rh + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            g[j] = r
+            e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            g[H + j] = <real>1 / (<real>1 + e)
+            ez[b * H + j] = e
+            rh[b * H + j] = r * h[b * H + j]
+
+
+cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                   real* gi, const real* gh, const real* b_ih, const real* b_hh,
+                   real* h, real* y, Py_ssize_t ldy, real* hprev, const real* ez) noexcept nogil:
+    """linear_before_reset=False, second half: n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn)."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real z, n, hp
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(y + b * ldy, H, <real>0)
+            fill(g, G, <real>0)
+            fill(hprev + b * H, H, <real>0)
+            continue
+        for j in range(H):
+            z = g[H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
+            hp = h[b * H + j]
+            g[2 * H + j] = n
+            hprev[b * H + j] = hp
+            n = z * (hp + ez[b * H + j] * n)
+            h[b * H + j] = n
+            y[b * ldy + j] = n
+
+
+cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   const real* x, const real* w_ih, const real* w_hh,
+                   const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
+                   bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h, real* gates,
+                   real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
+                   ) noexcept nogil:
+    cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
+    cdef real* gi
+    cdef real* hp_t = step_scratch
+    cdef real* hn_t = step_scratch + BH  # lbr: the recurrent n term; else exp(-a_z)
+    # Input projections of every step in one GEMM: gates = x W_ih^T, (T*B, G).
+    gemm_rm(c'N', c'T', T * B, G, I, 1, x, I, w_ih, I, 0, gates, G)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        gi = gates + t * BG
+        if hprev != NULL:
+            hp_t = hprev + t * BH
+        if ghn != NULL:
+            hn_t = ghn + t * BH
+        if lbr:
+            gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
+            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy,
+                       hp_t, hn_t)
+        else:
+            gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
+            _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
+            gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
+            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t,
+                     hn_t)
+
+
+def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
+            const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
+            bint reverse, bint linear_before_reset,
+            real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
+            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
+            real[:, ::1] step_scratch):
+    """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
+
+    y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
+    a bidirectional layer write side by side into one buffer.
+
+    h (B, H) holds h0 on entry and h_n on exit. gates (T, B, 3H) is work space that ends
+    holding r, z, n. hprev (T, B, H) and ghn (T, B, H) are None in inference; in training
+    they receive the state entering each step and the recurrent n term (h W_hn^T + b_hn,
+    linear_before_reset only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch
+    (2B, H) are per-step scratch.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
+    cdef real* p_hprev = NULL
+    cdef real* p_ghn = NULL
+    if T == 0 or B == 0:
+        return
+    if hprev is not None:
+        p_hprev = &hprev[0, 0, 0]
+    if ghn is not None:
+        p_ghn = &ghn[0, 0, 0]
+    with nogil:
+        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
+                 &lengths[0], reverse, linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
+                 &h[0, 0],
+                 &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+#
+# With d = dL/dh' (carried gradient plus dy_t) and the stored r, z, n, h, hn = h W_hn^T + b_hn:
+#   dn  = d (1 - z)            dz = d (h - n)            dh  = d z  (+ the recurrent terms)
+#   dan = dn (1 - n^2)         daz = dz z (1 - z)        (pre-activation gradients)
+#   lbr:     dar = dan hn r (1 - r);  dgh = [dar, daz, dan r];  dh += dgh W_hh
+#   not lbr: ds = dan W_hn;  dar = ds h r (1 - r);  dh += ds r + [dar, daz] W_h[rz]
+#   dgi = [dar, daz, dan] for both; it is stored for all steps in dG (T, B, G) so that
+#   dx, dW_ih and dW_hh become large GEMMs after the loop.
+
+cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                      const real* g, const real* hprev, const real* ghn, const real* dy,
+                      Py_ssize_t ldy, real* dh, real* dg, real* dgh) noexcept nogil:
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, r, z, n, dan, daz, dar
+    for b in range(B):
+        if t >= lengths[b]:
+            fill(dg + b * G, G, <real>0)
+            fill(dgh + b * G, G, <real>0)
+            continue
+        for j in range(H):
+            d = dh[b * H + j] + dy[b * ldy + j]
+            r = g[b * G + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dan = d * (<real>1 - z) * (<real>1 - n * n)
+            daz = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dar = dan * ghn[b * H + j] * r * (<real>1 - r)
+            dg[b * G + j] = dar
+            dg[b * G + H + j] = daz
+            dg[b * G + 2 * H + j] = dan
+            dgh[b * G + j] = dar
+            dgh[b * G + H + j] = daz
+            dgh[b * G + 2 * H + j] = dan * r
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                     const real* g, const real* hprev, const real* dy, Py_ssize_t ldy,
+                     real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, first half: daz, dan and the direct dh = d z."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, z, n
+    for b in range(B):
+        if t >= lengths[b]:
+            fill(dg + b * G, G, <real>0)
+            continue
+        for j in range(H):
+            d = dh[b * H + j] + dy[b * ldy + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dg[b * G + 2 * H + j] = d * (<real>1 - z) * (<real>1 - n * n)
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
+                    const real* g, const real* hprev, const real* ds,
+                    real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, second half: dar from ds = dan W_hn, and dh += ds r."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r
+    for b in range(B):
+        if t >= lengths[b]:
+            continue
+        for j in range(H):
+            r = g[b * G + j]
+            dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (<real>1 - r)
+            dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
+
+
+cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
+                  bint accumulate) noexcept nogil:
+    cdef Py_ssize_t i, j
+    if not accumulate:
+        fill(out, cols, <real>0)
+    for i in range(rows):
+        for j in range(cols):
+            out[j] = out[j] + a[i * cols + j]
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const real* x, const real* w_ih, const real* w_hh,
+                    const Py_ssize_t* lengths, bint reverse, bint lbr,
+                    const real* gates, const real* hprev, const real* ghn, const real* dy,
+                    Py_ssize_t ldy, real* dh, real* dx, bint dx_accumulate,
+                    real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
+                    bint accumulate, real* dG, real* dgh, real* ds, real* work,
+                    const real* dy_zero) noexcept nogil:
+    cdef Py_ssize_t s, t, i, j, G = 3 * H, BG = B * G, BH = B * H, TB = T * B
+    cdef real beta = 1 if accumulate else 0
+    cdef const real* dyt = dy_zero  # (B, ldy) of zeros stands in for a missing dy
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        if dy != NULL:
+            dyt = dy + t * B * ldy
+        if lbr:
+            _dgates_lbr(B, H, t, lengths, gates + t * BG, hprev + t * BH, ghn + t * BH,
+                        dyt, ldy, dh, dG + t * BG, dgh)
+            gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
+        else:
+            _dgates_zn(B, H, t, lengths, gates + t * BG, hprev + t * BH,
+                       dyt, ldy, dh, dG + t * BG)
+            gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
+                    0, ds, H)
+            _dgates_r(B, H, t, lengths, gates + t * BG, hprev + t * BH, ds, dh, dG + t * BG)
+            gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
+
+    # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
+    gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
+    gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
+    if db_ih != NULL:
+        _colsum(TB, G, dG, db_ih, accumulate)
+    if lbr:
+        # dgh differs from dgi only in its n block, which is scaled by r; dG is ours to reuse.
+        for i in range(TB):
+            for j in range(H):
+                dG[i * G + 2 * H + j] = dG[i * G + 2 * H + j] * gates[i * G + j]
+        gemm_rm(c'T', c'N', G, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
+        if db_hh != NULL:
+            _colsum(TB, G, dG, db_hh, accumulate)
+    else:
+        # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
+        for i in range(TB):
+            for j in range(H):
+                work[i * H + j] = gates[i * G + j] * hprev[i * H + j]
+        gemm_rm(c'T', c'N', 2 * H, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
+        gemm_rm(c'T', c'N', H, H, TB, 1, dG + 2 * H, G, work, H, beta, dw_hh + 2 * H * H, H)
+        if db_hh != NULL:
+            _colsum(TB, G, dG, db_hh, accumulate)
+
+
+def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
+             const Py_ssize_t[::1] lengths, bint reverse, bint linear_before_reset,
+             const real[:, :, ::1] gates, const real[:, :, ::1] hprev,
+             const real[:, :, ::1] ghn, const real[:, :, ::1] dy, Py_ssize_t dy_col,
+             real[:, ::1] dh, real[:, :, ::1] dx, bint dx_accumulate,
+             real[:, ::1] dw_ih, real[:, ::1] dw_hh,
+             real[::1] db_ih, real[::1] db_hh, bint accumulate,
+             real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work,
+             const real[:, ::1] dy_zero):
+    """Back-propagate through the recurrence recorded by a training forward.
+
+    dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
+    its columns [dy_col, dy_col + H) are this direction's. dx (T, B, I) is overwritten, or
+    added to when dx_accumulate; the weight and bias gradients are overwritten, or added to
+    when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
+    (B, 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
+    linear_before_reset; ds and work are only touched when it is false. dy_zero (B, H) holds
+    zeros, read in place of a missing dy.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
+    cdef const real* p_dy = NULL
+    cdef Py_ssize_t ldy = H
+    cdef const real* p_ghn = NULL
+    cdef real* p_dbi = NULL
+    cdef real* p_dbh = NULL
+    cdef real* p_ds = NULL
+    cdef real* p_work = NULL
+    if db_ih is not None:
+        p_dbi = &db_ih[0]
+        p_dbh = &db_hh[0]
+    if T == 0 or B == 0:
+        # No step ran: dh0 = dh_n, and the parameter gradients are zero (or unchanged).
+        if not accumulate:
+            dw_ih[:, :] = 0
+            dw_hh[:, :] = 0
+            if p_dbi != NULL:
+                db_ih[:] = 0
+                db_hh[:] = 0
+        return
+    if dy is not None:
+        p_dy = &dy[0, 0, 0] + dy_col
+        ldy = dy.shape[2]
+    if linear_before_reset:
+        p_ghn = &ghn[0, 0, 0]
+    else:
+        p_ds = &ds[0, 0]
+        p_work = &work[0, 0, 0]
+    with nogil:
+        _backward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &lengths[0],
+                  reverse, linear_before_reset, &gates[0, 0, 0], &hprev[0, 0, 0], p_ghn, p_dy,
+                  ldy, &dh[0, 0], &dx[0, 0, 0], dx_accumulate, &dw_ih[0, 0], &dw_hh[0, 0],
+                  p_dbi, p_dbh,
+                  accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work, &dy_zero[0, 0])
+
+
+def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
+    """Apply the kernels' sigmoid and tanh elementwise (exposed to test their error bound)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            sig[i] = sigmoid(x[i])
+            tanh[i] = tanh_approx(x[i])
