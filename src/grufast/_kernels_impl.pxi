@@ -2,9 +2,16 @@
 # x86-64 / any CPU) and _kernels_avx2.pyx (AVX2 + FMA) both include this file.
 
 
+cimport numpy as cnp
+import numpy as np
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
 from grufast._types cimport real
 from grufast._blas cimport gemm_rm, fill
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
+
+cnp.import_array()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,3 +367,100 @@ def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
         for i in range(x.shape[0]):
             sig[i] = sigmoid(x[i])
             tanh[i] = tanh_approx(x[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# one step for one sequence, from Python at the lowest cost (GRUCell's streaming path)
+
+
+cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih,
+                 const real* w_hh, const real* b_ih, const real* b_hh, bint lbr,
+                 real* work) noexcept nogil:
+    """h (H,) <- one GRU step from x (I,); work holds 9H reals (gi, gh, rh, 2 x scratch)."""
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t one = 1
+    cdef real* gi = work
+    cdef real* gh = work + G
+    cdef real* rh = work + 2 * G
+    cdef real* s1 = rh + H
+    cdef real* s2 = s1 + H
+    gemm_rm(c'N', c'T', 1, G, I, 1, x, I, w_ih, I, 0, gi, G)   # gemv: B = 1
+    if lbr:
+        gemm_rm(c'N', c'T', 1, G, H, 1, h, H, w_hh, H, 0, gh, G)
+        _gates_lbr(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
+    else:
+        gemm_rm(c'N', c'T', 1, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
+        _gates_rz(1, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
+        gemm_rm(c'N', c'T', 1, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
+        _gates_n(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
+
+
+cdef inline bint _is_vector(object a, int typenum, Py_ssize_t n):
+    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
+            and cnp.PyArray_DIM(<cnp.ndarray>a, 0) == n
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+
+cdef class CellPlan:
+    """A GRU cell's parameters held for one-sequence steps from Python.
+
+    ``step(x, h)`` takes x (I,) and h (H,) or None as C-contiguous arrays of the parameters'
+    dtype and returns the new state (H,); for anything else it returns None and the caller
+    takes the general path. It keeps references to the parameter arrays (updated in place
+    by load_state_dict) and allocates its scratch per call: nothing mutable is shared.
+    """
+
+    cdef cnp.ndarray w_ih, w_hh, b_ih, b_hh
+    cdef Py_ssize_t n_in, n_hidden  # not I: complex.h defines a macro of that name
+    cdef bint lbr
+    cdef int typenum
+
+    def __init__(self, cnp.ndarray w_ih, cnp.ndarray w_hh, cnp.ndarray b_ih,
+                 cnp.ndarray b_hh, bint linear_before_reset):
+        for a in (w_ih, w_hh, b_ih, b_hh):
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.dtype != w_ih.dtype:
+                raise ValueError("CellPlan needs C-contiguous parameters of one dtype")
+        if w_ih.dtype not in (np.float32, np.float64):
+            raise TypeError("CellPlan needs float32 or float64 parameters")
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh = w_ih, w_hh, b_ih, b_hh
+        self.n_in = w_ih.shape[1]
+        self.n_hidden = w_hh.shape[1]
+        self.lbr = linear_before_reset
+        self.typenum = cnp.PyArray_TYPE(w_ih)
+
+    def step(self, x, h):
+        cdef cnp.npy_intp dim = self.n_hidden
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden
+        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih)
+        cdef cnp.ndarray out
+        cdef void* work
+        if not _is_vector(x, self.typenum, I):
+            return None
+        if h is not None and not _is_vector(h, self.typenum, H):
+            return None
+        out = cnp.PyArray_EMPTY(1, &dim, self.typenum, 0)
+        if h is None:
+            memset(cnp.PyArray_DATA(out), 0, H * size)
+        else:
+            memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(<cnp.ndarray>h), H * size)
+        work = malloc(9 * H * size)
+        if work == NULL:
+            raise MemoryError()
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT32:
+                _step1(I, H, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                       <float*>cnp.PyArray_DATA(out),
+                       <const float*>cnp.PyArray_DATA(self.w_ih),
+                       <const float*>cnp.PyArray_DATA(self.w_hh),
+                       <const float*>cnp.PyArray_DATA(self.b_ih),
+                       <const float*>cnp.PyArray_DATA(self.b_hh), self.lbr, <float*>work)
+            else:
+                _step1(I, H, <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                       <double*>cnp.PyArray_DATA(out),
+                       <const double*>cnp.PyArray_DATA(self.w_ih),
+                       <const double*>cnp.PyArray_DATA(self.w_hh),
+                       <const double*>cnp.PyArray_DATA(self.b_ih),
+                       <const double*>cnp.PyArray_DATA(self.b_hh), self.lbr, <double*>work)
+        free(work)
+        return out

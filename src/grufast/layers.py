@@ -23,6 +23,7 @@ from grufast._validate import (
     real_values,
     shaped,
 )
+from grufast._isa import kernels
 from grufast.functional import GRUCache, Weights, backward_into, forward_into
 
 
@@ -418,6 +419,8 @@ class GRUCell(_Parameters):
         if self.bias:
             shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
         self._init_params(shapes, H, seed)
+        w = self._layer_weights("")  # load_state_dict updates these arrays in place
+        self._plan = kernels.CellPlan(w.w_ih, w.w_hh, w.b_ih, w.b_hh, self.linear_before_reset)
 
     def config(self) -> dict[str, Any]:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
@@ -427,6 +430,10 @@ class GRUCell(_Parameters):
         return "GRUCell(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
 
     def __call__(self, x: ArrayLike, h: ArrayLike | None = None) -> np.ndarray:
+        # Streaming fast path: one sequence, C-contiguous arrays of the model's dtype.
+        out = self._plan.step(x, h)
+        if out is not None:
+            return out
         x = real_array("x", x, self.dtype)
         unbatched = x.ndim == 1
         if unbatched:
