@@ -113,3 +113,20 @@ def test_every_build_matches_the_reference(monkeypatch):
                 assert_close(y, yr, dtype, "fwd", f"{build.__name__} y")
                 for name, a, b in zip(g._fields, g, gr):
                     assert_close(a, b, dtype, "grad", f"{build.__name__} {name}")
+
+
+def test_recurrent_gemm_paths_agree_at_their_boundaries():
+    """B = 1 (gemv), 4..64 (register-tiled GEMM, full and edge tiles), 65 (OpenBLAS)."""
+    rng = np.random.default_rng(9)
+    for B in (1, 3, 4, 7, 64, 65):
+        for dtype in (np.float32, np.float64):
+            for lbr in (True, False):
+                x, h0, *w = problem(rng, 3, B, 10, 29, dtype)
+                y, h, cache = F.gru_forward(x, h0, *w, linear_before_reset=lbr, training=True)
+                g = F.gru_backward(np.ones_like(y), np.ones_like(h), cache)
+                as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+                yr, _, cr = R.gru_forward(*as64, linear_before_reset=lbr, training=True)
+                gr = R.gru_backward(np.ones_like(yr), np.ones_like(h, np.float64), cr)
+                assert_close(y, yr, dtype, "fwd", f"B={B} y")
+                for name, a, b in zip(g._fields, g, gr):
+                    assert_close(a, b, dtype, "grad", f"B={B} {name}")

@@ -9,6 +9,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport gemm_rm, fill
+from grufast._gemm cimport small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 
 cnp.import_array()
@@ -108,8 +109,14 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
             y[b * ldy + j] = n
 
 
+cdef inline bint _small(Py_ssize_t B) noexcept nogil:
+    """Batches for the register-tiled recurrent GEMM (grufast._gemm): below 4 rows a tile is
+    mostly empty (B = 1 takes gemv), above 64 OpenBLAS's packing pays off."""
+    return 4 <= B <= 64
+
+
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                   const real* x, const real* w_ih, const real* w_hh,
+                   const real* x, const real* w_ih, const real* w_hh, const real* w_hh_t,
                    const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
                    bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h, real* gates,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
@@ -128,24 +135,35 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         if ghn != NULL:
             hn_t = ghn + t * BH
         if lbr:
-            gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
+            if _small(B):
+                small_gemm(B, G, H, h, H, w_hh_t, G, gh, G, False)
+            else:
+                gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
             _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy,
                        hp_t, hn_t)
         else:
-            gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
+            if _small(B):
+                small_gemm(B, 2 * H, H, h, H, w_hh_t, G, gh, G, False)
+            else:
+                gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
             _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
-            gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
+            if _small(B):
+                small_gemm(B, H, H, rh, H, w_hh_t + 2 * H, G, gh + 2 * H, G, False)
+            else:
+                gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
             _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t,
                      hn_t)
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
-            const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
+            const real[:, ::1] w_hh_t, const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
             bint reverse, bint linear_before_reset,
             real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
             real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
             real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
+
+    w_hh_t (H, 3H) is w_hh transposed, read by the small-batch recurrent GEMM.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -166,7 +184,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     if ghn is not None:
         p_ghn = &ghn[0, 0, 0]
     with nogil:
-        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
+        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &w_hh_t[0, 0],
+                 &b_ih[0], &b_hh[0],
                  &lengths[0], reverse, linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
                  &h[0, 0],
                  &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
@@ -272,14 +291,23 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         if lbr:
             _dgates_lbr(B, H, t, lengths, gates + t * BG, hprev + t * BH, ghn + t * BH,
                         dyt, ldy, dh, dG + t * BG, dgh)
-            gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
+            if _small(B):
+                small_gemm(B, H, G, dgh, G, w_hh, H, dh, H, True)
+            else:
+                gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
         else:
             _dgates_zn(B, H, t, lengths, gates + t * BG, hprev + t * BH,
                        dyt, ldy, dh, dG + t * BG)
-            gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
-                    0, ds, H)
+            if _small(B):
+                small_gemm(B, H, H, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H, ds, H, False)
+            else:
+                gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
+                        0, ds, H)
             _dgates_r(B, H, t, lengths, gates + t * BG, hprev + t * BH, ds, dh, dG + t * BG)
-            gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
+            if _small(B):
+                small_gemm(B, H, 2 * H, dG + t * BG, G, w_hh, H, dh, H, True)
+            else:
+                gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
 
     # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)

@@ -24,8 +24,15 @@ GRID = [(100, 1, 64, 64), (100, 1, 256, 256), (100, 1, 512, 512), (100, 16, 128,
 STREAM_H = 128
 
 
-def median_ms(fn: Callable[[], object], budget_s: float, min_repeats: int = 5) -> float:
-    """Median wall time of ``fn`` in ms: one warm-up, then repeats filling ``budget_s``."""
+def median_ms(fn: Callable[[], object], budget_s: float, min_repeats: int = 5,
+              settle_s: float = 0.3) -> float:
+    """Median wall time of ``fn`` in ms: one warm-up, then repeats filling ``budget_s``.
+
+    It first sleeps ``settle_s``: OpenBLAS, OpenMP (PyTorch) and ONNX Runtime threads spin
+    for a while after their work, and on two cores a previous peer's spinning threads would
+    steal the core from the one being measured.
+    """
+    time.sleep(settle_s)
     fn()
     t0 = time.perf_counter()
     fn()

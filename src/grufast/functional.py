@@ -62,11 +62,19 @@ class GRUCache:
 
 
 class Weights(NamedTuple):
+    """One layer's parameters as the kernels take them (w_hh_t = w_hh transposed, for the
+    small-batch recurrent GEMM)."""
+
     w_ih: np.ndarray
     w_hh: np.ndarray
+    w_hh_t: np.ndarray
     b_ih: np.ndarray
     b_hh: np.ndarray
     has_bias: bool
+
+    @classmethod
+    def of(cls, w_ih, w_hh, b_ih, b_hh, has_bias: bool) -> Weights:
+        return cls(w_ih, w_hh, np.ascontiguousarray(w_hh.T), b_ih, b_hh, has_bias)
 
 
 def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
@@ -87,7 +95,7 @@ def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
         b_hh = shaped("b_hh", real_array("b_hh", b_hh, dtype), (3 * H,), "(3H,)")
     else:
         b_ih = b_hh = np.zeros(3 * H, dtype)
-    return Weights(w_ih, w_hh, b_ih, b_hh, has_bias)
+    return Weights.of(w_ih, w_hh, b_ih, b_hh, has_bias)
 
 
 def _flag(name: str, value) -> bool:
@@ -175,7 +183,8 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = np.empty((T, B, H), dtype) if training else None
     ghn = np.empty((T, B, H), dtype) if training and lbr else None
     scratch = np.empty(6 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 2 x (B, H)
-    _kernels.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
+    _kernels.forward(x, w.w_ih, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col,
+                     h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
                      scratch[4 * B * H:].reshape(2 * B, H))

@@ -58,6 +58,7 @@ class _Parameters:
                         for name, shape in shapes.items()}
         self.grads = {name: np.zeros(shape, self.dtype) for name, shape in shapes.items()}
         self._rng = rng
+        self._prepared: dict[str, Weights] = {}  # per layer and direction; see _layer_weights
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters under PyTorch's names (weight_ih_l0, bias_hh_l1_reverse...)."""
@@ -84,6 +85,7 @@ class _Parameters:
                                      str(target.shape))
         for name, arr in converted.items():  # all checked before anything changes
             np.copyto(self._params[name], arr)
+        self._prepared.clear()  # the transposed copies are rebuilt from the new weights
 
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""
@@ -91,11 +93,16 @@ class _Parameters:
             g.fill(0)
 
     def _layer_weights(self, sfx: str) -> Weights:
-        p = self._params
-        zeros = np.zeros(p["weight_hh" + sfx].shape[0], self.dtype)
-        return Weights(p["weight_ih" + sfx], p["weight_hh" + sfx],
-                       p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros),
-                       "bias_ih" + sfx in p)
+        """The kernels' view of one layer and direction, prepared once per weight update."""
+        w = self._prepared.get(sfx)
+        if w is None:
+            p = self._params
+            zeros = np.zeros(p["weight_hh" + sfx].shape[0], self.dtype)
+            w = Weights.of(p["weight_ih" + sfx], p["weight_hh" + sfx],
+                           p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros),
+                           "bias_ih" + sfx in p)
+            self._prepared[sfx] = w
+        return w
 
 
 class GRU(_Parameters):
