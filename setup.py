@@ -37,9 +37,16 @@ FLAGS = {
     "msvc": ["/O2"],
 }
 DEBUG_FLAGS = {"gcc": ["-O0", "-g"], "clang": ["-O0", "-g"], "msvc": ["/Od"]}
-# The same kernels built again for one instruction set; grufast._isa imports this build only
-# on CPUs that have it, so the wheel still runs on any x86-64.
-ISA_FLAGS = {"gcc": ["-mavx2", "-mfma"], "clang": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}
+# The same kernels built again per instruction set; grufast._isa imports a build only on
+# CPUs that have its instructions, so the wheel still runs on any x86-64.
+_AVX512 = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma",
+           "-mprefer-vector-width=512"]
+ISA_FLAGS = {
+    "_kernels_avx2": {"gcc": ["-mavx2", "-mfma"], "clang": ["-mavx2", "-mfma"],
+                      "msvc": ["/arch:AVX2"]},
+    "_kernels_avx512": {"gcc": _AVX512, "clang": _AVX512, "msvc": ["/arch:AVX512"]},
+}
+ISA_MACROS = {"_kernels_avx512": [("GRUFAST_TILE_FLOATS", "48")]}
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
@@ -70,8 +77,8 @@ class BuildExt(build_ext):
             name = "clang" if "clang" in cc else "gcc"
         flags = (DEBUG_FLAGS if DEBUG else FLAGS)[name]
         for ext in self.extensions:
-            ext.extra_compile_args = flags + (ISA_FLAGS[name] if ext.name.endswith("_avx2")
-                                              else [])
+            isa = ISA_FLAGS.get(ext.name.rsplit(".", 1)[-1], {})
+            ext.extra_compile_args = flags + isa.get(name, [])
         super().build_extensions()
 
 
@@ -81,9 +88,10 @@ extensions = [
         f"grufast.{name}",
         [f"src/grufast/{name}.pyx"],
         include_dirs=[np.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
+        + ISA_MACROS.get(name, []),
     )
-    for name in ["_kernels"] + (["_kernels_avx2"] if X86_64 else [])
+    for name in ["_kernels"] + (list(ISA_FLAGS) if X86_64 else [])
 ]
 
 setup(

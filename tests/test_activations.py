@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 
-from grufast import _isa, _kernels
+from grufast import _isa
 
 BOUND = {np.float32: 1e-7, np.float64: 5e-16}
-# Every build of the kernels this machine can run: baseline, and AVX2 + FMA where present.
-BUILDS = [pytest.param(_kernels, id="baseline")] + (
-    [pytest.param(_isa.kernels, id="avx2")] if _isa.kernels is not _kernels else [])
+# Every build of the kernels this machine can run: baseline, AVX2 + FMA, AVX-512.
+BUILDS = [pytest.param(m, id=m.__name__.rsplit(".", 1)[-1]) for m in _isa.runnable()]
 
 
 @pytest.mark.parametrize("build", BUILDS)

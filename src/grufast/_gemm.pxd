@@ -3,23 +3,33 @@
 time packing the weights (every step, again) than multiplying: C (M, N) = A (M, K) @ W (K, N),
 all row-major, W stored so that a row of W is contiguous in N.
 
-Tiles of 4 rows x 24 floats (12 doubles) of C live in 12 vector registers through the whole
-K loop: per k, 3 loads of W and 4 broadcasts of A feed 12 FMAs (AVX2). Measured here against
+Tiles of 4 rows x 3 vectors of C (24 floats or 12 doubles with AVX2, twice that with
+AVX-512) live in 12 vector registers through the whole K loop: per k, 3 loads of W and 4
+broadcasts of A feed 12 FMAs. Measured here against
 OpenBLAS sgemm, one core: M=16, K=128, N=384: 16.6 us vs 40 us; M=64, K=256, N=768: 308 us
 vs 334 us; M=256: 1235 us vs 1030 us, hence grufast uses it for M <= 64 only.
 """
 
 from grufast._types cimport real
 
+cdef extern from *:
+    """
+    /* Tile width in floats: 3 vector registers (setup.py sets 48 for the AVX-512 build). */
+    #ifndef GRUFAST_TILE_FLOATS
+    #define GRUFAST_TILE_FLOATS 24
+    #endif
+    """
+    const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
+
 cdef enum:
     TILE_ROWS = 4
-    TILE_MAX = 24
+    TILE_MAX = 48
 
 
 cdef inline void _tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
                        const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                        real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]; rows <= 4, width <= 24."""
+    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]; rows <= 4, width <= 48."""
     cdef real acc[TILE_ROWS][TILE_MAX]
     cdef Py_ssize_t r, i, k
     cdef real a
@@ -42,30 +52,29 @@ cdef inline void _tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
 cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M, N) (+)= A (M, K) @ W (K, N). Full tiles get compile-time bounds (4 x 24 floats,
-    4 x 12 doubles) so the compiler unrolls them into registers; edges take the same loop
-    with run-time bounds."""
+    """C (M, N) (+)= A (M, K) @ W (K, N). Full tiles get compile-time bounds so the compiler
+    unrolls them into registers; edges take the same loop with run-time bounds."""
     cdef Py_ssize_t m, n, cw
     if real is float:
-        cw = 24
+        cw = TILE_FLOATS
     else:
-        cw = 12
+        cw = TILE_FLOATS // 2
     m = 0
     while m < M:
         n = 0
         while n + cw <= N:
             if m + TILE_ROWS <= M:
                 if real is float:
-                    _tile(4, 24, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
+                    _tile(4, TILE_FLOATS, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
                           accumulate)
                 else:
-                    _tile(4, 12, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
+                    _tile(4, TILE_FLOATS // 2, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
                           accumulate)
             elif real is float:
-                _tile(M - m, 24, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
+                _tile(M - m, TILE_FLOATS, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
                       accumulate)
             else:
-                _tile(M - m, 12, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
+                _tile(M - m, TILE_FLOATS // 2, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
                       accumulate)
             n += cw
         if n < N:

@@ -1,5 +1,5 @@
-"""Choose the kernels' build for this CPU at import: the AVX2 + FMA build where the CPU has
-both, the baseline build everywhere else. GRUFAST_ISA=baseline forces the baseline."""
+"""Choose the kernels' build for this CPU at import: AVX-512 where the CPU has it, else AVX2 +
+FMA, else the baseline x86-64 (or other platform) build. GRUFAST_ISA=baseline|avx2 caps it."""
 
 from __future__ import annotations
 
@@ -18,19 +18,46 @@ def cpu_features() -> dict[str, bool]:
     return {}
 
 
+# Builds from the most to the least capable, with the CPU features each needs (NumPy's names).
+BUILDS = [("avx512", ("AVX512_SKX", "FMA3")), ("avx2", ("AVX2", "FMA3"))]
+
+
 def select() -> ModuleType:
+    """The most capable build this CPU runs; GRUFAST_ISA (baseline, avx2, avx512) caps it."""
+    import importlib
+
     from grufast import _kernels
 
-    if os.environ.get("GRUFAST_ISA", "").lower() == "baseline":
+    cap = os.environ.get("GRUFAST_ISA", "").lower()
+    if cap == "baseline":
         return _kernels
+    names = [name for name, _ in BUILDS]
+    allowed = names[names.index(cap):] if cap in names else names
     features = cpu_features()
-    if features.get("AVX2") and features.get("FMA3"):
-        try:
-            from grufast import _kernels_avx2
-        except ImportError:  # not built on this platform
-            return _kernels
-        return _kernels_avx2
+    for name, needs in BUILDS:
+        if name in allowed and all(features.get(f) for f in needs):
+            try:
+                return importlib.import_module(f"grufast._kernels_{name}")
+            except ImportError:  # not built on this platform
+                continue
     return _kernels
+
+
+def runnable() -> list[ModuleType]:
+    """Every build this CPU can run (for tests that check them all)."""
+    import importlib
+
+    from grufast import _kernels
+
+    features = cpu_features()
+    out = [_kernels]
+    for name, needs in BUILDS:
+        if all(features.get(f) for f in needs):
+            try:
+                out.append(importlib.import_module(f"grufast._kernels_{name}"))
+            except ImportError:
+                pass
+    return out
 
 
 kernels = select()

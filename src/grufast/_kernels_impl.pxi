@@ -1,5 +1,5 @@
 # The kernels' implementation, compiled once per instruction set: _kernels.pyx (baseline
-# x86-64 / any CPU) and _kernels_avx2.pyx (AVX2 + FMA) both include this file.
+# x86-64 / any CPU), _kernels_avx2.pyx (AVX2 + FMA) and _kernels_avx512.pyx include this file.
 
 
 cimport numpy as cnp
