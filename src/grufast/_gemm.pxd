@@ -63,19 +63,9 @@ cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     while m < M:
         n = 0
         while n + cw <= N:
-            if m + TILE_ROWS <= M:
-                if real is float:
-                    _tile(4, TILE_FLOATS, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
-                          accumulate)
-                else:
-                    _tile(4, TILE_FLOATS // 2, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
-                          accumulate)
-            elif real is float:
-                _tile(M - m, TILE_FLOATS, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
-                      accumulate)
-            else:
-                _tile(M - m, TILE_FLOATS // 2, K, A + m * lda, lda, W + n, ldw, C + m * ldc + n, ldc,
-                      accumulate)
+            # cw is a constant per specialisation: the compiler unrolls the tile's columns.
+            _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw, K, A + m * lda, lda, W + n,
+                  ldw, C + m * ldc + n, ldc, accumulate)
             n += cw
         if n < N:
             _tile(min(TILE_ROWS, M - m), N - n, K, A + m * lda, lda, W + n, ldw,

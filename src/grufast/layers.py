@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from grufast._isa import kernels
 from grufast._validate import (
     FLOAT_DTYPES,
     blas_sized,
@@ -23,7 +24,6 @@ from grufast._validate import (
     real_values,
     shaped,
 )
-from grufast._isa import kernels
 from grufast.functional import GRUCache, Weights, backward_into, forward_into
 
 
