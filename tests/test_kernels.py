@@ -130,3 +130,20 @@ def test_recurrent_gemm_paths_agree_at_their_boundaries():
                 assert_close(y, yr, dtype, "fwd", f"B={B} y")
                 for name, a, b in zip(g._fields, g, gr):
                     assert_close(a, b, dtype, "grad", f"B={B} {name}")
+
+
+def test_inference_in_chunks_of_steps_matches_training(monkeypatch):
+    """Inference projects the inputs a few steps at a time (memory independent of T);
+    chunks of 1, 3 and 7 steps, both directions, give the training forward's outputs."""
+    rng = np.random.default_rng(10)
+    x, h0, *w = problem(rng, 20, 5, 6, 7, np.float64)
+    lengths = [20, 13, 0, 7, 19]
+    for steps in (1, 3, 7):
+        monkeypatch.setattr(F, "INFERENCE_CHUNK_BYTES", steps * 5 * 21 * 8)
+        for reverse in (False, True):
+            for lbr in (True, False):
+                kw = dict(lengths=lengths, reverse=reverse, linear_before_reset=lbr)
+                y, h, _ = F.gru_forward(x, h0, *w, **kw)
+                yt, ht, _ = F.gru_forward(x, h0, *w, training=True, **kw)
+                np.testing.assert_allclose(y, yt, rtol=1e-13, atol=1e-15)
+                np.testing.assert_allclose(h, ht, rtol=1e-13, atol=1e-15)

@@ -118,18 +118,24 @@ cdef inline bint _small(Py_ssize_t B) noexcept nogil:
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const real* x, const real* w_ih, const real* w_hh, const real* w_hh_t,
                    const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
-                   bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h, real* gates,
+                   bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h,
+                   Py_ssize_t chunk, real* gates,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
                    ) noexcept nogil:
-    cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
+    cdef Py_ssize_t s, t, n, first = 0, G = 3 * H, BG = B * G, BH = B * H
     cdef real* gi
     cdef real* hp_t = step_scratch
     cdef real* hn_t = step_scratch + BH  # lbr: the recurrent n term; else exp(-a_z)
-    # Input projections of every step in one GEMM: gates = x W_ih^T, (T*B, G).
-    gemm_rm(c'N', c'T', T * B, G, I, 1, x, I, w_ih, I, 0, gates, G)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        gi = gates + t * BG
+        if s % chunk == 0:
+            # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
+            # Training passes chunk = T (backward reads them all); inference keeps memory
+            # independent of T.
+            n = min(chunk, T - s)
+            first = t - n + 1 if reverse else t
+            gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I, w_ih, I, 0, gates, G)
+        gi = gates + (t - first) * BG
         if hprev != NULL:
             hp_t = hprev + t * BH
         if ghn != NULL:
@@ -169,10 +175,11 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
 
-    h (B, H) holds h0 on entry and h_n on exit. gates (T, B, 3H) is work space that ends
-    holding r, z, n. hprev (T, B, H) and ghn (T, B, H) are None in inference; in training
-    they receive the state entering each step and the recurrent n term (h W_hn^T + b_hn,
-    linear_before_reset only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch
+    h (B, H) holds h0 on entry and h_n on exit. gates (C, B, 3H) holds the input projections
+    of C steps at a time (C = T in training, where it ends holding every step's r, z, n).
+    hprev (T, B, H) and ghn (T, B, H) are None in inference; in training they receive the
+    state entering each step and the recurrent n term (h W_hn^T + b_hn, linear_before_reset
+    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch
     (2B, H) are per-step scratch.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
@@ -188,7 +195,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
         _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &w_hh_t[0, 0],
                  &b_ih[0], &b_hh[0],
                  &lengths[0], reverse, linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
-                 &h[0, 0],
+                 &h[0, 0], gates.shape[0],
                  &gates[0, 0, 0], p_hprev, p_ghn, &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
 
 

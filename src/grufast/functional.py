@@ -25,6 +25,8 @@ from grufast._validate import (
     weight_dtype,
 )
 
+INFERENCE_CHUNK_BYTES = 8 << 20  # per direction: a few steps of projections, cache-sized
+
 
 class GRUGrads(NamedTuple):
     """Gradients of a loss with respect to every input of :func:`gru_forward`.
@@ -179,7 +181,10 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     T, B, _ = x.shape
     H = w.w_hh.shape[1]
     dtype = w.w_ih.dtype
-    gates = np.empty((T, B, 3 * H), dtype)
+    # Inference projects the inputs a chunk of steps at a time: memory independent of T.
+    step_bytes = max(1, B * 3 * H * dtype.itemsize)
+    chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // step_bytes))
+    gates = np.empty((chunk, B, 3 * H), dtype)
     hprev = np.empty((T, B, H), dtype) if training else None
     ghn = np.empty((T, B, H), dtype) if training and lbr else None
     scratch = np.empty(6 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 2 x (B, H)
