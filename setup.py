@@ -2,6 +2,7 @@
 
 Environment switches (build time):
   GRUFAST_DEBUG=1   bounds checks, wraparound and initialised-check back on, -O0 -g.
+  GRUFAST_OPENMP=0  build without OpenMP (default: on with gcc, off elsewhere).
 """
 
 import os
@@ -66,6 +67,11 @@ def write_blas_int_pxi() -> None:
         target.write_text(header + line)
 
 
+# OpenMP splits each recurrent step across cores. Optional: GRUFAST_OPENMP=0 builds without
+# it (the kernels then run single-threaded apart from OpenBLAS); on by default with gcc.
+OPENMP = {"gcc": ["-fopenmp"], "clang": ["-fopenmp"], "msvc": ["/openmp"]}
+
+
 class BuildExt(build_ext):
     """Pick the flags of the compiler actually used."""
 
@@ -76,9 +82,12 @@ class BuildExt(build_ext):
             cc = " ".join(self.compiler.compiler_so)
             name = "clang" if "clang" in cc else "gcc"
         flags = (DEBUG_FLAGS if DEBUG else FLAGS)[name]
+        use_openmp = os.environ.get("GRUFAST_OPENMP", "1" if name == "gcc" else "0") != "0"
+        omp = OPENMP[name] if use_openmp else []
         for ext in self.extensions:
             isa = ISA_FLAGS.get(ext.name.rsplit(".", 1)[-1], {})
-            ext.extra_compile_args = flags + isa.get(name, [])
+            ext.extra_compile_args = flags + isa.get(name, []) + omp
+            ext.extra_link_args = omp if name != "msvc" else []
         super().build_extensions()
 
 

@@ -11,12 +11,42 @@ from grufast._types cimport real
 from grufast._blas cimport gemm_rm, fill
 from grufast._gemm cimport small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
+from cython.parallel cimport prange
 
 cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int grufast_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int grufast_max_threads(void) { return 1; }
+    #endif
+    """
+    int max_threads "grufast_max_threads"() noexcept nogil
+
+# A parallel region costs a couple of microseconds: steps with fewer multiply-adds run on
+# one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k).
+cdef enum:
+    PARALLEL_MIN_MACS = 150000
+
+
+def openmp_threads() -> int:
+    """The thread count the kernels' parallel steps would use now (1 without OpenMP)."""
+    return max_threads()
 
 
 # ---------------------------------------------------------------------------------------------
 # forward
+
+cdef inline void _masked(Py_ssize_t H, real* y, real* g, real* hprev) noexcept nogil:
+    """A step past the sequence's length: output zeros; the gates and the recorded state
+    are zeroed so that backward's products over all rows stay finite."""
+    fill(y, H, <real>0)
+    fill(g, 3 * H, <real>0)
+    fill(hprev, H, <real>0)
+
 
 cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
                      real* gi, const real* gh, const real* b_ih, const real* b_hh,
@@ -35,9 +65,7 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            fill(y + b * ldy, H, <real>0)
-            fill(g, G, <real>0)
-            fill(hprev + b * H, H, <real>0)
+            _masked(H, y + b * ldy, g, hprev + b * H)
             fill(ghn + b * H, H, <real>0)
             continue
         for j in range(H):
@@ -94,9 +122,7 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            fill(y + b * ldy, H, <real>0)
-            fill(g, G, <real>0)
-            fill(hprev + b * H, H, <real>0)
+            _masked(H, y + b * ldy, g, hprev + b * H)
             continue
         for j in range(H):
             z = g[H + j]
@@ -110,59 +136,117 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
 
 
 cdef inline bint _small(Py_ssize_t B) noexcept nogil:
-    """Batches for the register-tiled recurrent GEMM (grufast._gemm): below 4 rows a tile is
-    mostly empty (B = 1 takes gemv), above 64 OpenBLAS's packing pays off."""
+    """Batches for the register-tiled recurrent GEMM (grufast._gemm), which our threads can
+    split: from 4 rows (below, a mostly empty tile loses to OpenBLAS's gemv, which threads
+    itself) to 64 (above, OpenBLAS's packing pays off). The choice depends on the shape only,
+    so the thread count never changes a result."""
     return 4 <= B <= 64
 
 
+cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
+                 Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 const real* x, const real* w_ih_t, bint project,
+                 const real* w_hh, const real* w_hh_t, const real* b_ih, const real* b_hh,
+                 const Py_ssize_t* lengths, bint reverse, bint lbr, real* y, Py_ssize_t ldy,
+                 real* h, real* gates, real* hprev, real* ghn, real* gh, real* rh,
+                 real* step_scratch) noexcept nogil:
+    """Steps s0 <= s < s1 (in visiting order) for the sequences b0 <= b < b1, whose input
+    projections for time steps first, first + 1, ... are in gates, or are computed here step
+    by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
+    Sequences never interact, so disjoint row ranges run on different threads without any
+    synchronisation."""
+    cdef Py_ssize_t s, t, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef real* gi
+    cdef real* hp_t = step_scratch + b0 * H
+    cdef real* hn_t = step_scratch + BH + b0 * H  # lbr: the recurrent n term; else exp(-a_z)
+    cdef real* y_t
+    cdef real* hr = h + b0 * H
+    cdef real* ghr = gh + b0 * G
+    cdef real* rhr = rh + b0 * H
+    cdef const Py_ssize_t* lr = lengths + b0
+    for s in range(s0, s1):
+        t = T - 1 - s if reverse else s
+        gi = gates + (t - first) * BG + b0 * G
+        y_t = y + (t * B + b0) * ldy
+        if hprev != NULL:
+            hp_t = hprev + t * BH + b0 * H
+        if ghn != NULL:
+            hn_t = ghn + t * BH + b0 * H
+        if project:
+            small_gemm(n, G, I, x + (t * B + b0) * I, I, w_ih_t, G, gi, G, False)
+        if lbr:
+            if _small(B):
+                small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
+            else:
+                gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
+            _gates_lbr(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
+        else:
+            if _small(B):
+                small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
+            else:
+                gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
+            _gates_rz(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
+            if _small(B):
+                small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
+            else:
+                gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
+                        G)
+            _gates_n(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
+
+
+cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    """Threads to split the recurrence by sequences: OpenMP's count (threadpoolctl and
+    OMP_NUM_THREADS set it), at most one per 4 sequences (whole register tiles), when the
+    register-tiled GEMM serves the batch (else OpenBLAS threads each step's GEMM itself) and
+    a step has enough multiply-adds to pay for a second core."""
+    if not _small(B) or B < 8 or B * 3 * H * H < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(max_threads(), <int>(B // 4)))
+
+
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                   const real* x, const real* w_ih, const real* w_hh, const real* w_hh_t,
+                   const real* x, const real* w_ih, const real* w_ih_t, const real* w_hh,
+                   const real* w_hh_t,
                    const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
                    bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h,
                    Py_ssize_t chunk, real* gates,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
                    ) noexcept nogil:
-    cdef Py_ssize_t s, t, n, first = 0, G = 3 * H, BG = B * G, BH = B * H
-    cdef real* gi
-    cdef real* hp_t = step_scratch
-    cdef real* hn_t = step_scratch + BH  # lbr: the recurrent n term; else exp(-a_z)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        if s % chunk == 0:
-            # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
-            # Training passes chunk = T (backward reads them all); inference keeps memory
-            # independent of T.
-            n = min(chunk, T - s)
-            first = t - n + 1 if reverse else t
+    cdef Py_ssize_t s = 0, n, first, G = 3 * H
+    cdef int p, nt = _threads_for(B, H)
+    # Split across threads, each thread also projects its own sequences' inputs, step by
+    # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
+    # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
+    cdef bint project = nt > 1
+    while s < T:
+        # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
+        # Training passes chunk = T (backward reads them all); inference keeps memory
+        # independent of T.
+        n = min(chunk, T - s)
+        first = T - s - n if reverse else s
+        if not project:
             gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I, w_ih, I, 0, gates, G)
-        gi = gates + (t - first) * BG
-        if hprev != NULL:
-            hp_t = hprev + t * BH
-        if ghn != NULL:
-            hn_t = ghn + t * BH
-        if lbr:
-            if _small(B):
-                small_gemm(B, G, H, h, H, w_hh_t, G, gh, G, False)
-            else:
-                gemm_rm(c'N', c'T', B, G, H, 1, h, H, w_hh, H, 0, gh, G)
-            _gates_lbr(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy,
-                       hp_t, hn_t)
+        if nt == 1:
+            _steps(s, s + n, first, 0, B, T, B, I, H, x, w_ih_t, project, w_hh, w_hh_t,
+                   b_ih, b_hh, lengths, reverse, lbr, y, ldy, h, gates, hprev, ghn, gh, rh,
+                   step_scratch)
         else:
-            if _small(B):
-                small_gemm(B, 2 * H, H, h, H, w_hh_t, G, gh, G, False)
-            else:
-                gemm_rm(c'N', c'T', B, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
-            _gates_rz(B, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
-            if _small(B):
-                small_gemm(B, H, H, rh, H, w_hh_t + 2 * H, G, gh + 2 * H, G, False)
-            else:
-                gemm_rm(c'N', c'T', B, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
-            _gates_n(B, H, t, lengths, gi, gh, b_ih, b_hh, h, y + t * B * ldy, ldy, hp_t,
-                     hn_t)
+            # Batch-parallel: each thread runs its own sequences through the whole chunk,
+            # in whole register tiles of 4 rows.
+            for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _steps(s, s + n, first, _rows(B, nt, p), _rows(B, nt, p + 1), T, B, I, H,
+                       x, w_ih_t, project, w_hh, w_hh_t, b_ih, b_hh, lengths, reverse, lbr,
+                       y, ldy, h, gates, hprev, ghn, gh, rh, step_scratch)
+        s += n
 
 
-def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
-            const real[:, ::1] w_hh_t, const real[::1] b_ih, const real[::1] b_hh,
+cdef inline Py_ssize_t _rows(Py_ssize_t B, int nt, int p) noexcept nogil:
+    """Where thread p's sequences start (p = nt: B), on multiples of 4."""
+    return B if p >= nt else (B * p // nt) // 4 * 4
+
+
+def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
+            const real[:, ::1] w_hh, const real[:, ::1] w_hh_t, const real[::1] b_ih, const real[::1] b_hh,
             const Py_ssize_t[::1] lengths,
             bint reverse, bint linear_before_reset,
             real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
@@ -170,7 +254,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
             real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
-    w_hh_t (H, 3H) is w_hh transposed, read by the small-batch recurrent GEMM.
+    w_ih_t (I, 3H) and w_hh_t (H, 3H) are the weights transposed, read by the register-tiled
+    GEMM of small batches.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -179,8 +264,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     of C steps at a time (C = T in training, where it ends holding every step's r, z, n).
     hprev (T, B, H) and ghn (T, B, H) are None in inference; in training they receive the
     state entering each step and the recurrent n term (h W_hn^T + b_hn, linear_before_reset
-    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch
-    (2B, H) are per-step scratch.
+    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch (2B, H) are per-step
+    scratch.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef real* p_hprev = NULL
@@ -192,7 +277,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     if ghn is not None:
         p_ghn = &ghn[0, 0, 0]
     with nogil:
-        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &w_hh_t[0, 0],
+        _forward(T, B, I, H, &x[0, 0, 0], &w_ih[0, 0], &w_ih_t[0, 0], &w_hh[0, 0],
+                 &w_hh_t[0, 0],
                  &b_ih[0], &b_hh[0],
                  &lengths[0], reverse, linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
                  &h[0, 0], gates.shape[0],

@@ -64,10 +64,11 @@ class GRUCache:
 
 
 class Weights(NamedTuple):
-    """One layer's parameters as the kernels take them (w_hh_t = w_hh transposed, for the
-    small-batch recurrent GEMM)."""
+    """One layer's parameters as the kernels take them (w_ih_t and w_hh_t transposed, for
+    the register-tiled GEMM of small batches)."""
 
     w_ih: np.ndarray
+    w_ih_t: np.ndarray
     w_hh: np.ndarray
     w_hh_t: np.ndarray
     b_ih: np.ndarray
@@ -76,7 +77,8 @@ class Weights(NamedTuple):
 
     @classmethod
     def of(cls, w_ih, w_hh, b_ih, b_hh, has_bias: bool) -> Weights:
-        return cls(w_ih, w_hh, np.ascontiguousarray(w_hh.T), b_ih, b_hh, has_bias)
+        return cls(w_ih, np.ascontiguousarray(w_ih.T), w_hh, np.ascontiguousarray(w_hh.T),
+                   b_ih, b_hh, has_bias)
 
 
 def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
@@ -188,8 +190,8 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = np.empty((T, B, H), dtype) if training else None
     ghn = np.empty((T, B, H), dtype) if training and lbr else None
     scratch = np.empty(6 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 2 x (B, H)
-    _kernels.forward(x, w.w_ih, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col,
-                     h,
+    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse,
+                     lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
                      scratch[4 * B * H:].reshape(2 * B, H))
