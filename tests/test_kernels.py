@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from grufast import functional as F
 from grufast import reference as R
 
-from .helpers import assert_close, problem
+from .helpers import assert_close, problem, rel_err
 
 
 @st.composite
@@ -168,8 +168,8 @@ def test_parallel_steps_match_serial():
                                                     linear_before_reset=lbr, training=training)
                         g = F.gru_backward(np.ones_like(y), None, cache) if training else ()
                     runs.append((y, h, *g))
-                for a, b in zip(*runs):
-                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+                for a, b in zip(*runs):  # relative to the largest magnitude, as everywhere
+                    assert rel_err(a, b) <= 1e-5
                 as64 = [a.astype(np.float64) for a in (x, h0, *w)]
                 yr, hr, _ = R.gru_forward(*as64, lengths=lengths, linear_before_reset=lbr)
                 assert_close(runs[1][0], yr, np.float32, "fwd", f"B={B} H={H}")

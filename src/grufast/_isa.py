@@ -60,4 +60,22 @@ def runnable() -> list[ModuleType]:
     return out
 
 
-kernels = select()
+def _load() -> ModuleType:
+    """select(), with libgomp told to sleep rather than spin between parallel regions.
+
+    grufast opens one parallel region per chunk of steps, and between them OpenBLAS's
+    threads run the big GEMMs: spinning OpenMP threads would take their cores. libgomp reads
+    OMP_WAIT_POLICY once, when the kernels load it; the variable is set for that moment only
+    (a user's own setting wins), so libraries loaded later see the environment unchanged.
+    """
+    unset = "OMP_WAIT_POLICY" not in os.environ
+    if unset:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return select()
+    finally:
+        if unset:
+            del os.environ["OMP_WAIT_POLICY"]
+
+
+kernels = _load()

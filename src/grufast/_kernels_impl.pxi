@@ -367,6 +367,48 @@ cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
             out[j] = out[j] + a[i * cols + j]
 
 
+cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                  const real* w_hh, const Py_ssize_t* lengths, bint reverse, bint lbr,
+                  const real* gates, const real* hprev, const real* ghn, const real* dy,
+                  Py_ssize_t ldy, real* dh, real* dG, real* dgh, real* ds,
+                  const real* dy_zero) noexcept nogil:
+    """The backward recurrence for the sequences b0 <= b < b1 (rows never interact: disjoint
+    ranges run on different threads without synchronisation)."""
+    cdef Py_ssize_t s, t, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef const real* dyt = dy_zero + b0 * ldy  # zeros stand in for a missing dy
+    cdef const Py_ssize_t* lr = lengths + b0
+    cdef real* dhr = dh + b0 * H
+    cdef real* dghr = dgh + b0 * G
+    cdef real* dsr = NULL if ds == NULL else ds + b0 * H
+    cdef real* dGt
+    cdef const real* gt
+    cdef const real* hpt
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        if dy != NULL:
+            dyt = dy + (t * B + b0) * ldy
+        dGt = dG + t * BG + b0 * G
+        gt = gates + t * BG + b0 * G
+        hpt = hprev + t * BH + b0 * H
+        if lbr:
+            _dgates_lbr(n, H, t, lr, gt, hpt, ghn + t * BH + b0 * H, dyt, ldy, dhr, dGt, dghr)
+            if _small(B):
+                small_gemm(n, H, G, dghr, G, w_hh, H, dhr, H, True)
+            else:
+                gemm_rm(c'N', c'N', n, H, G, 1, dghr, G, w_hh, H, 1, dhr, H)
+        else:
+            _dgates_zn(n, H, t, lr, gt, hpt, dyt, ldy, dhr, dGt)
+            if _small(B):
+                small_gemm(n, H, H, dGt + 2 * H, G, w_hh + 2 * H * H, H, dsr, H, False)
+            else:
+                gemm_rm(c'N', c'N', n, H, H, 1, dGt + 2 * H, G, w_hh + 2 * H * H, H, 0, dsr, H)
+            _dgates_r(n, H, t, lr, gt, hpt, dsr, dhr, dGt)
+            if _small(B):
+                small_gemm(n, H, 2 * H, dGt, G, w_hh, H, dhr, H, True)
+            else:
+                gemm_rm(c'N', c'N', n, H, 2 * H, 1, dGt, G, w_hh, H, 1, dhr, H)
+
+
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const real* x, const real* w_ih, const real* w_hh,
                     const Py_ssize_t* lengths, bint reverse, bint lbr,
@@ -375,33 +417,16 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
                     bint accumulate, real* dG, real* dgh, real* ds, real* work,
                     const real* dy_zero) noexcept nogil:
-    cdef Py_ssize_t s, t, i, j, G = 3 * H, BG = B * G, BH = B * H, TB = T * B
+    cdef Py_ssize_t i, j, G = 3 * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
-    cdef const real* dyt = dy_zero  # (B, ldy) of zeros stands in for a missing dy
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        if dy != NULL:
-            dyt = dy + t * B * ldy
-        if lbr:
-            _dgates_lbr(B, H, t, lengths, gates + t * BG, hprev + t * BH, ghn + t * BH,
-                        dyt, ldy, dh, dG + t * BG, dgh)
-            if _small(B):
-                small_gemm(B, H, G, dgh, G, w_hh, H, dh, H, True)
-            else:
-                gemm_rm(c'N', c'N', B, H, G, 1, dgh, G, w_hh, H, 1, dh, H)
-        else:
-            _dgates_zn(B, H, t, lengths, gates + t * BG, hprev + t * BH,
-                       dyt, ldy, dh, dG + t * BG)
-            if _small(B):
-                small_gemm(B, H, H, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H, ds, H, False)
-            else:
-                gemm_rm(c'N', c'N', B, H, H, 1, dG + t * BG + 2 * H, G, w_hh + 2 * H * H, H,
-                        0, ds, H)
-            _dgates_r(B, H, t, lengths, gates + t * BG, hprev + t * BH, ds, dh, dG + t * BG)
-            if _small(B):
-                small_gemm(B, H, 2 * H, dG + t * BG, G, w_hh, H, dh, H, True)
-            else:
-                gemm_rm(c'N', c'N', B, H, 2 * H, 1, dG + t * BG, G, w_hh, H, 1, dh, H)
+    cdef int p, nt = _threads_for(B, H)
+    if nt == 1:
+        _bsteps(0, B, T, B, H, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy, dh,
+                dG, dgh, ds, dy_zero)
+    else:
+        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, w_hh, lengths, reverse,
+                    lbr, gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
 
     # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
