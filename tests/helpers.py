@@ -9,18 +9,25 @@ TOL = {
 }
 
 
-def rel_err(actual, expected) -> float:
+def rel_err(actual, expected, floor: float = 1e-30) -> float:
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     if expected.size == 0:
         return 0.0
-    scale = max(np.abs(expected).max(), 1e-30)
+    scale = max(np.abs(expected).max(), floor)
     return float(np.abs(actual - expected).max() / scale)
 
 
+# float32 results whose largest magnitude is below 1e-2 are judged against 1e-2: a float32
+# gate near saturation carries ~1e-7 absolute error in any implementation (on the case that
+# showed it, T = B = I = H = 1 with y = 2.4e-3, ONNX Runtime was 4e-5 off the float64 truth
+# and grufast 2e-5), which relative to such a tiny output exceeds 5e-5.
+FLOOR = {np.dtype(np.float64): 1e-30, np.dtype(np.float32): 1e-2}
+
+
 def assert_close(actual, expected, dtype, kind="fwd", what=""):
-    err = rel_err(actual, expected)
+    err = rel_err(actual, expected, FLOOR[np.dtype(dtype)])
     tol = TOL[np.dtype(dtype)][kind]
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
     return err

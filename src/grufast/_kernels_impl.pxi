@@ -8,7 +8,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
-from grufast._blas cimport gemm_rm, fill
+from grufast._blas cimport fill, gemm_rm, gemv_rm
 from grufast._gemm cimport small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport prange
@@ -135,6 +135,13 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
             y[b * ldy + j] = n
 
 
+cdef inline void _gemv_t(Py_ssize_t N, Py_ssize_t K, const real* w_t, Py_ssize_t ldw,
+                         const real* v, real* out) noexcept nogil:
+    """out (N,) = W v for W (N, K) given as its transpose w_t (K, N) row-major: that is W in
+    column-major order, which OpenBLAS's gemv streams faster than the dot-product form."""
+    gemv_rm(c'T', K, N, 1, w_t, ldw, v, 1, 0, out, 1)
+
+
 cdef inline bint _small(Py_ssize_t B) noexcept nogil:
     """Batches for the register-tiled recurrent GEMM (grufast._gemm), which our threads can
     split: from 4 rows (below, a mostly empty tile loses to OpenBLAS's gemv, which threads
@@ -177,17 +184,23 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
         if lbr:
             if _small(B):
                 small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
+            elif n == 1:
+                _gemv_t(G, H, w_hh_t, G, hr, ghr)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_lbr(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
         else:
             if _small(B):
                 small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
+            elif n == 1:
+                _gemv_t(2 * H, H, w_hh_t, G, hr, ghr)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_rz(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
             if _small(B):
                 small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
+            elif n == 1:
+                _gemv_t(H, H, w_hh_t + 2 * H, G, rhr, ghr + 2 * H)
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
@@ -520,10 +533,11 @@ def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
 # one step for one sequence, from Python at the lowest cost (GRUCell's streaming path)
 
 
-cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih,
-                 const real* w_hh, const real* b_ih, const real* b_hh, bint lbr,
+cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_t,
+                 const real* w_hh_t, const real* b_ih, const real* b_hh, bint lbr,
                  real* work) noexcept nogil:
-    """h (H,) <- one GRU step from x (I,); work holds 9H reals (gi, gh, rh, 2 x scratch)."""
+    """h (H,) <- one GRU step from x (I,), with the transposed weights w_ih_t (I, 3H) and
+    w_hh_t (H, 3H); work holds 9H reals (gi, gh, rh, 2 x scratch)."""
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t one = 1
     cdef real* gi = work
@@ -531,14 +545,14 @@ cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real*
     cdef real* rh = work + 2 * G
     cdef real* s1 = rh + H
     cdef real* s2 = s1 + H
-    gemm_rm(c'N', c'T', 1, G, I, 1, x, I, w_ih, I, 0, gi, G)   # gemv: B = 1
+    _gemv_t(G, I, w_ih_t, G, x, gi)
     if lbr:
-        gemm_rm(c'N', c'T', 1, G, H, 1, h, H, w_hh, H, 0, gh, G)
+        _gemv_t(G, H, w_hh_t, G, h, gh)
         _gates_lbr(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
     else:
-        gemm_rm(c'N', c'T', 1, 2 * H, H, 1, h, H, w_hh, H, 0, gh, G)
+        _gemv_t(2 * H, H, w_hh_t, G, h, gh)
         _gates_rz(1, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
-        gemm_rm(c'N', c'T', 1, H, H, 1, rh, H, w_hh + 2 * H * H, H, 0, gh + 2 * H, G)
+        _gemv_t(H, H, w_hh_t + 2 * H, G, rh, gh + 2 * H)
         _gates_n(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
 
 
@@ -554,32 +568,33 @@ cdef class CellPlan:
 
     ``step(x, h)`` takes x (I,) and h (H,) or None as C-contiguous arrays of the parameters'
     dtype and returns the new state (H,); for anything else it returns None and the caller
-    takes the general path. It keeps references to the parameter arrays (updated in place
-    by load_state_dict) and allocates its scratch per call: nothing mutable is shared.
+    takes the general path. It holds the transposed weights w_ih_t (I, 3H) and w_hh_t
+    (H, 3H) (the owner builds a new plan when the weights change) and allocates its
+    scratch per call: nothing mutable is shared.
     """
 
-    cdef cnp.ndarray w_ih, w_hh, b_ih, b_hh
+    cdef cnp.ndarray w_ih_t, w_hh_t, b_ih, b_hh
     cdef Py_ssize_t n_in, n_hidden  # not I: complex.h defines a macro of that name
     cdef bint lbr
     cdef int typenum
 
-    def __init__(self, cnp.ndarray w_ih, cnp.ndarray w_hh, cnp.ndarray b_ih,
+    def __init__(self, cnp.ndarray w_ih_t, cnp.ndarray w_hh_t, cnp.ndarray b_ih,
                  cnp.ndarray b_hh, bint linear_before_reset):
-        for a in (w_ih, w_hh, b_ih, b_hh):
-            if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.dtype != w_ih.dtype:
+        for a in (w_ih_t, w_hh_t, b_ih, b_hh):
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.dtype != w_ih_t.dtype:
                 raise ValueError("CellPlan needs C-contiguous parameters of one dtype")
-        if w_ih.dtype not in (np.float32, np.float64):
+        if w_ih_t.dtype not in (np.float32, np.float64):
             raise TypeError("CellPlan needs float32 or float64 parameters")
-        self.w_ih, self.w_hh, self.b_ih, self.b_hh = w_ih, w_hh, b_ih, b_hh
-        self.n_in = w_ih.shape[1]
-        self.n_hidden = w_hh.shape[1]
+        self.w_ih_t, self.w_hh_t, self.b_ih, self.b_hh = w_ih_t, w_hh_t, b_ih, b_hh
+        self.n_in = w_ih_t.shape[0]
+        self.n_hidden = w_hh_t.shape[0]
         self.lbr = linear_before_reset
-        self.typenum = cnp.PyArray_TYPE(w_ih)
+        self.typenum = cnp.PyArray_TYPE(w_ih_t)
 
     def step(self, x, h):
         cdef cnp.npy_intp dim = self.n_hidden
         cdef Py_ssize_t I = self.n_in, H = self.n_hidden
-        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih)
+        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih_t)
         cdef cnp.ndarray out
         cdef void* work
         if not _is_vector(x, self.typenum, I):
@@ -598,15 +613,15 @@ cdef class CellPlan:
             if self.typenum == cnp.NPY_FLOAT32:
                 _step1(I, H, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                        <float*>cnp.PyArray_DATA(out),
-                       <const float*>cnp.PyArray_DATA(self.w_ih),
-                       <const float*>cnp.PyArray_DATA(self.w_hh),
+                       <const float*>cnp.PyArray_DATA(self.w_ih_t),
+                       <const float*>cnp.PyArray_DATA(self.w_hh_t),
                        <const float*>cnp.PyArray_DATA(self.b_ih),
                        <const float*>cnp.PyArray_DATA(self.b_hh), self.lbr, <float*>work)
             else:
                 _step1(I, H, <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                        <double*>cnp.PyArray_DATA(out),
-                       <const double*>cnp.PyArray_DATA(self.w_ih),
-                       <const double*>cnp.PyArray_DATA(self.w_hh),
+                       <const double*>cnp.PyArray_DATA(self.w_ih_t),
+                       <const double*>cnp.PyArray_DATA(self.w_hh_t),
                        <const double*>cnp.PyArray_DATA(self.b_ih),
                        <const double*>cnp.PyArray_DATA(self.b_hh), self.lbr, <double*>work)
         free(work)

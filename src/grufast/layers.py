@@ -85,7 +85,11 @@ class _Parameters:
                                      str(target.shape))
         for name, arr in converted.items():  # all checked before anything changes
             np.copyto(self._params[name], arr)
-        self._prepared.clear()  # the transposed copies are rebuilt from the new weights
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Drop what was prepared from the old weights (transposed copies, plans)."""
+        self._prepared.clear()
 
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""
@@ -426,8 +430,13 @@ class GRUCell(_Parameters):
         if self.bias:
             shapes.update(bias_ih=(3 * H,), bias_hh=(3 * H,))
         self._init_params(shapes, H, seed)
-        w = self._layer_weights("")  # load_state_dict updates these arrays in place
-        self._plan = kernels.CellPlan(w.w_ih, w.w_hh, w.b_ih, w.b_hh, self.linear_before_reset)
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        super()._weights_changed()
+        w = self._layer_weights("")
+        self._plan = kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
+                                      self.linear_before_reset)
 
     def config(self) -> dict[str, Any]:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
