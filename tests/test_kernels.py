@@ -116,7 +116,8 @@ def test_every_build_matches_the_reference(monkeypatch):
 
 
 def test_recurrent_gemm_paths_agree_at_their_boundaries():
-    """B = 1 (gemv), 4..64 (register-tiled GEMM, full and edge tiles), 65 (OpenBLAS)."""
+    """B = 1 (gemv), 4..64 (register-tiled GEMM, full and edge tiles), 65 (OpenBLAS in
+    training, the tiled GEMM in inference)."""
     rng = np.random.default_rng(9)
     for B in (1, 3, 4, 7, 64, 65):
         for dtype in (np.float32, np.float64):
@@ -128,6 +129,8 @@ def test_recurrent_gemm_paths_agree_at_their_boundaries():
                 yr, _, cr = R.gru_forward(*as64, linear_before_reset=lbr, training=True)
                 gr = R.gru_backward(np.ones_like(yr), np.ones_like(h, np.float64), cr)
                 assert_close(y, yr, dtype, "fwd", f"B={B} y")
+                y_inf, _, _ = F.gru_forward(x, h0, *w, linear_before_reset=lbr)
+                assert_close(y_inf, yr, dtype, "fwd", f"B={B} inference y")
                 for name, a, b in zip(g._fields, g, gr):
                     assert_close(a, b, dtype, "grad", f"B={B} {name}")
 

@@ -142,17 +142,18 @@ cdef inline void _gemv_t(Py_ssize_t N, Py_ssize_t K, const real* w_t, Py_ssize_t
     gemv_rm(c'T', K, N, 1, w_t, ldw, v, 1, 0, out, 1)
 
 
-cdef inline bint _small(Py_ssize_t B) noexcept nogil:
-    """Batches for the register-tiled recurrent GEMM (grufast._gemm), which our threads can
-    split: from 4 rows (below, a mostly empty tile loses to OpenBLAS's gemv, which threads
-    itself) to 64 (above, OpenBLAS's packing pays off). The choice depends on the shape only,
-    so the thread count never changes a result."""
-    return 4 <= B <= 64
+cdef inline bint _small(Py_ssize_t B, bint training) noexcept nogil:
+    """Steps for the register-tiled recurrent GEMM (grufast._gemm), which our threads can
+    split by sequences: from 4 rows (below, a mostly empty tile loses to OpenBLAS's gemv,
+    which threads itself); in training up to 64 rows (beyond, OpenBLAS's packed GEMMs win the
+    backward's K = 3H products and the forward's chunk projections). The choice depends on
+    the shape and mode only."""
+    return B >= 4 and (B <= 64 or not training)
 
 
 cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
                  Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                 const real* x, const real* w_ih_t, bint project,
+                 const real* x, const real* w_ih_t, bint project, bint small,
                  const real* w_hh, const real* w_hh_t, const real* b_ih, const real* b_hh,
                  const Py_ssize_t* lengths, bint reverse, bint lbr, real* y, Py_ssize_t ldy,
                  real* h, real* gates, real* hprev, real* ghn, real* gh, real* rh,
@@ -182,7 +183,7 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
         if project:
             small_gemm(n, G, I, x + (t * B + b0) * I, I, w_ih_t, G, gi, G, False)
         if lbr:
-            if _small(B):
+            if small:
                 small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
             elif n == 1:
                 _gemv_t(G, H, w_hh_t, G, hr, ghr)
@@ -190,14 +191,14 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_lbr(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
         else:
-            if _small(B):
+            if small:
                 small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
             elif n == 1:
                 _gemv_t(2 * H, H, w_hh_t, G, hr, ghr)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_rz(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
-            if _small(B):
+            if small:
                 small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
             elif n == 1:
                 _gemv_t(H, H, w_hh_t + 2 * H, G, rhr, ghr + 2 * H)
@@ -207,12 +208,12 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
             _gates_n(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
 
 
-cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, bint small) noexcept nogil:
     """Threads to split the recurrence by sequences: OpenMP's count (threadpoolctl and
     OMP_NUM_THREADS set it), at most one per 4 sequences (whole register tiles), when the
     register-tiled GEMM serves the batch (else OpenBLAS threads each step's GEMM itself) and
     a step has enough multiply-adds to pay for a second core."""
-    if not _small(B) or B < 8 or B * 3 * H * H < PARALLEL_MIN_MACS:
+    if not small or B < 8 or B * 3 * H * H < PARALLEL_MIN_MACS:
         return 1
     return max(1, min(max_threads(), <int>(B // 4)))
 
@@ -226,7 +227,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
                    ) noexcept nogil:
     cdef Py_ssize_t s = 0, n, first, G = 3 * H
-    cdef int p, nt = _threads_for(B, H)
+    cdef bint small = _small(B, hprev != NULL)
+    cdef int p, nt = _threads_for(B, H, small)
     # Split across threads, each thread also projects its own sequences' inputs, step by
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
     # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
@@ -240,7 +242,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         if not project:
             gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I, w_ih, I, 0, gates, G)
         if nt == 1:
-            _steps(s, s + n, first, 0, B, T, B, I, H, x, w_ih_t, project, w_hh, w_hh_t,
+            _steps(s, s + n, first, 0, B, T, B, I, H, x, w_ih_t, project, small, w_hh, w_hh_t,
                    b_ih, b_hh, lengths, reverse, lbr, y, ldy, h, gates, hprev, ghn, gh, rh,
                    step_scratch)
         else:
@@ -248,7 +250,8 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             # in whole register tiles of 4 rows.
             for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
                 _steps(s, s + n, first, _rows(B, nt, p), _rows(B, nt, p + 1), T, B, I, H,
-                       x, w_ih_t, project, w_hh, w_hh_t, b_ih, b_hh, lengths, reverse, lbr,
+                       x, w_ih_t, project, small, w_hh, w_hh_t, b_ih, b_hh, lengths, reverse,
+                       lbr,
                        y, ldy, h, gates, hprev, ghn, gh, rh, step_scratch)
         s += n
 
@@ -381,7 +384,8 @@ cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
 
 
 cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                  const real* w_hh, const Py_ssize_t* lengths, bint reverse, bint lbr,
+                  bint small, const real* w_hh, const Py_ssize_t* lengths, bint reverse,
+                  bint lbr,
                   const real* gates, const real* hprev, const real* ghn, const real* dy,
                   Py_ssize_t ldy, real* dh, real* dG, real* dgh, real* ds,
                   const real* dy_zero) noexcept nogil:
@@ -405,18 +409,18 @@ cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_s
         hpt = hprev + t * BH + b0 * H
         if lbr:
             _dgates_lbr(n, H, t, lr, gt, hpt, ghn + t * BH + b0 * H, dyt, ldy, dhr, dGt, dghr)
-            if _small(B):
+            if small:
                 small_gemm(n, H, G, dghr, G, w_hh, H, dhr, H, True)
             else:
                 gemm_rm(c'N', c'N', n, H, G, 1, dghr, G, w_hh, H, 1, dhr, H)
         else:
             _dgates_zn(n, H, t, lr, gt, hpt, dyt, ldy, dhr, dGt)
-            if _small(B):
+            if small:
                 small_gemm(n, H, H, dGt + 2 * H, G, w_hh + 2 * H * H, H, dsr, H, False)
             else:
                 gemm_rm(c'N', c'N', n, H, H, 1, dGt + 2 * H, G, w_hh + 2 * H * H, H, 0, dsr, H)
             _dgates_r(n, H, t, lr, gt, hpt, dsr, dhr, dGt)
-            if _small(B):
+            if small:
                 small_gemm(n, H, 2 * H, dGt, G, w_hh, H, dhr, H, True)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dGt, G, w_hh, H, 1, dhr, H)
@@ -432,14 +436,15 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const real* dy_zero) noexcept nogil:
     cdef Py_ssize_t i, j, G = 3 * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
-    cdef int p, nt = _threads_for(B, H)
+    cdef bint small = _small(B, True)
+    cdef int p, nt = _threads_for(B, H, small)
     if nt == 1:
-        _bsteps(0, B, T, B, H, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy, dh,
-                dG, dgh, ds, dy_zero)
+        _bsteps(0, B, T, B, H, small, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy,
+                dh, dG, dgh, ds, dy_zero)
     else:
         for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-            _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, w_hh, lengths, reverse,
-                    lbr, gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
+            _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, small, w_hh, lengths,
+                    reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
 
     # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
