@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from grufast import functional, reference
+from grufast.bench import median_ms
 
 
 def _problem(rng, T, B, I, H, dtype):
@@ -21,15 +21,6 @@ def _problem(rng, T, B, I, H, dtype):
 
 def _rel(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def check(args: argparse.Namespace) -> int:
@@ -59,12 +50,12 @@ def check(args: argparse.Namespace) -> int:
                       f"{'' if passed else '  FAIL'}")
     T, B, I, H = 100, 64, 256, 256
     x, h0, w = _problem(rng, T, B, I, H, np.float32)
-    kern = _median_ms(lambda: functional.gru_forward(x, h0, *w), args.repeats)
-    ref = _median_ms(lambda: reference.gru_forward(x, h0, *w), max(3, args.repeats // 3))
+    kern = median_ms(lambda: functional.gru_forward(x, h0, *w), 0, args.repeats, 0)
+    ref = median_ms(lambda: reference.gru_forward(x, h0, *w), 0, max(3, args.repeats // 3), 0)
     _, _, cache = functional.gru_forward(x, h0, *w, training=True)
     dy = np.ones((T, B, H), np.float32)
-    train = _median_ms(lambda: functional.gru_backward(
-        dy, None, functional.gru_forward(x, h0, *w, training=True)[2]), args.repeats)
+    train = median_ms(lambda: functional.gru_backward(
+        dy, None, functional.gru_forward(x, h0, *w, training=True)[2]), 0, args.repeats, 0)
     print(f"\nT={T} B={B} I={I} H={H} float32, median of {args.repeats}:")
     print(f"  kernel forward   {kern:8.2f} ms")
     print(f"  reference fwd    {ref:8.2f} ms   ({ref / kern:.1f}x the kernel's time)")

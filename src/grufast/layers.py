@@ -43,6 +43,18 @@ def _bool(name: str, value) -> bool:
     return bool(value)
 
 
+def _step_input(name: str, value, input_size: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """One step's input as (B, input_size), and whether it came unbatched (input_size,)."""
+    x = real_array(name, value, dtype)
+    unbatched = x.ndim == 1
+    if unbatched:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != input_size:
+        raise ValueError(f"{name} must have shape (B, input_size) or (input_size,) with "
+                         f"input_size = {input_size}, got {x.shape}")
+    return x, unbatched
+
+
 class _Parameters:
     """Named parameters in PyTorch's state-dict layout, with gradients of the same names."""
 
@@ -354,13 +366,7 @@ class GRU(_Parameters):
         if self.bidirectional:
             raise ValueError("step needs a unidirectional GRU: a bidirectional one must see "
                              "the whole sequence (got bidirectional=True)")
-        x_t = real_array("x_t", x_t, self.dtype)
-        unbatched = x_t.ndim == 1
-        if unbatched:
-            x_t = x_t[None, :]
-        if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
-            raise ValueError(f"x_t must have shape (B, input_size) or (input_size,) with "
-                             f"input_size = {self.input_size}, got {x_t.shape}")
+        x_t, unbatched = _step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
             state = np.zeros((L, B, H), self.dtype)
@@ -450,13 +456,7 @@ class GRUCell(_Parameters):
         out = self._plan.step(x, h)
         if out is not None:
             return out
-        x = real_array("x", x, self.dtype)
-        unbatched = x.ndim == 1
-        if unbatched:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"x must have shape (B, input_size) or (input_size,) with "
-                             f"input_size = {self.input_size}, got {x.shape}")
+        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
         B, H = x.shape[0], self.hidden_size
         if h is None:
             state = np.zeros((B, H), self.dtype)
