@@ -13,14 +13,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import torch  # noqa: E402
-
-import grufast  # noqa: E402
-from grufast import functional as F  # noqa: E402
 from tests.helpers import problem, rel_err  # noqa: E402
 from tests.onnx_helpers import run_onnx_gru  # noqa: E402
 from tests.test_layer_torch import TORCH, run_torch  # noqa: E402
 from tests.test_oracle_keras import keras_gru  # noqa: E402
 from tests.test_oracle_torch import torch_autograd_gru_no_lbr, torch_gru  # noqa: E402
+
+import grufast  # noqa: E402
+from grufast import functional as F  # noqa: E402
 
 
 def main() -> None:

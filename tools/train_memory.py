@@ -1,7 +1,6 @@
 """Peak resident memory of one training step (forward + backward), T=100, B=64, I=H=512,
 float32: grufast vs PyTorch, each in a fresh process. Usage: python tools/train_memory.py"""
 
-import resource
 import subprocess
 import sys
 
