@@ -3,16 +3,11 @@
 import pytest
 
 from .conftest import SHAPES
-from .test_inference import MODULES, PEERS
+from .test_inference import PEERS, prepare
 
 
 @pytest.mark.parametrize("problem", SHAPES, indirect=True)
 @pytest.mark.parametrize("peer", [p for p in PEERS if p != "onnxruntime"])
 def test_training(benchmark, problem, peer):
-    if peer in MODULES:
-        pytest.importorskip(MODULES[peer])
-    sd, x, _ = problem
-    H = sd["weight_hh_l0"].shape[1]
-    benchmark.group = "training T, B, I, H = {}, {}, {}, {}".format(*x.shape, H)
-    _, train = PEERS[peer](*problem)
+    _, train = prepare(benchmark, "training", problem, peer)
     benchmark(train)

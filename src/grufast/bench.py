@@ -217,7 +217,10 @@ def environment(threads: int) -> dict:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             pass
+    from grufast._isa import kernels
+
     return {"cpu": cpu, "cores_visible": len(os.sched_getaffinity(0)), "threads": threads,
+            "kernels": kernels.__name__, "openmp_threads": kernels.openmp_threads(),
             "python": platform.python_version(), "versions": versions,
             "blas": [{k: i.get(k) for k in ("internal_api", "version", "num_threads",
                                             "architecture", "filepath")}
