@@ -177,3 +177,40 @@ def test_parallel_steps_match_serial():
                 yr, hr, _ = R.gru_forward(*as64, lengths=lengths, linear_before_reset=lbr)
                 assert_close(runs[1][0], yr, np.float32, "fwd", f"B={B} H={H}")
                 assert_close(runs[1][1], hr, np.float32, "fwd", f"B={B} H={H}")
+
+
+def test_one_sequence_split_across_threads(monkeypatch):
+    """B = 1 with H >= 224 splits the hidden units across threads, which meet at a spinning
+    barrier after every step: 1, 2 and 3 threads (3 oversubscribe a 2-core machine: the
+    barrier must yield, not hang), both variants and directions, odd and even T (the state
+    alternates between two rows), lengths, chunked inference and training, float32 and
+    float64, all meet the tolerances and agree with one thread."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(12)
+    monkeypatch.setattr(F, "INFERENCE_CHUNK_BYTES", 4 * 3 * 240 * 8)  # 4 steps per chunk
+    for H, T, lengths, dtype in ((240, 9, None, np.float64), (256, 6, [4], np.float32),
+                                 (240, 7, [0], np.float64), (256, 1, None, np.float32)):
+        for lbr in (True, False):
+            for reverse in (False, True):
+                x, h0, *w = problem(rng, T, 1, 5, H, dtype, scale=0.5)
+                kw = dict(lengths=lengths, reverse=reverse, linear_before_reset=lbr)
+                as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+                yr, hr, cr = R.gru_forward(*as64, training=True, **kw)
+                gr = R.gru_backward(np.ones_like(yr), None, cr)
+                runs = []
+                for threads in (1, 2, 3):
+                    with threadpool_limits(threads):
+                        y_inf, h_inf, _ = F.gru_forward(x, h0, *w, **kw)
+                        y, h, cache = F.gru_forward(x, h0, *w, training=True, **kw)
+                        g = F.gru_backward(np.ones_like(y), None, cache)
+                    where = f"H={H} T={T} lbr={lbr} reverse={reverse} threads={threads}"
+                    assert_close(y_inf, yr, dtype, "fwd", f"{where} inference y")
+                    assert_close(h_inf, hr, dtype, "fwd", f"{where} inference h_n")
+                    assert_close(y, yr, dtype, "fwd", f"{where} y")
+                    for name, a, b in zip(g._fields, g, gr):
+                        assert_close(a, b, dtype, "grad", f"{where} {name}")
+                    runs.append((y_inf, h_inf, y, h, *g))
+                for run in runs[1:]:
+                    for a, b in zip(runs[0], run):
+                        assert rel_err(a, b) <= (1e-5 if dtype == np.float32 else 1e-13)

@@ -54,20 +54,66 @@ cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N). Full tiles get compile-time bounds so the compiler
     unrolls them into registers; edges take the same loop with run-time bounds."""
-    cdef Py_ssize_t m, n, cw
+    cdef Py_ssize_t m, n, cw, w
     if real is float:
         cw = TILE_FLOATS
     else:
         cw = TILE_FLOATS // 2
-    m = 0
-    while m < M:
-        n = 0
-        while n + cw <= N:
-            # cw is a constant per specialisation: the compiler unrolls the tile's columns.
-            _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw, K, A + m * lda, lda, W + n,
-                  ldw, C + m * ldc + n, ldc, accumulate)
-            n += cw
-        if n < N:
-            _tile(min(TILE_ROWS, M - m), N - n, K, A + m * lda, lda, W + n, ldw,
-                  C + m * ldc + n, ldc, accumulate)
-        m += TILE_ROWS
+    # Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
+    # row tile passes over it, so W streams from memory once per call, not once per tile.
+    # Panels of cw columns, then of one vector (cw / 3), then the remainder: the first two
+    # have compile-time widths, which the compiler unrolls into registers.
+    n = 0
+    while n < N:
+        w = cw if n + cw <= N else (cw // 3 if n + cw // 3 <= N else N - n)
+        m = 0
+        while m < M:
+            if w == cw:
+                _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw, K, A + m * lda, lda,
+                      W + n, ldw, C + m * ldc + n, ldc, accumulate)
+            elif w == cw // 3:
+                _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw // 3, K, A + m * lda,
+                      lda, W + n, ldw, C + m * ldc + n, ldc, accumulate)
+            else:
+                _tile(min(TILE_ROWS, M - m), w, K, A + m * lda, lda, W + n, ldw,
+                      C + m * ldc + n, ldc, accumulate)
+            m += TILE_ROWS
+        n += w
+
+
+cdef enum:
+    ROW_MAX = 128
+
+
+cdef inline void _row(Py_ssize_t width, Py_ssize_t K, const real* v, const real* W,
+                      Py_ssize_t ldw, real* out) noexcept nogil:
+    """out[:width] = v[:K] @ W[:K, :width], width <= 128, in vector registers throughout."""
+    cdef real acc[ROW_MAX]
+    cdef Py_ssize_t i, k
+    cdef real a
+    for i in range(width):
+        acc[i] = 0
+    for k in range(K):
+        a = v[k]
+        for i in range(width):
+            acc[i] += a * W[k * ldw + i]
+    for i in range(width):
+        out[i] = acc[i]
+
+
+cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
+                          Py_ssize_t ldw, real* out) noexcept nogil:
+    """out (N,) = v (K,) @ W (K, N), for a thread's slice of the columns inside a parallel
+    region (OpenBLAS's gemv could start threads of its own there). Strips of 8 vector
+    registers: enough independent FMA chains to hide their latency; the loads of W set the
+    pace, as in any GEMV."""
+    cdef Py_ssize_t n = 0, cw
+    if real is float:
+        cw = TILE_FLOATS * 8 // 3
+    else:
+        cw = TILE_FLOATS * 4 // 3
+    while n + cw <= N:
+        _row(cw, K, v, W + n, ldw, out + n)
+        n += cw
+    if n < N:
+        _row(N - n, K, v, W + n, ldw, out + n)

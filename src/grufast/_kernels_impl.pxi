@@ -9,9 +9,9 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport small_gemm
+from grufast._gemm cimport row_gemv, small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 
 cnp.import_array()
 
@@ -20,11 +20,50 @@ cdef extern from *:
     #ifdef _OPENMP
     #include <omp.h>
     static int grufast_max_threads(void) { return omp_get_max_threads(); }
+    static int grufast_team_size(void) { return omp_get_num_threads(); }
+    static int grufast_thread_id(void) { return omp_get_thread_num(); }
     #else
     static int grufast_max_threads(void) { return 1; }
+    static int grufast_team_size(void) { return 1; }
+    static int grufast_thread_id(void) { return 0; }
+    #endif
+
+    /* A spinning barrier for the threads of one parallel region, met once or twice per step
+       by a sequence split across cores. OpenMP's own barrier sleeps in the kernel under
+       OMP_WAIT_POLICY=PASSIVE (which grufast sets while loading libgomp), and waking costs
+       more than a step. Spins, then yields the core when it waits long (oversubscribed). */
+    typedef struct { unsigned arrived, generation; } grufast_barrier;
+    #if defined(_OPENMP) && defined(__GNUC__)
+    #define GRUFAST_SPIN_BARRIER 1
+    #include <sched.h>
+    #if defined(__x86_64__) || defined(__i386__)
+    #define GRUFAST_PAUSE() __builtin_ia32_pause()
+    #else
+    #define GRUFAST_PAUSE() ((void)0)
+    #endif
+    static void grufast_barrier_wait(grufast_barrier* b, unsigned n) {
+        unsigned gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE), spins = 0;
+        if (__atomic_add_fetch(&b->arrived, 1, __ATOMIC_ACQ_REL) == n) {
+            __atomic_store_n(&b->arrived, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+            return;
+        }
+        while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen) {
+            if (++spins < 20000) GRUFAST_PAUSE(); else sched_yield();
+        }
+    }
+    #else
+    #define GRUFAST_SPIN_BARRIER 0
+    static void grufast_barrier_wait(grufast_barrier* b, unsigned n) { (void)b; (void)n; }
     #endif
     """
     int max_threads "grufast_max_threads"() noexcept nogil
+    int team_size "grufast_team_size"() noexcept nogil
+    int thread_id "grufast_thread_id"() noexcept nogil
+    ctypedef struct barrier_t "grufast_barrier":
+        unsigned arrived, generation
+    void barrier_wait "grufast_barrier_wait"(barrier_t* b, unsigned n) noexcept nogil
+    const bint SPIN_BARRIER "GRUFAST_SPIN_BARRIER"
 
 # A parallel region costs a couple of microseconds: steps with fewer multiply-adds run on
 # one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k).
@@ -40,22 +79,30 @@ def openmp_threads() -> int:
 # ---------------------------------------------------------------------------------------------
 # forward
 
-cdef inline void _masked(Py_ssize_t H, real* y, real* g, real* hprev) noexcept nogil:
-    """A step past the sequence's length: output zeros; the gates and the recorded state
-    are zeroed so that backward's products over all rows stay finite."""
-    fill(y, H, <real>0)
-    fill(g, 3 * H, <real>0)
-    fill(hprev, H, <real>0)
+cdef inline void _masked(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* y, real* g,
+                         const real* h, real* h_out, real* hprev) noexcept nogil:
+    """A step past the sequence's length, units j0 <= j < j1: output zeros, keep the state;
+    the gates and the recorded state are zeroed so that backward's products over all rows
+    stay finite."""
+    cdef Py_ssize_t k, n = j1 - j0
+    fill(y + j0, n, <real>0)
+    for k in range(3):
+        fill(g + k * H + j0, n, <real>0)
+    fill(hprev + j0, n, <real>0)
+    if h_out != h:
+        memcpy(h_out + j0, h + j0, n * sizeof(real))
 
 
-cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                     real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                     real* h, real* y, Py_ssize_t ldy, real* hprev, real* ghn) noexcept nogil:
-    """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)).
+cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                     const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                     const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
+                     real* hprev, real* ghn) noexcept nogil:
+    """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)), units j0 <= j < j1.
 
     gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
-    hprev and ghn (B, H) receive h and the recurrent n term (scratch in inference: storing
-    unconditionally keeps the loop branch-free, hence vectorisable).
+    The new state goes to h_out (B, H), which may be h. hprev and ghn (B, H) receive h and
+    the recurrent n term (scratch in inference: storing unconditionally keeps the loop
+    branch-free, hence vectorisable).
     """
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real r, z, ez, n, hn, hp
@@ -65,10 +112,10 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            _masked(H, y + b * ldy, g, hprev + b * H)
-            fill(ghn + b * H, H, <real>0)
+            _masked(H, j0, j1, y + b * ldy, g, h + b * H, h_out + b * H, hprev + b * H)
+            fill(ghn + b * H + j0, j1 - j0, <real>0)
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
             ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
             z = <real>1 / (<real>1 + ez)
@@ -82,15 +129,15 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             ghn[b * H + j] = hn
             # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
             hn = z * (hp + ez * n)
-            h[b * H + j] = hn
+            h_out[b * H + j] = hn
             y[b * ldy + j] = hn
 
 
-cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                    real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                    const real* h, real* rh, real* ez) noexcept nogil:
-    """linear_before_reset=False, first half: r and z into gi, r * h into rh (B, H),
-    exp(-a_z) into ez (B, H) for the second half."""
+cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                    const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                    const real* b_hh, const real* h, real* rh, real* ez) noexcept nogil:
+    """linear_before_reset=False, first half, units j0 <= j < j1: r and z into gi, r * h
+    into rh (B, H), exp(-a_z) into ez (B, H) for the second half."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real r, e
     cdef real* g
@@ -99,9 +146,9 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            fill(rh + b * H, H, <real>0)
+            fill(rh + b * H + j0, j1 - j0, <real>0)
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
             g[j] = r
             e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
@@ -110,10 +157,12 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* 
             rh[b * H + j] = r * h[b * H + j]
 
 
-cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                   real* gi, const real* gh, const real* b_ih, const real* b_hh,
-                   real* h, real* y, Py_ssize_t ldy, real* hprev, const real* ez) noexcept nogil:
-    """linear_before_reset=False, second half: n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn)."""
+cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                   const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                   const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
+                   real* hprev, const real* ez) noexcept nogil:
+    """linear_before_reset=False, second half, units j0 <= j < j1:
+    n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn); the new state goes to h_out."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real z, n, hp
     cdef real* g
@@ -122,16 +171,16 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* l
         g = gi + b * G
         q = gh + b * G
         if t >= lengths[b]:
-            _masked(H, y + b * ldy, g, hprev + b * H)
+            _masked(H, j0, j1, y + b * ldy, g, h + b * H, h_out + b * H, hprev + b * H)
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             z = g[H + j]
             n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
             hp = h[b * H + j]
             g[2 * H + j] = n
             hprev[b * H + j] = hp
             n = z * (hp + ez[b * H + j] * n)
-            h[b * H + j] = n
+            h_out[b * H + j] = n
             y[b * ldy + j] = n
 
 
@@ -189,7 +238,7 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
                 _gemv_t(G, H, w_hh_t, G, hr, ghr)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
-            _gates_lbr(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
+            _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
         else:
             if small:
                 small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
@@ -197,7 +246,7 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
                 _gemv_t(2 * H, H, w_hh_t, G, hr, ghr)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
-            _gates_rz(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
+            _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
             if small:
                 small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
             elif n == 1:
@@ -205,7 +254,7 @@ cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
-            _gates_n(n, H, t, lr, gi, ghr, b_ih, b_hh, hr, y_t, ldy, hp_t, hn_t)
+            _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
 
 
 cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, bint small) noexcept nogil:
@@ -218,6 +267,72 @@ cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, bint small) noexcept no
     return max(1, min(max_threads(), <int>(B // 4)))
 
 
+cdef inline Py_ssize_t _units(Py_ssize_t H, int nt, int p) noexcept nogil:
+    """Where thread p's hidden units start (p = nt: H), on multiples of 16 (a vector)."""
+    return H if p >= nt else (H * p // nt) // 16 * 16
+
+
+cdef inline int _unit_threads(Py_ssize_t B, Py_ssize_t H, bint training) noexcept nogil:
+    """Threads to split one sequence's hidden units: with the spinning barrier only, for
+    steps with enough multiply-adds, at least 64 units per thread."""
+    if B != 1 or training or not SPIN_BARRIER or 3 * H * H < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(max_threads(), <int>(H // 64)))
+
+
+cdef void _unit_forward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t I,
+                        Py_ssize_t H, const real* x, const real* w_ih_t, const real* w_hh_t,
+                        const real* b_ih, const real* b_hh, const Py_ssize_t* lengths,
+                        bint reverse, bint lbr, real* y, Py_ssize_t ldy, real* h,
+                        Py_ssize_t chunk, real* gates, real* hprev, real* ghn, real* gh,
+                        real* rh, real* step_scratch) noexcept nogil:
+    """Thread p of nt runs one sequence (B = 1) for its hidden units j0 <= j < j1: their
+    columns of x W_ih^T, of h W_hh^T (so each thread streams a 1/nt slice of the weights,
+    which stays in its own cache) and of the gates. The threads meet at a barrier after each
+    step, where the new state is complete (and once more without linear_before_reset, where
+    r * h is). The state alternates between h and a scratch row, so that no thread writes
+    the state another one is still reading."""
+    cdef Py_ssize_t s = 0, q, t, n, k, first, G = 3 * H
+    cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
+    cdef real* states[2]
+    cdef real* gi
+    cdef real* hp_t = step_scratch
+    cdef real* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
+    states[0] = h
+    states[1] = step_scratch + 2 * H
+    while s < T:
+        n = min(chunk, T - s)
+        first = T - s - n if reverse else s
+        for k in range(3):
+            small_gemm(n, w, I, x + first * I, I, w_ih_t + k * H + j0, G,
+                       gates + k * H + j0, G, False)
+        for q in range(s, s + n):
+            t = T - 1 - q if reverse else q
+            gi = gates + (t - first) * G
+            if hprev != NULL:
+                hp_t = hprev + t * H
+            if ghn != NULL:
+                hn_t = ghn + t * H
+            if lbr:
+                for k in range(3):
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0)
+                _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                           states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            else:
+                for k in range(2):
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0)
+                _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2], rh,
+                          hn_t)
+                barrier_wait(bar, nt)
+                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0)
+                _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                         states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            barrier_wait(bar, nt)
+        s += n
+    if T % 2:
+        memcpy(h + j0, states[1] + j0, w * sizeof(real))
+
+
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const real* x, const real* w_ih, const real* w_ih_t, const real* w_hh,
                    const real* w_hh_t,
@@ -228,7 +343,18 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    ) noexcept nogil:
     cdef Py_ssize_t s = 0, n, first, G = 3 * H
     cdef bint small = _small(B, hprev != NULL)
-    cdef int p, nt = _threads_for(B, H, small)
+    cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H, hprev != NULL)
+    cdef barrier_t bar
+    cdef barrier_t* barp = &bar
+    if nu > 1:
+        bar.arrived = 0
+        bar.generation = 0
+        with parallel(num_threads=nu):
+            # The team may be smaller than asked for: split among the threads that came.
+            _unit_forward(thread_id(), team_size(), barp, T, I, H, x, w_ih_t, w_hh_t, b_ih,
+                          b_hh, lengths, reverse, lbr, y, ldy, h, chunk, gates, hprev, ghn,
+                          gh, rh, step_scratch)
+        return
     # Split across threads, each thread also projects its own sequences' inputs, step by
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
     # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
@@ -280,7 +406,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     of C steps at a time (C = T in training, where it ends holding every step's r, z, n).
     hprev (T, B, H) and ghn (T, B, H) are None in inference; in training they receive the
     state entering each step and the recurrent n term (h W_hn^T + b_hn, linear_before_reset
-    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch (2B, H) are per-step
+    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch (3B, H) are per-step
     scratch.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h.shape[1]
@@ -553,12 +679,12 @@ cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real*
     _gemv_t(G, I, w_ih_t, G, x, gi)
     if lbr:
         _gemv_t(G, H, w_hh_t, G, h, gh)
-        _gates_lbr(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
+        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
     else:
         _gemv_t(2 * H, H, w_hh_t, G, h, gh)
-        _gates_rz(1, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
+        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
         _gemv_t(H, H, w_hh_t + 2 * H, G, rh, gh + 2 * H)
-        _gates_n(1, H, 0, &one, gi, gh, b_ih, b_hh, h, h, H, s1, s2)
+        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
 
 
 cdef inline bint _is_vector(object a, int typenum, Py_ssize_t n):

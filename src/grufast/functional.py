@@ -189,12 +189,12 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     gates = np.empty((chunk, B, 3 * H), dtype)
     hprev = np.empty((T, B, H), dtype) if training else None
     ghn = np.empty((T, B, H), dtype) if training and lbr else None
-    scratch = np.empty(6 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 2 x (B, H)
+    scratch = np.empty(7 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 3 x (B, H)
     _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse,
                      lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
-                     scratch[4 * B * H:].reshape(2 * B, H))
+                     scratch[4 * B * H:].reshape(3 * B, H))
     if not training:
         return None
     return GRUCache(x, w.w_ih, w.w_hh, w.has_bias, lens, reverse, lbr, gates, hprev, ghn)
