@@ -47,7 +47,7 @@ ISA_FLAGS = {
                       "msvc": ["/arch:AVX2"]},
     "_kernels_avx512": {"gcc": _AVX512, "clang": _AVX512, "msvc": ["/arch:AVX512"]},
 }
-ISA_MACROS = {"_kernels_avx512": [("GRUFAST_TILE_FLOATS", "48")]}
+ISA_MACROS = {"_kernels_avx512": [("GRUFAST_VEC_FLOATS", "16"), ("GRUFAST_TILE_FLOATS", "48")]}
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 

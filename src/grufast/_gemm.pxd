@@ -14,11 +14,16 @@ from grufast._types cimport real
 
 cdef extern from *:
     """
-    /* Tile width in floats: 3 vector registers (setup.py sets 48 for the AVX-512 build). */
+    /* A vector register in floats, and the tile width: 3 vectors (setup.py sets 16 and 48
+       for the AVX-512 build; 4 vectors measured no faster there). */
+    #ifndef GRUFAST_VEC_FLOATS
+    #define GRUFAST_VEC_FLOATS 8
+    #endif
     #ifndef GRUFAST_TILE_FLOATS
     #define GRUFAST_TILE_FLOATS 24
     #endif
     """
+    const Py_ssize_t VEC_FLOATS "GRUFAST_VEC_FLOATS"
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
 
 cdef enum:
@@ -26,19 +31,42 @@ cdef enum:
     TILE_MAX = 48
 
 
-cdef inline void _tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
-                       const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
-                       real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]; rows <= 4, width <= 48."""
+# The tile's shape, as a fused type so that each shape gets its own compiled function: in
+# the full and one-vector shapes the bounds are compile-time constants, which the compiler
+# unrolls into registers (gcc does not inline or clone a generic tile for each caller).
+ctypedef struct full_tile:
+    char unused
+ctypedef struct vector_tile:
+    char unused
+ctypedef struct edge_tile:
+    char unused
+ctypedef fused tile_shape:
+    full_tile
+    vector_tile
+    edge_tile
+
+
+cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t width,
+                       Py_ssize_t K, const real* A, Py_ssize_t lda, Py_ssize_t sa,
+                       const real* W, Py_ssize_t ldw, real* C, Py_ssize_t ldc,
+                       bint accumulate) noexcept nogil:
+    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]; A's element (r, k) is at
+    A[r * lda + k * sa]. Full tiles are 4 x TILE_FLOATS and one-vector tiles 4 x VEC_FLOATS
+    floats (half as many doubles), whatever rows and width say; edge tiles take them."""
     cdef real acc[TILE_ROWS][TILE_MAX]
     cdef Py_ssize_t r, i, k
     cdef real a
+    if tile_shape is not edge_tile:
+        rows = TILE_ROWS
+        width = TILE_FLOATS if tile_shape is full_tile else VEC_FLOATS
+        if real is double:
+            width = width // 2
     for r in range(rows):
         for i in range(width):
             acc[r][i] = 0
     for k in range(K):
         for r in range(rows):
-            a = A[r * lda + k]
+            a = A[r * lda + k * sa]
             for i in range(width):
                 acc[r][i] += a * W[k * ldw + i]
     for r in range(rows):
@@ -49,45 +77,65 @@ cdef inline void _tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
                 C[r * ldc + i] = acc[r][i]
 
 
+cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
+                       Py_ssize_t lda, Py_ssize_t sa, const real* W, Py_ssize_t ldw, real* C,
+                       Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C (M, N) (+)= A (M, K) @ W (K, N), A's element (m, k) at A[m * lda + k * sa].
+
+    Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
+    row tile passes over it, so W streams from memory once per call, not once per tile.
+    Panels of cw columns, then of one vector, then the remainder: the first two
+    have compile-time widths, which the compiler unrolls into registers."""
+    cdef Py_ssize_t m, n, cw, vw, w
+    if real is float:
+        cw = TILE_FLOATS
+        vw = VEC_FLOATS
+    else:
+        cw = TILE_FLOATS // 2
+        vw = VEC_FLOATS // 2
+    n = 0
+    while n < N:
+        w = cw if n + cw <= N else (vw if n + vw <= N else N - n)
+        m = 0
+        while m + TILE_ROWS <= M:
+            if w == cw:
+                _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                      C + m * ldc + n, ldc, accumulate)
+            elif w == vw:
+                _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                      C + m * ldc + n, ldc, accumulate)
+            else:
+                _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                      C + m * ldc + n, ldc, accumulate)
+            m += TILE_ROWS
+        if m < M:
+            _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, sa, W + n, ldw,
+                  C + m * ldc + n, ldc, accumulate)
+        n += w
+
+
 cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M, N) (+)= A (M, K) @ W (K, N). Full tiles get compile-time bounds so the compiler
-    unrolls them into registers; edges take the same loop with run-time bounds."""
-    cdef Py_ssize_t m, n, cw, w
-    if real is float:
-        cw = TILE_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-    # Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
-    # row tile passes over it, so W streams from memory once per call, not once per tile.
-    # Panels of cw columns, then of one vector (cw / 3), then the remainder: the first two
-    # have compile-time widths, which the compiler unrolls into registers.
-    n = 0
-    while n < N:
-        w = cw if n + cw <= N else (cw // 3 if n + cw // 3 <= N else N - n)
-        m = 0
-        while m < M:
-            if w == cw:
-                _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw, K, A + m * lda, lda,
-                      W + n, ldw, C + m * ldc + n, ldc, accumulate)
-            elif w == cw // 3:
-                _tile(TILE_ROWS if m + TILE_ROWS <= M else M - m, cw // 3, K, A + m * lda,
-                      lda, W + n, ldw, C + m * ldc + n, ldc, accumulate)
-            else:
-                _tile(min(TILE_ROWS, M - m), w, K, A + m * lda, lda, W + n, ldw,
-                      C + m * ldc + n, ldc, accumulate)
-            m += TILE_ROWS
-        n += w
+    """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
+    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate)
 
+
+cdef inline void small_gemm_at(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                               const real* At, Py_ssize_t ldat, const real* W, Py_ssize_t ldw,
+                               real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C (M, N) (+)= A (M, K) @ W (K, N) with A given as its transpose At (K, M), row-major
+    with leading dimension ldat: a weight gradient sum_t dG[t]^T x[t] over a slice of dG's
+    columns."""
+    _gemm(M, N, K, At, 1, ldat, W, ldw, C, ldc, accumulate)
 
 cdef enum:
     ROW_MAX = 128
 
 
 cdef inline void _row(Py_ssize_t width, Py_ssize_t K, const real* v, const real* W,
-                      Py_ssize_t ldw, real* out) noexcept nogil:
-    """out[:width] = v[:K] @ W[:K, :width], width <= 128, in vector registers throughout."""
+                      Py_ssize_t ldw, real* out, bint accumulate) noexcept nogil:
+    """out[:width] (+)= v[:K] @ W[:K, :width], width <= 128, in vector registers."""
     cdef real acc[ROW_MAX]
     cdef Py_ssize_t i, k
     cdef real a
@@ -98,22 +146,25 @@ cdef inline void _row(Py_ssize_t width, Py_ssize_t K, const real* v, const real*
         for i in range(width):
             acc[i] += a * W[k * ldw + i]
     for i in range(width):
-        out[i] = acc[i]
+        if accumulate:
+            out[i] += acc[i]
+        else:
+            out[i] = acc[i]
 
 
 cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
-                          Py_ssize_t ldw, real* out) noexcept nogil:
-    """out (N,) = v (K,) @ W (K, N), for a thread's slice of the columns inside a parallel
+                          Py_ssize_t ldw, real* out, bint accumulate) noexcept nogil:
+    """out (N,) (+)= v (K,) @ W (K, N), for a thread's slice of the columns inside a parallel
     region (OpenBLAS's gemv could start threads of its own there). Strips of 8 vector
     registers: enough independent FMA chains to hide their latency; the loads of W set the
     pace, as in any GEMV."""
     cdef Py_ssize_t n = 0, cw
     if real is float:
-        cw = TILE_FLOATS * 8 // 3
+        cw = VEC_FLOATS * 8
     else:
-        cw = TILE_FLOATS * 4 // 3
+        cw = VEC_FLOATS * 4
     while n + cw <= N:
-        _row(cw, K, v, W + n, ldw, out + n)
+        _row(cw, K, v, W + n, ldw, out + n, accumulate)
         n += cw
     if n < N:
-        _row(N - n, K, v, W + n, ldw, out + n)
+        _row(N - n, K, v, W + n, ldw, out + n, accumulate)

@@ -9,7 +9,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport row_gemv, small_gemm
+from grufast._gemm cimport row_gemv, small_gemm, small_gemm_at
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -272,10 +272,10 @@ cdef inline Py_ssize_t _units(Py_ssize_t H, int nt, int p) noexcept nogil:
     return H if p >= nt else (H * p // nt) // 16 * 16
 
 
-cdef inline int _unit_threads(Py_ssize_t B, Py_ssize_t H, bint training) noexcept nogil:
+cdef inline int _unit_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     """Threads to split one sequence's hidden units: with the spinning barrier only, for
     steps with enough multiply-adds, at least 64 units per thread."""
-    if B != 1 or training or not SPIN_BARRIER or 3 * H * H < PARALLEL_MIN_MACS:
+    if B != 1 or not SPIN_BARRIER or 3 * H * H < PARALLEL_MIN_MACS:
         return 1
     return max(1, min(max_threads(), <int>(H // 64)))
 
@@ -315,16 +315,18 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t 
                 hn_t = ghn + t * H
             if lbr:
                 for k in range(3):
-                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0)
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
+                             False)
                 _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                            states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             else:
                 for k in range(2):
-                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0)
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
+                             False)
                 _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2], rh,
                           hn_t)
                 barrier_wait(bar, nt)
-                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0)
+                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False)
                 _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                          states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             barrier_wait(bar, nt)
@@ -343,7 +345,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    ) noexcept nogil:
     cdef Py_ssize_t s = 0, n, first, G = 3 * H
     cdef bint small = _small(B, hprev != NULL)
-    cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H, hprev != NULL)
+    cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     if nu > 1:
@@ -438,17 +440,27 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
 #   dgi = [dar, daz, dan] for both; it is stored for all steps in dG (T, B, G) so that
 #   dx, dW_ih and dW_hh become large GEMMs after the loop.
 
-cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                      const real* g, const real* hprev, const real* ghn, const real* dy,
-                      Py_ssize_t ldy, real* dh, real* dg, real* dgh) noexcept nogil:
+cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                             Py_ssize_t gates) noexcept nogil:
+    """Zero the units j0 <= j < j1 of the first `gates` gate blocks of a row of g."""
+    cdef Py_ssize_t k
+    for k in range(gates):
+        fill(g + k * H + j0, j1 - j0, <real>0)
+
+
+cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                      const Py_ssize_t* lengths, const real* g, const real* hprev,
+                      const real* ghn, const real* dy, Py_ssize_t ldy, real* dh, real* dg,
+                      real* dgh) noexcept nogil:
+    """Units j0 <= j < j1: the gates' gradients into dg (dgi) and dgh, dh <- d z."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real d, r, z, n, dan, daz, dar
     for b in range(B):
         if t >= lengths[b]:
-            fill(dg + b * G, G, <real>0)
-            fill(dgh + b * G, G, <real>0)
+            _zero_units(dg + b * G, H, j0, j1, 3)
+            _zero_units(dgh + b * G, H, j0, j1, 3)
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             d = dh[b * H + j] + dy[b * ldy + j]
             r = g[b * G + j]
             z = g[b * G + H + j]
@@ -465,17 +477,18 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t
             dh[b * H + j] = d * z
 
 
-cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                     const real* g, const real* hprev, const real* dy, Py_ssize_t ldy,
-                     real* dh, real* dg) noexcept nogil:
-    """linear_before_reset=False, first half: daz, dan and the direct dh = d z."""
+cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                     const Py_ssize_t* lengths, const real* g, const real* hprev,
+                     const real* dy, Py_ssize_t ldy, real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, first half, units j0 <= j < j1: daz, dan and the direct
+    dh = d z."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real d, z, n
     for b in range(B):
         if t >= lengths[b]:
-            fill(dg + b * G, G, <real>0)
+            _zero_units(dg + b * G, H, j0, j1, 3)
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             d = dh[b * H + j] + dy[b * ldy + j]
             z = g[b * G + H + j]
             n = g[b * G + 2 * H + j]
@@ -484,29 +497,30 @@ cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t*
             dh[b * H + j] = d * z
 
 
-cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t t, const Py_ssize_t* lengths,
-                    const real* g, const real* hprev, const real* ds,
-                    real* dh, real* dg) noexcept nogil:
-    """linear_before_reset=False, second half: dar from ds = dan W_hn, and dh += ds r."""
+cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                    const Py_ssize_t* lengths, const real* g, const real* hprev,
+                    const real* ds, real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, second half, units j0 <= j < j1: dar from ds = dan W_hn,
+    and dh += ds r."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real r
     for b in range(B):
         if t >= lengths[b]:
             continue
-        for j in range(H):
+        for j in range(j0, j1):
             r = g[b * G + j]
             dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (<real>1 - r)
             dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
 
 
-cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
+cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, Py_ssize_t lda, real* out,
                   bint accumulate) noexcept nogil:
     cdef Py_ssize_t i, j
     if not accumulate:
         fill(out, cols, <real>0)
     for i in range(rows):
         for j in range(cols):
-            out[j] = out[j] + a[i * cols + j]
+            out[j] = out[j] + a[i * lda + j]
 
 
 cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
@@ -534,22 +548,95 @@ cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_s
         gt = gates + t * BG + b0 * G
         hpt = hprev + t * BH + b0 * H
         if lbr:
-            _dgates_lbr(n, H, t, lr, gt, hpt, ghn + t * BH + b0 * H, dyt, ldy, dhr, dGt, dghr)
+            _dgates_lbr(n, H, 0, H, t, lr, gt, hpt, ghn + t * BH + b0 * H, dyt, ldy, dhr, dGt,
+                        dghr)
             if small:
                 small_gemm(n, H, G, dghr, G, w_hh, H, dhr, H, True)
             else:
                 gemm_rm(c'N', c'N', n, H, G, 1, dghr, G, w_hh, H, 1, dhr, H)
         else:
-            _dgates_zn(n, H, t, lr, gt, hpt, dyt, ldy, dhr, dGt)
+            _dgates_zn(n, H, 0, H, t, lr, gt, hpt, dyt, ldy, dhr, dGt)
             if small:
                 small_gemm(n, H, H, dGt + 2 * H, G, w_hh + 2 * H * H, H, dsr, H, False)
             else:
                 gemm_rm(c'N', c'N', n, H, H, 1, dGt + 2 * H, G, w_hh + 2 * H * H, H, 0, dsr, H)
-            _dgates_r(n, H, t, lr, gt, hpt, dsr, dhr, dGt)
+            _dgates_r(n, H, 0, H, t, lr, gt, hpt, dsr, dhr, dGt)
             if small:
                 small_gemm(n, H, 2 * H, dGt, G, w_hh, H, dhr, H, True)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dGt, G, w_hh, H, 1, dhr, H)
+
+
+cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t I,
+                         Py_ssize_t H, const real* x, const real* w_ih, const real* w_hh,
+                         const Py_ssize_t* lengths, bint reverse, bint lbr,
+                         const real* gates, const real* hprev, const real* ghn,
+                         const real* dy, Py_ssize_t ldy, real* dh, real* dx,
+                         bint dx_accumulate, real* dw_ih, real* dw_hh, real* db_ih,
+                         real* db_hh, bint accumulate, real* dG, real* dgh, real* ds,
+                         real* work, const real* dy_zero) noexcept nogil:
+    """Backward of one sequence (B = 1), thread p of nt owning the hidden units j0 <= j < j1
+    as in _unit_forward: their gate gradients, their columns of W_hh for dh, and afterwards
+    their rows of dW_ih, dW_hh and the biases, and a slice of dx's columns. No OpenBLAS call:
+    its threads would spin after each call and take the cores this loop's barrier waits on.
+    dgh holds two rows (2, 3H), used by alternate steps so that no thread writes the row
+    another one is still reading."""
+    cdef Py_ssize_t s, t, k, G = 3 * H
+    cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
+    cdef Py_ssize_t i0 = _units(I, nt, p), i1 = _units(I, nt, p + 1)
+    cdef const real* dyt = dy_zero
+    cdef real* dGt
+    cdef real* cur
+    cdef const real* gt
+    cdef const real* hpt
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        if dy != NULL:
+            dyt = dy + t * ldy
+        dGt = dG + t * G
+        gt = gates + t * G
+        hpt = hprev + t * H
+        if lbr:
+            cur = dgh + (s % 2) * G
+            _dgates_lbr(1, H, j0, j1, t, lengths, gt, hpt, ghn + t * H, dyt, ldy, dh, dGt, cur)
+            barrier_wait(bar, nt)
+            row_gemv(w, G, cur, w_hh + j0, H, dh + j0, True)
+        else:
+            _dgates_zn(1, H, j0, j1, t, lengths, gt, hpt, dyt, ldy, dh, dGt)
+            barrier_wait(bar, nt)
+            row_gemv(w, H, dGt + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False)
+            _dgates_r(1, H, j0, j1, t, lengths, gt, hpt, ds, dh, dGt)
+            barrier_wait(bar, nt)
+            row_gemv(w, 2 * H, dGt, w_hh + j0, H, dh + j0, True)
+    barrier_wait(bar, nt)  # dG complete
+
+    # dx (T, I) = dG W_ih by columns; dW_ih = dG^T x and the bias sums by this thread's rows.
+    small_gemm(T, i1 - i0, G, dG, G, w_ih + i0, I, dx + i0, I, dx_accumulate)
+    for k in range(3):
+        small_gemm_at(w, I, T, dG + k * H + j0, G, x, I, dw_ih + (k * H + j0) * I, I,
+                      accumulate)
+        if db_ih != NULL:
+            _colsum(T, w, dG + k * H + j0, G, db_ih + k * H + j0, accumulate)
+    if lbr:
+        barrier_wait(bar, nt)  # every thread's dx has read dG: its n block may be rescaled
+        for t in range(T):
+            for k in range(j0, j1):
+                dG[t * G + 2 * H + k] = dG[t * G + 2 * H + k] * gates[t * G + k]
+        for k in range(3):
+            small_gemm_at(w, H, T, dG + k * H + j0, G, hprev, H, dw_hh + (k * H + j0) * H,
+                          H, accumulate)
+            if db_hh != NULL:
+                _colsum(T, w, dG + k * H + j0, G, db_hh + k * H + j0, accumulate)
+    else:
+        for t in range(T):
+            for k in range(j0, j1):
+                work[t * H + k] = gates[t * G + k] * hprev[t * H + k]
+        barrier_wait(bar, nt)  # r * h complete
+        for k in range(3):
+            small_gemm_at(w, H, T, dG + k * H + j0, G, work if k == 2 else hprev, H,
+                          dw_hh + (k * H + j0) * H, H, accumulate)
+            if db_hh != NULL:
+                _colsum(T, w, dG + k * H + j0, G, db_hh + k * H + j0, accumulate)
 
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -563,7 +650,17 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t i, j, G = 3 * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
     cdef bint small = _small(B, True)
-    cdef int p, nt = _threads_for(B, H, small)
+    cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
+    cdef barrier_t bar
+    cdef barrier_t* barp = &bar
+    if nu > 1:
+        bar.arrived = 0
+        bar.generation = 0
+        with parallel(num_threads=nu):
+            _unit_backward(thread_id(), team_size(), barp, T, I, H, x, w_ih, w_hh, lengths,
+                           reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dx, dx_accumulate,
+                           dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dgh, ds, work, dy_zero)
+        return
     if nt == 1:
         _bsteps(0, B, T, B, H, small, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy,
                 dh, dG, dgh, ds, dy_zero)
@@ -576,7 +673,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
     gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
     if db_ih != NULL:
-        _colsum(TB, G, dG, db_ih, accumulate)
+        _colsum(TB, G, dG, G, db_ih, accumulate)
     if lbr:
         # dgh differs from dgi only in its n block, which is scaled by r; dG is ours to reuse.
         for i in range(TB):
@@ -584,7 +681,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                 dG[i * G + 2 * H + j] = dG[i * G + 2 * H + j] * gates[i * G + j]
         gemm_rm(c'T', c'N', G, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
         if db_hh != NULL:
-            _colsum(TB, G, dG, db_hh, accumulate)
+            _colsum(TB, G, dG, G, db_hh, accumulate)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
         for i in range(TB):
@@ -593,7 +690,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         gemm_rm(c'T', c'N', 2 * H, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
         gemm_rm(c'T', c'N', H, H, TB, 1, dG + 2 * H, G, work, H, beta, dw_hh + 2 * H * H, H)
         if db_hh != NULL:
-            _colsum(TB, G, dG, db_hh, accumulate)
+            _colsum(TB, G, dG, G, db_hh, accumulate)
 
 
 def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
@@ -611,7 +708,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     its columns [dy_col, dy_col + H) are this direction's. dx (T, B, I) is overwritten, or
     added to when dx_accumulate; the weight and bias gradients are overwritten, or added to
     when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
-    (B, 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
+    (max(B, 2), 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
     linear_before_reset; ds and work are only touched when it is false. dy_zero (B, H) holds
     zeros, read in place of a missing dy.
     """
