@@ -214,3 +214,30 @@ def test_one_sequence_split_across_threads(monkeypatch):
                 for run in runs[1:]:
                     for a, b in zip(runs[0], run):
                         assert rel_err(a, b) <= (1e-5 if dtype == np.float32 else 1e-13)
+
+
+def test_parallel_layer_backward_accumulates_like_serial():
+    """The multi-threaded backward (sequences split for the recurrence, then dx by rows and
+    the weight gradients by gate rows, sums over T*B > 1024 in blocks) adds into the layer's
+    grads and into dx of the layer below as one thread does (bidirectional, two layers,
+    lengths, two backward passes), for both splits: B = 32 by sequences, and B = 1 by
+    hidden units with 3H > 1024."""
+    from threadpoolctl import threadpool_limits
+
+    import grufast
+
+    rng = np.random.default_rng(13)
+    for T, B, I, H in ((40, 32, 24, 64), (5, 1, 7, 352)):
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        lengths = rng.integers(1, T + 1, B)
+        dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+        runs = []
+        for threads in (1, 2):
+            gru = grufast.GRU(I, H, num_layers=2, bidirectional=True, seed=3)
+            with threadpool_limits(threads):
+                for _ in range(2):
+                    gru(x, lengths=lengths)
+                    dx, dh0 = gru.backward(dy)
+            runs.append((dx, dh0, *(gru.grads[k] for k in sorted(gru.grads))))
+        for a, b in zip(*runs):
+            assert rel_err(a, b) <= 1e-5

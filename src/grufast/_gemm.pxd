@@ -29,6 +29,7 @@ cdef extern from *:
 cdef enum:
     TILE_ROWS = 4
     TILE_MAX = 48
+    K_BLOCK = 1024
 
 
 # The tile's shape, as a fused type so that each shape gets its own compiled function: in
@@ -36,29 +37,37 @@ cdef enum:
 # unrolls into registers (gcc does not inline or clone a generic tile for each caller).
 ctypedef struct full_tile:
     char unused
+ctypedef struct pair_tile:
+    char unused
 ctypedef struct vector_tile:
     char unused
 ctypedef struct edge_tile:
     char unused
 ctypedef fused tile_shape:
     full_tile
+    pair_tile
     vector_tile
     edge_tile
 
 
 cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t width,
-                       Py_ssize_t K, const real* A, Py_ssize_t lda, Py_ssize_t sa,
-                       const real* W, Py_ssize_t ldw, real* C, Py_ssize_t ldc,
-                       bint accumulate) noexcept nogil:
-    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]; A's element (r, k) is at
-    A[r * lda + k * sa]. Full tiles are 4 x TILE_FLOATS and one-vector tiles 4 x VEC_FLOATS
-    floats (half as many doubles), whatever rows and width say; edge tiles take them."""
+                       Py_ssize_t K, const real* A, Py_ssize_t lda, const real* W,
+                       Py_ssize_t ldw, real* C, Py_ssize_t ldc, bint accumulate
+                       ) noexcept nogil:
+    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width]. Full, pair and vector tiles are
+    4 rows x 3, 2 and 1 vectors (VEC_FLOATS floats or half as many doubles each), whatever
+    rows and width say; edge tiles take them."""
     cdef real acc[TILE_ROWS][TILE_MAX]
     cdef Py_ssize_t r, i, k
     cdef real a
     if tile_shape is not edge_tile:
         rows = TILE_ROWS
-        width = TILE_FLOATS if tile_shape is full_tile else VEC_FLOATS
+        if tile_shape is full_tile:
+            width = TILE_FLOATS
+        elif tile_shape is pair_tile:
+            width = 2 * VEC_FLOATS
+        else:
+            width = VEC_FLOATS
         if real is double:
             width = width // 2
     for r in range(rows):
@@ -66,7 +75,7 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
             acc[r][i] = 0
     for k in range(K):
         for r in range(rows):
-            a = A[r * lda + k * sa]
+            a = A[r * lda + k]
             for i in range(width):
                 acc[r][i] += a * W[k * ldw + i]
     for r in range(rows):
@@ -77,39 +86,35 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
                 C[r * ldc + i] = acc[r][i]
 
 
-cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
-                       Py_ssize_t lda, Py_ssize_t sa, const real* W, Py_ssize_t ldw, real* C,
-                       Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M, N) (+)= A (M, K) @ W (K, N), A's element (m, k) at A[m * lda + k * sa].
-
-    Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
+cdef inline void _panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
+                         Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
+                         Py_ssize_t ldc, bint accumulate, Py_ssize_t cw, Py_ssize_t vw
+                         ) noexcept nogil:
+    """Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
     row tile passes over it, so W streams from memory once per call, not once per tile.
-    Panels of cw columns, then of one vector, then the remainder: the first two
-    have compile-time widths, which the compiler unrolls into registers."""
-    cdef Py_ssize_t m, n, cw, vw, w
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
-    n = 0
+    Panels of 3 vectors (cw), then of 2 or 1 (vw each), then the remainder: all but the
+    last have compile-time widths, which the compiler unrolls into registers."""
+    cdef Py_ssize_t m, n = 0, w
     while n < N:
-        w = cw if n + cw <= N else (vw if n + vw <= N else N - n)
+        w = cw if n + cw <= N else (2 * vw if n + 2 * vw <= N else (
+            vw if n + vw <= N else N - n))
         m = 0
         while m + TILE_ROWS <= M:
             if w == cw:
-                _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
+                      C + m * ldc + n, ldc, accumulate)
+            elif w == 2 * vw:
+                _tile(<pair_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
                       C + m * ldc + n, ldc, accumulate)
             elif w == vw:
-                _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
                       C + m * ldc + n, ldc, accumulate)
             else:
-                _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, sa, W + n, ldw,
+                _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
                       C + m * ldc + n, ldc, accumulate)
             m += TILE_ROWS
         if m < M:
-            _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, sa, W + n, ldw,
+            _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, W + n, ldw,
                   C + m * ldc + n, ldc, accumulate)
         n += w
 
@@ -118,16 +123,21 @@ cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
-    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate)
+    cdef Py_ssize_t cw, vw, k0 = 0, kn
+    if real is float:
+        cw = TILE_FLOATS
+        vw = VEC_FLOATS
+    else:
+        cw = TILE_FLOATS // 2
+        vw = VEC_FLOATS // 2
+    # K in blocks, so that a panel of W (K_BLOCK x cw) fits in L2 however long K is (the
+    # weight gradients sum over all T*B rows); later blocks add to C.
+    while k0 < K or k0 == 0:
+        kn = min(K_BLOCK, K - k0)
+        _panels(M, N, kn, A + k0, lda, W + k0 * ldw, ldw, C, ldc, accumulate or k0 > 0, cw,
+                vw)
+        k0 += K_BLOCK
 
-
-cdef inline void small_gemm_at(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                               const real* At, Py_ssize_t ldat, const real* W, Py_ssize_t ldw,
-                               real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M, N) (+)= A (M, K) @ W (K, N) with A given as its transpose At (K, M), row-major
-    with leading dimension ldat: a weight gradient sum_t dG[t]^T x[t] over a slice of dG's
-    columns."""
-    _gemm(M, N, K, At, 1, ldat, W, ldw, C, ldc, accumulate)
 
 cdef enum:
     ROW_MAX = 128

@@ -9,7 +9,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport row_gemv, small_gemm, small_gemm_at
+from grufast._gemm cimport row_gemv, small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -191,13 +191,11 @@ cdef inline void _gemv_t(Py_ssize_t N, Py_ssize_t K, const real* w_t, Py_ssize_t
     gemv_rm(c'T', K, N, 1, w_t, ldw, v, 1, 0, out, 1)
 
 
-cdef inline bint _small(Py_ssize_t B, bint training) noexcept nogil:
+cdef inline bint _small(Py_ssize_t B) noexcept nogil:
     """Steps for the register-tiled recurrent GEMM (grufast._gemm), which our threads can
     split by sequences: from 4 rows (below, a mostly empty tile loses to OpenBLAS's gemv,
-    which threads itself); in training up to 64 rows (beyond, OpenBLAS's packed GEMMs win the
-    backward's K = 3H products and the forward's chunk projections). The choice depends on
-    the shape and mode only."""
-    return B >= 4 and (B <= 64 or not training)
+    which threads itself). The choice depends on the shape only."""
+    return B >= 4
 
 
 cdef void _steps(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0,
@@ -344,7 +342,7 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    real* hprev, real* ghn, real* gh, real* rh, real* step_scratch
                    ) noexcept nogil:
     cdef Py_ssize_t s = 0, n, first, G = 3 * H
-    cdef bint small = _small(B, hprev != NULL)
+    cdef bint small = _small(B)
     cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
@@ -573,8 +571,8 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
                          const real* gates, const real* hprev, const real* ghn,
                          const real* dy, Py_ssize_t ldy, real* dh, real* dx,
                          bint dx_accumulate, real* dw_ih, real* dw_hh, real* db_ih,
-                         real* db_hh, bint accumulate, real* dG, real* dgh, real* ds,
-                         real* work, const real* dy_zero) noexcept nogil:
+                         real* db_hh, bint accumulate, real* dG, real* dGt, real* dgh,
+                         real* ds, real* work, const real* dy_zero) noexcept nogil:
     """Backward of one sequence (B = 1), thread p of nt owning the hidden units j0 <= j < j1
     as in _unit_forward: their gate gradients, their columns of W_hh for dh, and afterwards
     their rows of dW_ih, dW_hh and the biases, and a slice of dx's columns. No OpenBLAS call:
@@ -583,9 +581,8 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
     another one is still reading."""
     cdef Py_ssize_t s, t, k, G = 3 * H
     cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
-    cdef Py_ssize_t i0 = _units(I, nt, p), i1 = _units(I, nt, p + 1)
     cdef const real* dyt = dy_zero
-    cdef real* dGt
+    cdef real* dGs
     cdef real* cur
     cdef const real* gt
     cdef const real* hpt
@@ -593,50 +590,115 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
         t = s if reverse else T - 1 - s
         if dy != NULL:
             dyt = dy + t * ldy
-        dGt = dG + t * G
+        dGs = dG + t * G
         gt = gates + t * G
         hpt = hprev + t * H
         if lbr:
             cur = dgh + (s % 2) * G
-            _dgates_lbr(1, H, j0, j1, t, lengths, gt, hpt, ghn + t * H, dyt, ldy, dh, dGt, cur)
+            _dgates_lbr(1, H, j0, j1, t, lengths, gt, hpt, ghn + t * H, dyt, ldy, dh, dGs, cur)
             barrier_wait(bar, nt)
             row_gemv(w, G, cur, w_hh + j0, H, dh + j0, True)
         else:
-            _dgates_zn(1, H, j0, j1, t, lengths, gt, hpt, dyt, ldy, dh, dGt)
+            _dgates_zn(1, H, j0, j1, t, lengths, gt, hpt, dyt, ldy, dh, dGs)
             barrier_wait(bar, nt)
-            row_gemv(w, H, dGt + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False)
-            _dgates_r(1, H, j0, j1, t, lengths, gt, hpt, ds, dh, dGt)
+            row_gemv(w, H, dGs + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False)
+            _dgates_r(1, H, j0, j1, t, lengths, gt, hpt, ds, dh, dGs)
             barrier_wait(bar, nt)
-            row_gemv(w, 2 * H, dGt, w_hh + j0, H, dh + j0, True)
+            row_gemv(w, 2 * H, dGs, w_hh + j0, H, dh + j0, True)
     barrier_wait(bar, nt)  # dG complete
+    _weight_grads(p, nt, bar, T, I, H, x, w_ih, lbr, gates, hprev, dx, dx_accumulate, dw_ih,
+                  dw_hh, db_ih, db_hh, accumulate, dG, dGt, work)
 
-    # dx (T, I) = dG W_ih by columns; dW_ih = dG^T x and the bias sums by this thread's rows.
-    small_gemm(T, i1 - i0, G, dG, G, w_ih + i0, I, dx + i0, I, dx_accumulate)
-    for k in range(3):
-        small_gemm_at(w, I, T, dG + k * H + j0, G, x, I, dw_ih + (k * H + j0) * I, I,
-                      accumulate)
-        if db_ih != NULL:
-            _colsum(T, w, dG + k * H + j0, G, db_ih + k * H + j0, accumulate)
+
+cdef void _transpose_rows(Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t TB, Py_ssize_t G,
+                          const real* dG, const real* scale, Py_ssize_t lds,
+                          real* dGt) noexcept nogil:
+    """dGt[g, i] = dG[i, g] (times scale[i * lds + g - g0] when scale is not NULL) for
+    g0 <= g < g1, in blocks of 16 rows of dG, so that each cache line read serves 16 g."""
+    cdef Py_ssize_t i0, i, g, n
+    for i0 in range(0, TB, 16):
+        n = min(16, TB - i0)
+        for g in range(g0, g1):
+            if scale == NULL:
+                for i in range(i0, i0 + n):
+                    dGt[g * TB + i] = dG[i * G + g]
+            else:
+                for i in range(i0, i0 + n):
+                    dGt[g * TB + i] = dG[i * G + g] * scale[i * lds + g - g0]
+
+
+cdef void _rowsum(Py_ssize_t rows, Py_ssize_t n, const real* a, real* out,
+                  bint accumulate) noexcept nogil:
+    cdef Py_ssize_t r, i
+    cdef real acc
+    for r in range(rows):
+        acc = 0
+        for i in range(n):
+            acc = acc + a[r * n + i]
+        out[r] = out[r] + acc if accumulate else acc
+
+
+cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t I,
+                        Py_ssize_t H, const real* x, const real* w_ih, bint lbr,
+                        const real* gates, const real* hprev, real* dx, bint dx_accumulate,
+                        real* dw_ih, real* dw_hh, real* db_ih, real* db_hh, bint accumulate,
+                        const real* dG, real* dGt, real* work) noexcept nogil:
+    """Thread p of nt, after the recurrence: everything that does not feed it, as GEMMs over
+    all TB = T*B rows of dG (TB, 3H) in the register-tiled GEMM, in our threads (OpenBLAS's
+    would spin afterwards beside the next parallel loop). dx by rows of TB; the weight
+    gradients and bias sums by their rows (gate units), from this thread's rows of
+    dGt (3H, TB), dG transposed: the sums over TB then read memory contiguously."""
+    cdef Py_ssize_t i, j, G = 3 * H, a, b
+    cdef Py_ssize_t r0 = TB * p // nt, r1 = TB * (p + 1) // nt
+    cdef Py_ssize_t g0 = _split4(G, nt, p), g1 = _split4(G, nt, p + 1)
+    small_gemm(r1 - r0, I, G, dG + r0 * G, G, w_ih, I, dx + r0 * I, I, dx_accumulate)
+    _transpose_rows(g0, g1, TB, G, dG, NULL, 0, dGt)
+    small_gemm(g1 - g0, I, TB, dGt + g0 * TB, TB, x, I, dw_ih + g0 * I, I, accumulate)
+    if db_ih != NULL:
+        _rowsum(g1 - g0, TB, dGt + g0 * TB, db_ih + g0, accumulate)
     if lbr:
-        barrier_wait(bar, nt)  # every thread's dx has read dG: its n block may be rescaled
-        for t in range(T):
-            for k in range(j0, j1):
-                dG[t * G + 2 * H + k] = dG[t * G + 2 * H + k] * gates[t * G + k]
-        for k in range(3):
-            small_gemm_at(w, H, T, dG + k * H + j0, G, hprev, H, dw_hh + (k * H + j0) * H,
-                          H, accumulate)
-            if db_hh != NULL:
-                _colsum(T, w, dG + k * H + j0, G, db_hh + k * H + j0, accumulate)
+        # dgh differs from dgi only in its n block, which is scaled by r.
+        a = max(g0, 2 * H)
+        if g1 > a:
+            _transpose_rows(a, g1, TB, G, dG, gates + a - 2 * H, G, dGt)
+        small_gemm(g1 - g0, H, TB, dGt + g0 * TB, TB, hprev, H, dw_hh + g0 * H, H, accumulate)
     else:
-        for t in range(T):
-            for k in range(j0, j1):
-                work[t * H + k] = gates[t * G + k] * hprev[t * H + k]
+        # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
+        for i in range(r0, r1):
+            for j in range(H):
+                work[i * H + j] = gates[i * G + j] * hprev[i * H + j]
         barrier_wait(bar, nt)  # r * h complete
-        for k in range(3):
-            small_gemm_at(w, H, T, dG + k * H + j0, G, work if k == 2 else hprev, H,
-                          dw_hh + (k * H + j0) * H, H, accumulate)
-            if db_hh != NULL:
-                _colsum(T, w, dG + k * H + j0, G, db_hh + k * H + j0, accumulate)
+        a = g0
+        b = min(g1, 2 * H)
+        if b > a:
+            small_gemm(b - a, H, TB, dGt + a * TB, TB, hprev, H, dw_hh + a * H, H, accumulate)
+        a = max(g0, 2 * H)
+        if g1 > a:
+            small_gemm(g1 - a, H, TB, dGt + a * TB, TB, work, H, dw_hh + a * H, H, accumulate)
+    if db_hh != NULL:
+        _rowsum(g1 - g0, TB, dGt + g0 * TB, db_hh + g0, accumulate)
+
+
+cdef inline Py_ssize_t _split4(Py_ssize_t n, int nt, int p) noexcept nogil:
+    """Where thread p's share of n rows starts (p = nt: n), on multiples of 4 (a tile)."""
+    return n if p >= nt else (n * p // nt) // 4 * 4
+
+
+cdef void _backward_team(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t B,
+                         Py_ssize_t I, Py_ssize_t H, const real* x, const real* w_ih,
+                         const real* w_hh, const Py_ssize_t* lengths, bint reverse, bint lbr,
+                         const real* gates, const real* hprev, const real* ghn,
+                         const real* dy, Py_ssize_t ldy, real* dh, real* dx,
+                         bint dx_accumulate, real* dw_ih, real* dw_hh, real* db_ih,
+                         real* db_hh, bint accumulate, real* dG, real* dGt, real* dgh,
+                         real* ds, real* work, const real* dy_zero) noexcept nogil:
+    """Thread p of nt: the backward recurrence of its own sequences, then its share of the
+    weight gradients."""
+    _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, True, w_hh, lengths, reverse, lbr,
+            gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
+    barrier_wait(bar, nt)  # dG complete
+    _weight_grads(p, nt, bar, T * B, I, H, x, w_ih, lbr, gates, hprev, dx, dx_accumulate,
+                  dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dGt, work)
 
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -645,11 +707,11 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const real* gates, const real* hprev, const real* ghn, const real* dy,
                     Py_ssize_t ldy, real* dh, real* dx, bint dx_accumulate,
                     real* dw_ih, real* dw_hh, real* db_ih, real* db_hh,
-                    bint accumulate, real* dG, real* dgh, real* ds, real* work,
+                    bint accumulate, real* dG, real* dGt, real* dgh, real* ds, real* work,
                     const real* dy_zero) noexcept nogil:
     cdef Py_ssize_t i, j, G = 3 * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
-    cdef bint small = _small(B, True)
+    cdef bint small = _small(B)
     cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
@@ -659,17 +721,23 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         with parallel(num_threads=nu):
             _unit_backward(thread_id(), team_size(), barp, T, I, H, x, w_ih, w_hh, lengths,
                            reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dx, dx_accumulate,
-                           dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dgh, ds, work, dy_zero)
+                           dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
+                           dy_zero)
         return
-    if nt == 1:
-        _bsteps(0, B, T, B, H, small, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy,
-                dh, dG, dgh, ds, dy_zero)
-    else:
-        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-            _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, small, w_hh, lengths,
-                    reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
+    if nt > 1:
+        bar.arrived = 0
+        bar.generation = 0
+        with parallel(num_threads=nt):
+            _backward_team(thread_id(), team_size(), barp, T, B, I, H, x, w_ih, w_hh, lengths,
+                           reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dx, dx_accumulate,
+                           dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
+                           dy_zero)
+        return
 
-    # Everything that does not feed the recurrence, as large GEMMs over all T*B rows.
+    _bsteps(0, B, T, B, H, small, w_hh, lengths, reverse, lbr, gates, hprev, ghn, dy, ldy,
+            dh, dG, dgh, ds, dy_zero)
+    # Everything that does not feed the recurrence, as large GEMMs over all T*B rows: here
+    # OpenBLAS's packed GEMMs, 10-20% faster on one core than the tiled GEMM on these sums.
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
     gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
     if db_ih != NULL:
@@ -700,17 +768,18 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
              real[:, ::1] dh, real[:, :, ::1] dx, bint dx_accumulate,
              real[:, ::1] dw_ih, real[:, ::1] dw_hh,
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
-             real[:, :, ::1] dG, real[:, ::1] dgh, real[:, ::1] ds, real[:, :, ::1] work,
-             const real[:, ::1] dy_zero):
+             real[:, :, ::1] dG, real[:, ::1] dGt, real[:, ::1] dgh, real[:, ::1] ds,
+             real[:, :, ::1] work, const real[:, ::1] dy_zero):
     """Back-propagate through the recurrence recorded by a training forward.
 
     dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
     its columns [dy_col, dy_col + H) are this direction's. dx (T, B, I) is overwritten, or
     added to when dx_accumulate; the weight and bias gradients are overwritten, or added to
-    when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dgh
-    (max(B, 2), 3H), ds (B, H) and work (T, B, H) are scratch; ghn is None unless
-    linear_before_reset; ds and work are only touched when it is false. dy_zero (B, H) holds
-    zeros, read in place of a missing dy.
+    when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H), dGt
+    (3H, T*B; only touched where the backward runs on several threads, so its untouched
+    pages cost nothing), dgh (max(B, 2), 3H), ds (B, H) and work (T, B, H) are scratch;
+    ghn is None unless linear_before_reset; ds and work are only touched when it is false.
+    dy_zero (B, H) holds zeros, read in place of a missing dy.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const real* p_dy = NULL
@@ -745,7 +814,8 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
                   reverse, linear_before_reset, &gates[0, 0, 0], &hprev[0, 0, 0], p_ghn, p_dy,
                   ldy, &dh[0, 0], &dx[0, 0, 0], dx_accumulate, &dw_ih[0, 0], &dw_hh[0, 0],
                   p_dbi, p_dbh,
-                  accumulate, &dG[0, 0, 0], &dgh[0, 0], p_ds, p_work, &dy_zero[0, 0])
+                  accumulate, &dG[0, 0, 0], &dGt[0, 0], &dgh[0, 0], p_ds, p_work,
+                  &dy_zero[0, 0])
 
 
 def activations(const real[::1] x, real[::1] sig, real[::1] tanh):

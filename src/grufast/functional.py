@@ -249,9 +249,11 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     H = c.w_hh.shape[1]
     dtype = c.w_ih.dtype
     dG = np.empty((T, B, 3 * H), dtype)
+    dGt = np.empty((3 * H, T * B), dtype)  # multi-threaded backward only; np.empty: no pages
     dgh = np.empty((max(B, 2), 3 * H), dtype)  # B = 1 split across threads uses two rows
     ds = None if c.linear_before_reset else np.empty((B, H), dtype)
     work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
-                      db_ih, db_hh, accumulate, dG, dgh, ds, work, np.zeros((B, H), dtype))
+                      db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
+                      np.zeros((B, H), dtype))
