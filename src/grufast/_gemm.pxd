@@ -163,18 +163,19 @@ cdef inline void _row(Py_ssize_t width, Py_ssize_t K, const real* v, const real*
 
 
 cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
-                          Py_ssize_t ldw, real* out, bint accumulate) noexcept nogil:
+                          Py_ssize_t ldw, real* out, bint accumulate, bint backwards
+                          ) noexcept nogil:
     """out (N,) (+)= v (K,) @ W (K, N), for a thread's slice of the columns inside a parallel
     region (OpenBLAS's gemv could start threads of its own there). Strips of 8 vector
     registers: enough independent FMA chains to hide their latency; the loads of W set the
-    pace, as in any GEMV."""
-    cdef Py_ssize_t n = 0, cw
+    pace, as in any GEMV. ``backwards`` takes the strips last to first: a caller alternating
+    directions step by step finds the strips it read last still in cache."""
+    cdef Py_ssize_t n, s, strips, cw
     if real is float:
         cw = VEC_FLOATS * 8
     else:
         cw = VEC_FLOATS * 4
-    while n + cw <= N:
-        _row(cw, K, v, W + n, ldw, out + n, accumulate)
-        n += cw
-    if n < N:
-        _row(N - n, K, v, W + n, ldw, out + n, accumulate)
+    strips = (N + cw - 1) // cw
+    for s in range(strips):
+        n = (strips - 1 - s if backwards else s) * cw
+        _row(min(cw, N - n), K, v, W + n, ldw, out + n, accumulate)

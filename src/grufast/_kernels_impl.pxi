@@ -290,7 +290,8 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t 
     step, where the new state is complete (and once more without linear_before_reset, where
     r * h is). The state alternates between h and a scratch row, so that no thread writes
     the state another one is still reading."""
-    cdef Py_ssize_t s = 0, q, t, n, k, first, G = 3 * H
+    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H
+    cdef bint zz
     cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
     cdef real* states[2]
     cdef real* gi
@@ -311,20 +312,25 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t 
                 hp_t = hprev + t * H
             if ghn != NULL:
                 hn_t = ghn + t * H
+            # Alternate directions through the weights each step (gates and strips): what
+            # was read last is read first, from cache (a thread's slice may exceed L2).
+            zz = q % 2 == 1
             if lbr:
-                for k in range(3):
+                for kk in range(3):
+                    k = 2 - kk if zz else kk
                     row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
-                             False)
+                             False, zz)
                 _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                            states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             else:
-                for k in range(2):
+                for kk in range(2):
+                    k = 1 - kk if zz else kk
                     row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
-                             False)
+                             False, zz)
                 _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2], rh,
                           hn_t)
                 barrier_wait(bar, nt)
-                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False)
+                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False, zz)
                 _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                          states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             barrier_wait(bar, nt)
@@ -597,14 +603,14 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
             cur = dgh + (s % 2) * G
             _dgates_lbr(1, H, j0, j1, t, lengths, gt, hpt, ghn + t * H, dyt, ldy, dh, dGs, cur)
             barrier_wait(bar, nt)
-            row_gemv(w, G, cur, w_hh + j0, H, dh + j0, True)
+            row_gemv(w, G, cur, w_hh + j0, H, dh + j0, True, s % 2 == 1)
         else:
             _dgates_zn(1, H, j0, j1, t, lengths, gt, hpt, dyt, ldy, dh, dGs)
             barrier_wait(bar, nt)
-            row_gemv(w, H, dGs + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False)
+            row_gemv(w, H, dGs + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False, s % 2 == 1)
             _dgates_r(1, H, j0, j1, t, lengths, gt, hpt, ds, dh, dGs)
             barrier_wait(bar, nt)
-            row_gemv(w, 2 * H, dGs, w_hh + j0, H, dh + j0, True)
+            row_gemv(w, 2 * H, dGs, w_hh + j0, H, dh + j0, True, s % 2 == 1)
     barrier_wait(bar, nt)  # dG complete
     _weight_grads(p, nt, bar, T, I, H, x, w_ih, lbr, gates, hprev, dx, dx_accumulate, dw_ih,
                   dw_hh, db_ih, db_hh, accumulate, dG, dGt, work)
