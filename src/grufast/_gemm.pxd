@@ -86,57 +86,87 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
                 C[r * ldc + i] = acc[r][i]
 
 
-cdef inline void _panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
-                         Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
-                         Py_ssize_t ldc, bint accumulate, Py_ssize_t cw, Py_ssize_t vw
-                         ) noexcept nogil:
-    """Column panels outside, row tiles inside: a panel of W (K x cw) stays in L2 while every
-    row tile passes over it, so W streams from memory once per call, not once per tile.
-    Panels of 3 vectors (cw), then of 2 or 1 (vw each), then the remainder: all but the
+cdef inline Py_ssize_t _panel_width(Py_ssize_t n, Py_ssize_t N, Py_ssize_t cw,
+                                    Py_ssize_t vw) noexcept nogil:
+    """Panels of 3 vectors (cw), then of 2 or 1 (vw each), then the remainder: all but the
     last have compile-time widths, which the compiler unrolls into registers."""
-    cdef Py_ssize_t m, n = 0, w
-    while n < N:
-        w = cw if n + cw <= N else (2 * vw if n + 2 * vw <= N else (
-            vw if n + vw <= N else N - n))
-        m = 0
-        while m + TILE_ROWS <= M:
-            if w == cw:
-                _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
-                      C + m * ldc + n, ldc, accumulate)
-            elif w == 2 * vw:
-                _tile(<pair_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
-                      C + m * ldc + n, ldc, accumulate)
-            elif w == vw:
-                _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
-                      C + m * ldc + n, ldc, accumulate)
-            else:
-                _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W + n, ldw,
-                      C + m * ldc + n, ldc, accumulate)
-            m += TILE_ROWS
-        if m < M:
-            _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, W + n, ldw,
-                  C + m * ldc + n, ldc, accumulate)
-        n += w
+    return cw if n + cw <= N else (2 * vw if n + 2 * vw <= N else (
+        vw if n + vw <= N else N - n))
 
 
-cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                            const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
-                            real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn
+cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
+                        Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
+                        Py_ssize_t ldc, bint accumulate, Py_ssize_t cw, Py_ssize_t vw
+                        ) noexcept nogil:
+    """C[:, :w] (+)= A @ W[:, :w] for one column panel, by row tiles: the panel of W
+    (K x w) stays in L2 while every row tile passes over it."""
+    cdef Py_ssize_t m = 0
+    while m + TILE_ROWS <= M:
+        if w == cw:
+            _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W, ldw, C + m * ldc,
+                  ldc, accumulate)
+        elif w == 2 * vw:
+            _tile(<pair_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W, ldw, C + m * ldc,
+                  ldc, accumulate)
+        elif w == vw:
+            _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W, ldw, C + m * ldc,
+                  ldc, accumulate)
+        else:
+            _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, W, ldw, C + m * ldc,
+                  ldc, accumulate)
+        m += TILE_ROWS
+    if m < M:
+        _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, W, ldw, C + m * ldc, ldc,
+              accumulate)
+
+
+cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
+                       Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
+                       Py_ssize_t ldc, bint accumulate, real* pack) noexcept nogil:
+    """C (M, N) (+)= A (M, K) @ W (K, N), all row-major. K in blocks, so that a panel of W
+    (K_BLOCK x cw) fits in L2 however long K is; later blocks add to C. Column panels
+    outside, row tiles inside, so W streams from memory once per call, not once per tile.
+    With ``pack`` (K_BLOCK x TILE_MAX reals), each panel is first copied there: the tiles
+    then read it contiguously, without W's stride (a page per row when rows are long)."""
+    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w, k, i
     if real is float:
         cw = TILE_FLOATS
         vw = VEC_FLOATS
     else:
         cw = TILE_FLOATS // 2
         vw = VEC_FLOATS // 2
-    # K in blocks, so that a panel of W (K_BLOCK x cw) fits in L2 however long K is (the
-    # weight gradients sum over all T*B rows); later blocks add to C.
     while k0 < K or k0 == 0:
         kn = min(K_BLOCK, K - k0)
-        _panels(M, N, kn, A + k0, lda, W + k0 * ldw, ldw, C, ldc, accumulate or k0 > 0, cw,
-                vw)
+        n = 0
+        while n < N:
+            w = _panel_width(n, N, cw, vw)
+            if pack == NULL:
+                _panel(M, w, kn, A + k0, lda, W + k0 * ldw + n, ldw, C + n, ldc,
+                       accumulate or k0 > 0, cw, vw)
+            else:
+                for k in range(kn):
+                    for i in range(w):
+                        pack[k * w + i] = W[(k0 + k) * ldw + n + i]
+                _panel(M, w, kn, A + k0, lda, pack, w, C + n, ldc, accumulate or k0 > 0, cw,
+                       vw)
+            n += w
         k0 += K_BLOCK
+
+
+cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                            const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
+                            real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
+    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, NULL)
+
+
+cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
+                             real* C, Py_ssize_t ldc, bint accumulate, real* pack
+                             ) noexcept nogil:
+    """small_gemm for long products (many row tiles per panel), W's panels packed first
+    into pack (K_BLOCK x TILE_MAX reals)."""
+    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, pack)
 
 
 cdef enum:

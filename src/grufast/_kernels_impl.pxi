@@ -9,7 +9,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport row_gemv, small_gemm
+from grufast._gemm cimport K_BLOCK, TILE_MAX, packed_gemm, row_gemv, small_gemm
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -657,9 +657,12 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
     cdef Py_ssize_t i, j, G = 3 * H, a, b
     cdef Py_ssize_t r0 = TB * p // nt, r1 = TB * (p + 1) // nt
     cdef Py_ssize_t g0 = _split4(G, nt, p), g1 = _split4(G, nt, p + 1)
-    small_gemm(r1 - r0, I, G, dG + r0 * G, G, w_ih, I, dx + r0 * I, I, dx_accumulate)
+    # This thread's panel buffer (196 KB); without it the GEMMs read W in place.
+    cdef real* pack = <real*>malloc(K_BLOCK * TILE_MAX * sizeof(real))
+    packed_gemm(r1 - r0, I, G, dG + r0 * G, G, w_ih, I, dx + r0 * I, I, dx_accumulate, pack)
     _transpose_rows(g0, g1, TB, G, dG, NULL, 0, dGt)
-    small_gemm(g1 - g0, I, TB, dGt + g0 * TB, TB, x, I, dw_ih + g0 * I, I, accumulate)
+    packed_gemm(g1 - g0, I, TB, dGt + g0 * TB, TB, x, I, dw_ih + g0 * I, I, accumulate,
+                pack)
     if db_ih != NULL:
         _rowsum(g1 - g0, TB, dGt + g0 * TB, db_ih + g0, accumulate)
     if lbr:
@@ -667,7 +670,8 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
         a = max(g0, 2 * H)
         if g1 > a:
             _transpose_rows(a, g1, TB, G, dG, gates + a - 2 * H, G, dGt)
-        small_gemm(g1 - g0, H, TB, dGt + g0 * TB, TB, hprev, H, dw_hh + g0 * H, H, accumulate)
+        packed_gemm(g1 - g0, H, TB, dGt + g0 * TB, TB, hprev, H, dw_hh + g0 * H, H,
+                    accumulate, pack)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
         for i in range(r0, r1):
@@ -677,12 +681,15 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
         a = g0
         b = min(g1, 2 * H)
         if b > a:
-            small_gemm(b - a, H, TB, dGt + a * TB, TB, hprev, H, dw_hh + a * H, H, accumulate)
+            packed_gemm(b - a, H, TB, dGt + a * TB, TB, hprev, H, dw_hh + a * H, H, accumulate,
+                        pack)
         a = max(g0, 2 * H)
         if g1 > a:
-            small_gemm(g1 - a, H, TB, dGt + a * TB, TB, work, H, dw_hh + a * H, H, accumulate)
+            packed_gemm(g1 - a, H, TB, dGt + a * TB, TB, work, H, dw_hh + a * H, H, accumulate,
+                        pack)
     if db_hh != NULL:
         _rowsum(g1 - g0, TB, dGt + g0 * TB, db_hh + g0, accumulate)
+    free(pack)
 
 
 cdef inline Py_ssize_t _split4(Py_ssize_t n, int nt, int p) noexcept nogil:
