@@ -89,7 +89,10 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
 cdef inline Py_ssize_t _panel_width(Py_ssize_t n, Py_ssize_t N, Py_ssize_t cw,
                                     Py_ssize_t vw) noexcept nogil:
     """Panels of 3 vectors (cw), then of 2 or 1 (vw each), then the remainder: all but the
-    last have compile-time widths, which the compiler unrolls into registers."""
+    last have compile-time widths, which the compiler unrolls into registers. Four vectors
+    left go as two pairs, not 3 + 1: a one-vector tile runs at half the speed."""
+    if N - n == cw + vw:
+        return 2 * vw
     return cw if n + cw <= N else (2 * vw if n + 2 * vw <= N else (
         vw if n + vw <= N else N - n))
 
