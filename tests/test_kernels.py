@@ -241,3 +241,17 @@ def test_parallel_layer_backward_accumulates_like_serial():
             runs.append((dx, dh0, *(gru.grads[k] for k in sorted(gru.grads))))
         for a, b in zip(*runs):
             assert rel_err(a, b) <= 1e-5
+
+
+def test_input_projection_paths_agree():
+    """Serial input projections below 8M multiply-adds run in the tiled GEMM, larger ones in
+    OpenBLAS: both sides of the boundary meet the tolerances (T*3H*I = 7.9M and 9.8M)."""
+    rng = np.random.default_rng(14)
+    for T in (33, 41):
+        for dtype in (np.float32, np.float64):
+            x, h0, *w = problem(rng, T, 1, 400, 200, dtype)
+            y, h, _ = F.gru_forward(x, h0, *w)
+            as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+            yr, hr, _ = R.gru_forward(*as64)
+            assert_close(y, yr, dtype, "fwd", f"T={T} y")
+            assert_close(h, hr, dtype, "fwd", f"T={T} h_n")

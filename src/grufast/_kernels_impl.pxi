@@ -66,9 +66,11 @@ cdef extern from *:
     const bint SPIN_BARRIER "GRUFAST_SPIN_BARRIER"
 
 # A parallel region costs a couple of microseconds: steps with fewer multiply-adds run on
-# one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k).
+# one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k). Input projections with fewer
+# than SMALL_GEMM_MACS run in the tiled GEMM (measured faster below it, 1 or 2 threads).
 cdef enum:
     PARALLEL_MIN_MACS = 150000
+    SMALL_GEMM_MACS = 8000000
 
 
 def openmp_threads() -> int:
@@ -372,7 +374,12 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         n = min(chunk, T - s)
         first = T - s - n if reverse else s
         if not project:
-            gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I, w_ih, I, 0, gates, G)
+            if n * B * G * I < SMALL_GEMM_MACS:
+                # Small projections in the tiled GEMM: OpenBLAS would start its threads
+                # for them, for less work than waking them costs.
+                small_gemm(n * B, G, I, x + first * B * I, I, w_ih_t, G, gates, G, False)
+            else:
+                gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I, w_ih, I, 0, gates, G)
         if nt == 1:
             _steps(s, s + n, first, 0, B, T, B, I, H, x, w_ih_t, project, small, w_hh, w_hh_t,
                    b_ih, b_hh, lengths, reverse, lbr, y, ldy, h, gates, hprev, ghn, gh, rh,
