@@ -81,15 +81,22 @@ def openmp_threads() -> int:
 # ---------------------------------------------------------------------------------------------
 # forward
 
+cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1
+                             ) noexcept nogil:
+    """Zero the units j0 <= j < j1 of the three gate blocks of a row of g (3H)."""
+    cdef Py_ssize_t k
+    for k in range(3):
+        fill(g + k * H + j0, j1 - j0, <real>0)
+
+
 cdef inline void _masked(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* y, real* g,
                          const real* h, real* h_out, real* hprev) noexcept nogil:
     """A step past the sequence's length, units j0 <= j < j1: output zeros, keep the state;
     the gates and the recorded state are zeroed so that backward's products over all rows
     stay finite."""
-    cdef Py_ssize_t k, n = j1 - j0
+    cdef Py_ssize_t n = j1 - j0
     fill(y + j0, n, <real>0)
-    for k in range(3):
-        fill(g + k * H + j0, n, <real>0)
+    _zero_units(g, H, j0, j1)
     fill(hprev + j0, n, <real>0)
     if h_out != h:
         memcpy(h_out + j0, h + j0, n * sizeof(real))
@@ -267,9 +274,10 @@ cdef inline int _threads_for(Py_ssize_t B, Py_ssize_t H, bint small) noexcept no
     return max(1, min(max_threads(), <int>(B // 4)))
 
 
-cdef inline Py_ssize_t _units(Py_ssize_t H, int nt, int p) noexcept nogil:
-    """Where thread p's hidden units start (p = nt: H), on multiples of 16 (a vector)."""
-    return H if p >= nt else (H * p // nt) // 16 * 16
+cdef inline Py_ssize_t _share(Py_ssize_t n, int nt, int p, Py_ssize_t q) noexcept nogil:
+    """Where thread p of nt starts its share of n items (p = nt: n), on multiples of q:
+    sequences and gate rows by whole tiles (4), hidden units by whole vectors (16)."""
+    return n if p >= nt else (n * p // nt) // q * q
 
 
 cdef inline int _unit_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
@@ -294,7 +302,7 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t 
     the state another one is still reading."""
     cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H
     cdef bint zz
-    cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
+    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
     cdef real* states[2]
     cdef real* gi
     cdef real* hp_t = step_scratch
@@ -388,16 +396,11 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             # Batch-parallel: each thread runs its own sequences through the whole chunk,
             # in whole register tiles of 4 rows.
             for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-                _steps(s, s + n, first, _rows(B, nt, p), _rows(B, nt, p + 1), T, B, I, H,
+                _steps(s, s + n, first, _share(B, nt, p, 4), _share(B, nt, p + 1, 4), T, B, I, H,
                        x, w_ih_t, project, small, w_hh, w_hh_t, b_ih, b_hh, lengths, reverse,
                        lbr,
                        y, ldy, h, gates, hprev, ghn, gh, rh, step_scratch)
         s += n
-
-
-cdef inline Py_ssize_t _rows(Py_ssize_t B, int nt, int p) noexcept nogil:
-    """Where thread p's sequences start (p = nt: B), on multiples of 4."""
-    return B if p >= nt else (B * p // nt) // 4 * 4
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
@@ -451,14 +454,6 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
 #   dgi = [dar, daz, dan] for both; it is stored for all steps in dG (T, B, G) so that
 #   dx, dW_ih and dW_hh become large GEMMs after the loop.
 
-cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                             Py_ssize_t gates) noexcept nogil:
-    """Zero the units j0 <= j < j1 of the first `gates` gate blocks of a row of g."""
-    cdef Py_ssize_t k
-    for k in range(gates):
-        fill(g + k * H + j0, j1 - j0, <real>0)
-
-
 cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
                       const Py_ssize_t* lengths, const real* g, const real* hprev,
                       const real* ghn, const real* dy, Py_ssize_t ldy, real* dh, real* dg,
@@ -468,8 +463,8 @@ cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, 
     cdef real d, r, z, n, dan, daz, dar
     for b in range(B):
         if t >= lengths[b]:
-            _zero_units(dg + b * G, H, j0, j1, 3)
-            _zero_units(dgh + b * G, H, j0, j1, 3)
+            _zero_units(dg + b * G, H, j0, j1)
+            _zero_units(dgh + b * G, H, j0, j1)
             continue
         for j in range(j0, j1):
             d = dh[b * H + j] + dy[b * ldy + j]
@@ -497,7 +492,7 @@ cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, P
     cdef real d, z, n
     for b in range(B):
         if t >= lengths[b]:
-            _zero_units(dg + b * G, H, j0, j1, 3)
+            _zero_units(dg + b * G, H, j0, j1)
             continue
         for j in range(j0, j1):
             d = dh[b * H + j] + dy[b * ldy + j]
@@ -524,14 +519,14 @@ cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
             dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
 
 
-cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, Py_ssize_t lda, real* out,
+cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
                   bint accumulate) noexcept nogil:
     cdef Py_ssize_t i, j
     if not accumulate:
         fill(out, cols, <real>0)
     for i in range(rows):
         for j in range(cols):
-            out[j] = out[j] + a[i * lda + j]
+            out[j] = out[j] + a[i * cols + j]
 
 
 cdef void _bsteps(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
@@ -587,13 +582,13 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
                          real* db_hh, bint accumulate, real* dG, real* dGt, real* dgh,
                          real* ds, real* work, const real* dy_zero) noexcept nogil:
     """Backward of one sequence (B = 1), thread p of nt owning the hidden units j0 <= j < j1
-    as in _unit_forward: their gate gradients, their columns of W_hh for dh, and afterwards
-    their rows of dW_ih, dW_hh and the biases, and a slice of dx's columns. No OpenBLAS call:
+    as in _unit_forward: their gate gradients and their columns of W_hh for dh; afterwards
+    its share of the weight gradients and of dx (_weight_grads). No OpenBLAS call:
     its threads would spin after each call and take the cores this loop's barrier waits on.
     dgh holds two rows (2, 3H), used by alternate steps so that no thread writes the row
     another one is still reading."""
     cdef Py_ssize_t s, t, k, G = 3 * H
-    cdef Py_ssize_t j0 = _units(H, nt, p), j1 = _units(H, nt, p + 1), w = j1 - j0
+    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
     cdef const real* dyt = dy_zero
     cdef real* dGs
     cdef real* cur
@@ -624,9 +619,8 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
 
 
 cdef void _transpose_rows(Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t TB, Py_ssize_t G,
-                          const real* dG, const real* scale, Py_ssize_t lds,
-                          real* dGt) noexcept nogil:
-    """dGt[g, i] = dG[i, g] (times scale[i * lds + g - g0] when scale is not NULL) for
+                          const real* dG, const real* scale, real* dGt) noexcept nogil:
+    """dGt[g, i] = dG[i, g] (times scale[i * G + g - g0] when scale is not NULL) for
     g0 <= g < g1, in blocks of 16 rows of dG, so that each cache line read serves 16 g."""
     cdef Py_ssize_t i0, i, g, n
     for i0 in range(0, TB, 16):
@@ -637,7 +631,7 @@ cdef void _transpose_rows(Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t TB, Py_ssize_
                     dGt[g * TB + i] = dG[i * G + g]
             else:
                 for i in range(i0, i0 + n):
-                    dGt[g * TB + i] = dG[i * G + g] * scale[i * lds + g - g0]
+                    dGt[g * TB + i] = dG[i * G + g] * scale[i * G + g - g0]
 
 
 cdef void _rowsum(Py_ssize_t rows, Py_ssize_t n, const real* a, real* out,
@@ -651,6 +645,16 @@ cdef void _rowsum(Py_ssize_t rows, Py_ssize_t n, const real* a, real* out,
         out[r] = out[r] + acc if accumulate else acc
 
 
+cdef void _r_times_h(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t H, const real* gates,
+                     const real* hprev, real* work) noexcept nogil:
+    """work[i] = r[i] * h[i] for the rows i0 <= i < i1 (T*B rows): what the n rows of W_hh
+    multiply without linear_before_reset."""
+    cdef Py_ssize_t i, j
+    for i in range(i0, i1):
+        for j in range(H):
+            work[i * H + j] = gates[i * 3 * H + j] * hprev[i * H + j]
+
+
 cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t I,
                         Py_ssize_t H, const real* x, const real* w_ih, bint lbr,
                         const real* gates, const real* hprev, real* dx, bint dx_accumulate,
@@ -661,13 +665,13 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
     would spin afterwards beside the next parallel loop). dx by rows of TB; the weight
     gradients and bias sums by their rows (gate units), from this thread's rows of
     dGt (3H, TB), dG transposed: the sums over TB then read memory contiguously."""
-    cdef Py_ssize_t i, j, G = 3 * H, a, b
+    cdef Py_ssize_t G = 3 * H, a, b
     cdef Py_ssize_t r0 = TB * p // nt, r1 = TB * (p + 1) // nt
-    cdef Py_ssize_t g0 = _split4(G, nt, p), g1 = _split4(G, nt, p + 1)
+    cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
     # This thread's panel buffer (196 KB); without it the GEMMs read W in place.
     cdef real* pack = <real*>malloc(K_BLOCK * TILE_MAX * sizeof(real))
     packed_gemm(r1 - r0, I, G, dG + r0 * G, G, w_ih, I, dx + r0 * I, I, dx_accumulate, pack)
-    _transpose_rows(g0, g1, TB, G, dG, NULL, 0, dGt)
+    _transpose_rows(g0, g1, TB, G, dG, NULL, dGt)
     packed_gemm(g1 - g0, I, TB, dGt + g0 * TB, TB, x, I, dw_ih + g0 * I, I, accumulate,
                 pack)
     if db_ih != NULL:
@@ -676,14 +680,12 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
         # dgh differs from dgi only in its n block, which is scaled by r.
         a = max(g0, 2 * H)
         if g1 > a:
-            _transpose_rows(a, g1, TB, G, dG, gates + a - 2 * H, G, dGt)
+            _transpose_rows(a, g1, TB, G, dG, gates + a - 2 * H, dGt)
         packed_gemm(g1 - g0, H, TB, dGt + g0 * TB, TB, hprev, H, dw_hh + g0 * H, H,
                     accumulate, pack)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
-        for i in range(r0, r1):
-            for j in range(H):
-                work[i * H + j] = gates[i * G + j] * hprev[i * H + j]
+        _r_times_h(r0, r1, H, gates, hprev, work)
         barrier_wait(bar, nt)  # r * h complete
         a = g0
         b = min(g1, 2 * H)
@@ -699,11 +701,6 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, Py_ssize_t TB, Py_ssize_t
     free(pack)
 
 
-cdef inline Py_ssize_t _split4(Py_ssize_t n, int nt, int p) noexcept nogil:
-    """Where thread p's share of n rows starts (p = nt: n), on multiples of 4 (a tile)."""
-    return n if p >= nt else (n * p // nt) // 4 * 4
-
-
 cdef void _backward_team(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t B,
                          Py_ssize_t I, Py_ssize_t H, const real* x, const real* w_ih,
                          const real* w_hh, const Py_ssize_t* lengths, bint reverse, bint lbr,
@@ -714,8 +711,8 @@ cdef void _backward_team(int p, int nt, barrier_t* bar, Py_ssize_t T, Py_ssize_t
                          real* ds, real* work, const real* dy_zero) noexcept nogil:
     """Thread p of nt: the backward recurrence of its own sequences, then its share of the
     weight gradients."""
-    _bsteps(_rows(B, nt, p), _rows(B, nt, p + 1), T, B, H, True, w_hh, lengths, reverse, lbr,
-            gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
+    _bsteps(_share(B, nt, p, 4), _share(B, nt, p + 1, 4), T, B, H, True, w_hh, lengths,
+            reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dG, dgh, ds, dy_zero)
     barrier_wait(bar, nt)  # dG complete
     _weight_grads(p, nt, bar, T * B, I, H, x, w_ih, lbr, gates, hprev, dx, dx_accumulate,
                   dw_ih, dw_hh, db_ih, db_hh, accumulate, dG, dGt, work)
@@ -732,12 +729,12 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t i, j, G = 3 * H, TB = T * B
     cdef real beta = 1 if accumulate else 0
     cdef bint small = _small(B)
-    cdef int p, nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
+    cdef int nt = _threads_for(B, H, small), nu = _unit_threads(B, H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
+    bar.arrived = 0
+    bar.generation = 0
     if nu > 1:
-        bar.arrived = 0
-        bar.generation = 0
         with parallel(num_threads=nu):
             _unit_backward(thread_id(), team_size(), barp, T, I, H, x, w_ih, w_hh, lengths,
                            reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dx, dx_accumulate,
@@ -745,8 +742,6 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                            dy_zero)
         return
     if nt > 1:
-        bar.arrived = 0
-        bar.generation = 0
         with parallel(num_threads=nt):
             _backward_team(thread_id(), team_size(), barp, T, B, I, H, x, w_ih, w_hh, lengths,
                            reverse, lbr, gates, hprev, ghn, dy, ldy, dh, dx, dx_accumulate,
@@ -761,7 +756,7 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, w_ih, I, 1 if dx_accumulate else 0, dx, I)
     gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, x, I, beta, dw_ih, I)
     if db_ih != NULL:
-        _colsum(TB, G, dG, G, db_ih, accumulate)
+        _colsum(TB, G, dG, db_ih, accumulate)
     if lbr:
         # dgh differs from dgi only in its n block, which is scaled by r; dG is ours to reuse.
         for i in range(TB):
@@ -769,16 +764,14 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                 dG[i * G + 2 * H + j] = dG[i * G + 2 * H + j] * gates[i * G + j]
         gemm_rm(c'T', c'N', G, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
         if db_hh != NULL:
-            _colsum(TB, G, dG, G, db_hh, accumulate)
+            _colsum(TB, G, dG, db_hh, accumulate)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
-        for i in range(TB):
-            for j in range(H):
-                work[i * H + j] = gates[i * G + j] * hprev[i * H + j]
+        _r_times_h(0, TB, H, gates, hprev, work)
         gemm_rm(c'T', c'N', 2 * H, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
         gemm_rm(c'T', c'N', H, H, TB, 1, dG + 2 * H, G, work, H, beta, dw_hh + 2 * H * H, H)
         if db_hh != NULL:
-            _colsum(TB, G, dG, G, db_hh, accumulate)
+            _colsum(TB, G, dG, db_hh, accumulate)
 
 
 def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
