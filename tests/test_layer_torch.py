@@ -33,16 +33,17 @@ def run_torch(m, x, h0, lengths, dy, dh):
     return y.detach().numpy(), hn.detach().numpy(), xt.grad.numpy(), ht.grad.numpy(), grads
 
 
-@pytest.mark.parametrize("layers,bidirectional,batch_first,bias,use_lengths,dtype", COMBOS)
-def test_gru_matches_torch(layers, bidirectional, batch_first, bias, use_lengths, dtype):
-    rng = np.random.default_rng(layers * 100 + bidirectional * 10 + batch_first)
+def layer_and_torch(rng, layers, bidirectional, batch_first, bias, use_lengths, dtype,
+                    seed=0):
+    """One random problem (T, B, I, H = 6, 4, 5, 7) through grufast.GRU.from_torch(m) and
+    through torch.nn.GRU m with autograd: (gru, ours, theirs), each of ours and theirs being
+    (y, h_n, dx, dh0, parameter gradients by name)."""
     T, B, I, H = 6, 4, 5, 7
     D = 2 if bidirectional else 1
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     m = torch.nn.GRU(I, H, layers, bias=bias, batch_first=batch_first,
                      bidirectional=bidirectional, dtype=TORCH[dtype])
     gru = grufast.GRU.from_torch(m)
-    assert gru.training and gru.dtype == dtype
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
     h0 = rng.standard_normal((layers * D, B, H)).astype(dtype)
     lengths = np.array([T, 1, 4, T - 1]) if use_lengths else None
@@ -50,7 +51,15 @@ def test_gru_matches_torch(layers, bidirectional, batch_first, bias, use_lengths
     dy = rng.standard_normal(y.shape).astype(dtype)
     dh = rng.standard_normal(hn.shape).astype(dtype)
     dx, dh0 = gru.backward(dy, dh)
-    ty, thn, tdx, tdh0, tgrads = run_torch(m, x, h0, lengths, dy, dh)
+    return gru, (y, hn, dx, dh0, gru.grads), run_torch(m, x, h0, lengths, dy, dh)
+
+
+@pytest.mark.parametrize("layers,bidirectional,batch_first,bias,use_lengths,dtype", COMBOS)
+def test_gru_matches_torch(layers, bidirectional, batch_first, bias, use_lengths, dtype):
+    rng = np.random.default_rng(layers * 100 + bidirectional * 10 + batch_first)
+    gru, (y, hn, dx, dh0, _), (ty, thn, tdx, tdh0, tgrads) = layer_and_torch(
+        rng, layers, bidirectional, batch_first, bias, use_lengths, dtype)
+    assert gru.training and gru.dtype == dtype  # from_torch copies the mode, forward keeps it
     assert_close(y, ty, dtype, "fwd", "y")
     assert_close(hn, thn, dtype, "fwd", "h_n")
     assert_close(dx, tdx, dtype, "grad", "dx")

@@ -12,14 +12,12 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import torch  # noqa: E402
 from tests.helpers import problem, rel_err  # noqa: E402
 from tests.onnx_helpers import run_onnx_gru  # noqa: E402
-from tests.test_layer_torch import TORCH, run_torch  # noqa: E402
+from tests.test_layer_torch import COMBOS, layer_and_torch  # noqa: E402
 from tests.test_oracle_keras import keras_gru  # noqa: E402
 from tests.test_oracle_torch import torch_autograd_gru_no_lbr, torch_gru  # noqa: E402
 
-import grufast  # noqa: E402
 from grufast import functional as F  # noqa: E402
 
 
@@ -58,27 +56,14 @@ def main() -> None:
                     note(("keras GRU", name, "gradients"), max(
                         rel_err(a, kg[n]) for n, a in zip(grads._fields, grads) if a is not None))
     # The layer: every combination of the layer tests, against torch autograd.
-    for layers, bi, bf, bias, lens, dtype in itertools.product(
-            (1, 2, 3), (False, True), (False, True), (False, True), (False, True),
-            (np.float32, np.float64)):
-        T, B, I, H = 6, 4, 5, 7
-        torch.manual_seed(layers)
-        m = torch.nn.GRU(I, H, layers, bias=bias, batch_first=bf, bidirectional=bi,
-                         dtype=TORCH[dtype])
-        gru = grufast.GRU.from_torch(m)
-        x = rng.standard_normal((B, T, I) if bf else (T, B, I)).astype(dtype)
-        h0 = rng.standard_normal((layers * (1 + bi), B, H)).astype(dtype)
-        lengths = np.array([T, 1, 4, T - 1]) if lens else None
-        y, hn = gru(x, h0, lengths=lengths)
-        dy = rng.standard_normal(y.shape).astype(dtype)
-        dh = rng.standard_normal(hn.shape).astype(dtype)
-        dx, dh0 = gru.backward(dy, dh)
-        ty, thn, tdx, tdh0, tg = run_torch(m, x, h0, lengths, dy, dh)
+    for layers, bi, bf, bias, lens, dtype in COMBOS:
+        gru, (y, hn, dx, dh0, grads), (ty, thn, tdx, tdh0, tg) = layer_and_torch(
+            rng, layers, bi, bf, bias, lens, dtype, seed=layers)
         name = np.dtype(dtype).name
         note(("torch layer", name, "forward"), max(rel_err(y, ty), rel_err(hn, thn)))
         note(("torch layer", name, "gradients"), max(
             [rel_err(dx, tdx), rel_err(dh0, tdh0)]
-            + [rel_err(gru.grads[k], v) for k, v in tg.items()]))
+            + [rel_err(grads[k], v) for k, v in tg.items()]))
     print(f"{'oracle':26} {'dtype':8} {'what':10} {'largest relative error':>24}")
     for (oracle, dtype, what), err in sorted(worst.items()):
         print(f"{oracle:26} {dtype:8} {what:10} {err:24.2e}")
