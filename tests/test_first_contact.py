@@ -180,7 +180,8 @@ def test_no_help_text_cites_a_document_outside_the_repository(capsys):
             assert (ROOT / doc).exists() or doc == "README.md", f"{argv} cites {doc}"
 
 
-def test_self_check_table_columns_are_aligned(capsys):
+def test_self_check_table_columns_are_aligned(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "median_ms", lambda *args, **kwargs: 1.0)  # the table only
     assert cli.main(["--repeats", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     table = lines[:lines.index("")]
@@ -205,3 +206,23 @@ def test_license_file_exists_and_is_declared():
     assert re.search(r'^Homepage = "https://', meta, re.M)
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("BSD 3-Clause License") and "2026, the grufast developers" in text
+
+
+def test_installed_distribution_ships_the_license():
+    # What `pip install .` put in site-packages (CI's case); a source-tree run (PYTHONPATH=src
+    # or an editable install) has no built wheel to look into.
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("grufast")
+    except metadata.PackageNotFoundError:
+        pytest.skip("grufast is imported from a source tree and not installed")
+    module = Path(grufast.__file__).resolve()
+    files = dist.files or []
+    if not any(Path(dist.locate_file(f)).resolve() == module for f in files):
+        pytest.skip(f"the grufast imported ({module}) is not the installed distribution's")
+    assert "LICENSE" in (dist.metadata.get_all("License-File") or [])
+    shipped = [f for f in files if f.name == "LICENSE"]
+    assert shipped and "BSD 3-Clause" in shipped[0].read_text()
+    assert dist.metadata["Author"] == "the grufast developers"
+    assert any(u.startswith("Homepage, https://") for u in dist.metadata.get_all("Project-URL"))
