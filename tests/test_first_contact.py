@@ -172,6 +172,17 @@ def test_main_help_is_plain_text_and_documents_every_option(capsys):
     assert re.search(r"--seed \w+\s+\S", check) and re.search(r"--repeats \w+\s+\S", check)
 
 
+def test_seed_and_repeats_reach_the_check_wherever_given(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(cli, "check", lambda args: seen.append((args.seed, args.repeats)) or 0)
+    for argv in (["--seed", "3", "check"], ["check", "--seed", "4", "--repeats", "2"], []):
+        assert cli.main(argv) == 0
+    assert seen == [(3, 9), (4, 2), (0, 9)]
+    with pytest.raises(SystemExit):
+        cli.main(["--repeats", "0"])
+    assert "--repeats: must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_no_help_text_cites_a_document_outside_the_repository(capsys):
     for argv in (["--help"], ["check", "--help"], ["bench", "--help"]):
         text = _help(argv, capsys)
