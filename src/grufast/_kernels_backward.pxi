@@ -1,7 +1,7 @@
 # The backward recurrence: per step (last to first) the gates' gradients and dh through
 # W_hh, stored for every step in dG; then the weight gradients (_kernels_weight_grads.pxi).
 # Serial, split by sequences, or split by hidden units as plan_threads decides.
-# See docs/design.md, sections "Kernels" and "Threads".
+# See docs/design.md sections 4 (Kernels) and 5 (Threads).
 
 
 cdef void _bsteps(const Dims* d, const BackwardArrays* a, real* dh, Py_ssize_t b0,

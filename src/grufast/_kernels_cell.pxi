@@ -1,6 +1,6 @@
 # One step for one sequence, from Python at the lowest cost: GRUCell's streaming path. Both
 # GEMVs and the gate passes in one call, the arrays checked with NumPy's C API.
-# See docs/design.md, section "Kernels".
+# See docs/design.md section 4 (Kernels).
 
 cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_t,
                  const real* w_hh_t, const real* b_ih, const real* b_hh, bint lbr,

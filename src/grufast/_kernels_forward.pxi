@@ -1,6 +1,6 @@
 # The forward recurrence: input projections by chunks of steps, then per step the recurrent
 # product and the fused gate pass; serial, split by sequences, or split by hidden units as
-# plan_threads decides. See docs/design.md, sections "Kernels" and "Threads".
+# plan_threads decides. See docs/design.md sections 4 (Kernels) and 5 (Threads).
 
 
 cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,

@@ -1,7 +1,7 @@
 # The gate passes: elementwise, fused, vectorisable loops over a step's rows for the hidden
 # units j0 <= j < j1 (all of them, or one thread's slice). Forward: the activations and the
 # new state; backward: the gates' gradients. The recurrent products around them live in the
-# forward and backward loops. See docs/design.md, sections "Equations" and "Kernels".
+# forward and backward loops. See docs/design.md sections 1 (equations) and 4 (Kernels).
 
 cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1
                              ) noexcept nogil:

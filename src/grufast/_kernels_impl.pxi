@@ -7,7 +7,7 @@
 #   _kernels_backward.pxi      the backward loops and ``backward``
 #   _kernels_weight_grads.pxi  dx and the weight gradients, after the backward recurrence
 #   _kernels_cell.pxi          CellPlan, one step for one sequence (GRUCell)
-# See docs/design.md, section "Kernels".
+# See docs/design.md section 4 (Kernels).
 
 
 cimport numpy as cnp

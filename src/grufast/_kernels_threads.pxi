@@ -1,7 +1,7 @@
 # How a call's work is split across threads: OpenMP's thread queries and the spinning
 # barrier (C in _threads.h), the thresholds, and plan_threads, the one place that decides
 # serial / by sequences / by hidden units for forward and backward alike.
-# See docs/design.md, section "Threads".
+# See docs/design.md section 5 (Threads).
 
 cdef extern from "_threads.h":
     int max_threads "grufast_max_threads"() noexcept nogil

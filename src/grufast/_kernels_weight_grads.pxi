@@ -1,7 +1,7 @@
 # After the backward recurrence: everything that does not feed it (dx, dW_ih, dW_hh and the
 # bias gradients) as large GEMMs over all T*B rows of the gates' gradients dG. Serial: in
 # OpenBLAS. Threaded: in the register-tiled GEMM, in the kernels' own threads.
-# See docs/design.md, section "Kernels".
+# See docs/design.md section 4 (Kernels).
 
 
 cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,

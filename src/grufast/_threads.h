@@ -5,7 +5,7 @@
    sequence split across cores by hidden units. OpenMP's own barrier sleeps in the kernel
    under OMP_WAIT_POLICY=PASSIVE (which grufast sets while loading libgomp), and waking costs
    more than a step. The barrier spins, then yields the core when it waits long (the machine
-   is oversubscribed). See docs/design.md, section "Threads". */
+   is oversubscribed). See docs/design.md section 5 (Threads). */
 
 #ifndef GRUFAST_THREADS_H
 #define GRUFAST_THREADS_H
