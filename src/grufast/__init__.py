@@ -5,4 +5,4 @@ from grufast.io import load, save
 from grufast.layers import GRU, GRUCell
 
 __all__ = ["GRU", "GRUCell", "GRUGrads", "gru_backward", "gru_forward", "load", "save"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version: pyproject.toml reads it from here
