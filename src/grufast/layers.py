@@ -457,7 +457,7 @@ class GRU(_Parameters):
             caches = tape["caches"][k]
             dx = np.empty(caches[0].x.shape, self.dtype)
             for d, sfx in enumerate(self._suffixes(k)):
-                backward_into(caches[d], dy, d * H, dh[k * D + d], dx, d == 1 or self.reverse,
+                backward_into(caches[d], dy, d * H, dh[k * D + d], dx, d == 1,
                               g["weight_ih" + sfx], g["weight_hh" + sfx],
                               g.get("bias_ih" + sfx), g.get("bias_hh" + sfx), accumulate=True)
             if k > 0 and tape["masks"][k - 1] is not None:

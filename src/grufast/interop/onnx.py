@@ -64,7 +64,8 @@ def gru_to_onnx(gru, path, *, lengths: bool, opset: int) -> None:
         # grufast broadcasts it.
         inits.append(numpy_helper.from_array(default_h0, "h0"))
         if default_h0.shape[1] == 1:
-            inits += [numpy_helper.from_array(np.array([int(gru.batch_first)], np.int64),
+            inits += [numpy_helper.from_array(np.array([0 if gru.batch_first else 1],
+                                                       np.int64),
                                               "batch_axis"),
                       numpy_helper.from_array(np.array([L * D], np.int64), "h0_layers"),
                       numpy_helper.from_array(np.array([H], np.int64), "h0_units")]
