@@ -416,7 +416,7 @@ def test_reverse_option_is_checked_and_carried(tmp_path):
     with pytest.raises(TypeError, match="reverse must be a bool"):
         grufast.GRU(2, 3, reverse=1)
     gru = grufast.GRU(2, 3, 2, reverse=True, seed=0).eval()
-    with pytest.raises(ValueError, match="step needs a forward GRU"):
+    with pytest.raises(ValueError, match="step needs a unidirectional, forward GRU"):
         gru.step(np.zeros(2))
     assert gru.config()["reverse"] and "reverse=True" in repr(gru)
     grufast.save(gru, tmp_path / "m.npz")

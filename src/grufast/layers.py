@@ -486,8 +486,8 @@ class GRU(_Parameters):
         h : ndarray, new state shaped like the given one
         """
         if self.bidirectional or self.reverse:
-            raise ValueError("step needs a forward GRU: a bidirectional or reverse one must "
-                             "see the whole sequence (got bidirectional="
+            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
+                             "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
         x_t, unbatched = _step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
