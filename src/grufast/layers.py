@@ -55,6 +55,25 @@ def _step_input(name: str, value, input_size: int, dtype: np.dtype) -> tuple[np.
     return x, unbatched
 
 
+def _mask_array(value, batch: int, steps: int, unbatched: bool) -> np.ndarray:
+    """A call's mask as a (B, T) bool array."""
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"mask must be an array of bools, got {describe(arr)}")
+    want = (steps,) if unbatched else (batch, steps)
+    if arr.shape != want:
+        raise ValueError(f"mask must have shape {'(T,)' if unbatched else '(B, T)'} = {want}, "
+                         f"got {arr.shape}")
+    return arr.reshape(batch, steps)
+
+
+def _unpack(y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Put packed steps (T, B, F) back at their own steps: y[t, b] goes to order[t, b]."""
+    out = np.empty_like(y)
+    out[order, np.arange(y.shape[1])] = y
+    return out
+
+
 class _Parameters:
     """Named parameters in PyTorch's state-dict layout, with gradients of the same names."""
 
@@ -315,7 +334,8 @@ class GRU(_Parameters):
 
     # -- forward ------------------------------------------------------------------------
     def __call__(self, x: ArrayLike, h0: ArrayLike | None = None, *,
-                 lengths: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 lengths: ArrayLike | None = None,
+                 mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the GRU over a sequence.
 
         Parameters
@@ -329,6 +349,12 @@ class GRU(_Parameters):
             Valid steps per sequence (packed-sequence semantics): outputs past a sequence's
             length are zero and h_n holds its state at its last valid step. None: the
             model's ``default_lengths``, or every step when that is None.
+        mask : array_like of bool, shape (B, T) ((T,) unbatched), optional
+            Keras's masking: steps where the mask is False are skipped by every layer and
+            direction (the state is kept), wherever they are, and output zeros (Keras's
+            ``zero_output_for_mask=True``; by default Keras repeats the last output
+            instead). Given instead of ``lengths``; ``mask[b, t] = t < lengths[b]`` is the
+            same computation.
 
         Returns
         -------
@@ -359,6 +385,16 @@ class GRU(_Parameters):
                 h0 = shaped("h0", h0, (LD, H), "(num_layers * num_directions, hidden_size)")
                 h0 = h0[:, None, :]
             shaped("h0", h0, (LD, B, H), "(num_layers * num_directions, B, hidden_size)")
+        order = None
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("pass lengths or mask, not both: got both")
+            keep = _mask_array(mask, B, T, unbatched)
+            # Skipping a step keeps the state, so each sequence's valid steps can run packed
+            # at its start (lengths = their count); each output then goes back to its step.
+            order = np.argsort(~keep, axis=1, kind="stable").T  # (T, B) source step
+            x = x[order, np.arange(B)]
+            lengths = keep.sum(axis=1)
         if lengths is None and self._default_lengths is not None:
             d = self._default_lengths
             if d.shape[0] != B or d.max() > T:
@@ -376,6 +412,10 @@ class GRU(_Parameters):
                 x = x.copy()
                 x[np.arange(T)[:, None] >= lens[None, :]] = 0
         y, h_n = self._forward(x, h0, lens, unbatched)
+        if order is not None:
+            y = _unpack(y, order)
+            if self.training:
+                self._tape["order"] = order
         if unbatched:
             return y[:, 0], h_n[:, 0]
         if self.batch_first:
@@ -445,6 +485,9 @@ class GRU(_Parameters):
                 dy = dy[:, None, :]
             elif self.batch_first:
                 dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        order = tape.get("order")
+        if order is not None and dy is not None:  # a masked forward ran packed steps
+            dy = dy[order, np.arange(B)]
         if dh_n is None:
             dh = np.zeros((LD, B, H), self.dtype)
         else:
@@ -463,6 +506,8 @@ class GRU(_Parameters):
             if k > 0 and tape["masks"][k - 1] is not None:
                 dx *= tape["masks"][k - 1]
             dy = dx
+        if order is not None:
+            dy = _unpack(dy, order)
         if unbatched:
             return dy[:, 0], dh[:, 0]
         if self.batch_first:
