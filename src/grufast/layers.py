@@ -564,21 +564,28 @@ class GRU(_Parameters):
 
     @classmethod
     def from_onnx(cls, path) -> GRU:
-        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export)."""
+        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export):
+        every input and attribute of a GRU node is honoured or the model is refused with an
+        error naming it. See grufast.interop.onnx."""
         from grufast.interop.onnx import gru_from_onnx
 
         return gru_from_onnx(cls, path)
 
     def to_onnx(self, path, *, lengths: bool = False, opset: int = 14) -> None:
         """Write the model as standard ONNX GRU nodes. Inputs: ``x`` (the layer's layout)
-        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``."""
+        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``.
+        ``default_h0`` becomes h0's default value (an initializer of the same name, expanded
+        to the batch when it has batch 1); ``default_lengths`` becomes lengths' default, or
+        a constant of the file without ``lengths``; ``reverse`` writes direction="reverse"."""
         from grufast.interop.onnx import gru_to_onnx
 
         gru_to_onnx(self, path, lengths=lengths, opset=opset)
 
     @classmethod
     def from_keras(cls, layer) -> GRU:
-        """A GRU from a keras.layers.GRU (either reset_after), batch_first like Keras."""
+        """A GRU from a keras.layers.GRU (either reset_after; go_backwards gives a reverse
+        layer), a Bidirectional(GRU) with merge_mode="concat", or a Sequential/functional
+        model stacking them; batch_first like Keras. See grufast.interop.keras."""
         from grufast.interop.keras import gru_from_keras
 
         return gru_from_keras(cls, layer)
