@@ -194,6 +194,12 @@ def test_what_does_not_import_is_refused():
         grufast.GRU.from_keras(directions)
     with pytest.raises(TypeError, match="keras.layers.GRU"):
         grufast.GRU.from_keras(keras.layers.Dense(3))
+    inp = keras.Input((5, 3))
+    side = keras.layers.GRU(2, return_sequences=True)(inp)  # two GRUs on the same input
+    out = keras.layers.GRU(2, return_sequences=True)(inp)
+    branched = keras.Model(inp, [side, out])
+    with pytest.raises(ValueError, match="not a plain chain"):
+        grufast.GRU.from_keras(branched)
 
 
 def test_mask_argument_is_checked():

@@ -102,11 +102,15 @@ def _stack(keras, model) -> list:
         inputs = model.inputs
         tensor = inputs[0] if len(inputs) == 1 else None
         for lay in layers:
-            node_inputs = lay._inbound_nodes[0].input_tensors if lay._inbound_nodes else []
-            if tensor is None or len(node_inputs) != 1 or node_inputs[0] is not tensor:
+            node = next((n for n in lay._inbound_nodes if len(n.input_tensors) == 1
+                         and n.input_tensors[0] is tensor), None)
+            if tensor is None or node is None:
                 raise ValueError(f"model is not a plain chain of GRU layers at {lay.name!r}; "
                                  "grufast.GRU represents only a stack")
-            tensor = lay._inbound_nodes[0].output_tensors[0]
+            tensor = node.output_tensors[0]
+        if not any(o is tensor for o in model.outputs):
+            raise ValueError("model's output is not its last GRU layer's output; "
+                             "grufast.GRU represents only a stack")
     return layers
 
 
