@@ -486,3 +486,60 @@ def test_default_state_and_lengths_are_used_checked_and_carried(tmp_path):
     gru.default_h0 = np.zeros((4, 3, 3))
     with pytest.raises(ValueError, match="batch 3 cannot serve a batch of 4"):
         gru(x)
+
+
+def test_stack_of_batch_major_nodes(tmp_path):
+    """Two bidirectional layout=1 GRU nodes joined by a Reshape, h0 a batch-major graph input
+    (B, L * D, H) sliced per layer. ONNX Runtime does not run layout=1: the oracle is onnx's
+    reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    I, H, D = 3, 4, 2
+    inits = [numpy_helper.from_array(np.array([0, 0, -1]), "merge"),
+             numpy_helper.from_array(np.array([1]), "axis1")]
+    nodes, inp = [], "X"
+    for k in range(2):
+        size = I if k == 0 else D * H
+        inits += [numpy_helper.from_array(rng.uniform(-.5, .5, shape).astype(np.float32), name)
+                  for name, shape in ((f"W{k}", (D, 3 * H, size)), (f"R{k}", (D, 3 * H, H)),
+                                      (f"B{k}", (D, 6 * H)))]
+        inits += [numpy_helper.from_array(np.array([k * D]), f"start{k}"),
+                  numpy_helper.from_array(np.array([(k + 1) * D]), f"end{k}")]
+        nodes += [helper.make_node("Slice", ["h0", f"start{k}", f"end{k}", "axis1"],
+                                   [f"state{k}"]),
+                  helper.make_node("GRU", [inp, f"W{k}", f"R{k}", f"B{k}", "", f"state{k}"],
+                                   [f"Y{k}", f"Yh{k}"], hidden_size=H, layout=1,
+                                   direction="bidirectional", linear_before_reset=1),
+                  helper.make_node("Reshape", [f"Y{k}", "merge"], [f"out{k}"])]
+        inp = f"out{k}"
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "T", I]),
+                     helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["B", 2 * D, H])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out1", "Yh0",
+                                                                             "Yh1")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", GRU_OPSET)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    gru = grufast.GRU.from_onnx(path)
+    assert (gru.batch_first, gru.bidirectional, gru.num_layers) == (True, True, 2)
+    x = rng.standard_normal((2, 5, I)).astype(np.float32)
+    h0 = rng.standard_normal((2, 2 * D, H)).astype(np.float32)
+    out, yh0, yh1 = ReferenceEvaluator(model).run(None, {"X": x, "h0": h0})
+    y, h_n = gru(x, h0.transpose(1, 0, 2))
+    close(y, out, "y")
+    close(h_n, np.concatenate([yh0, yh1], axis=1).transpose(1, 0, 2), "h_n")
+
+
+def test_a_tensor_defined_twice_is_refused(tmp_path):
+    arrays = base_arrays()
+    node = helper.make_node("Identity", ["X"], ["W"])  # shadows the initializer W
+    gru = helper.make_node("GRU", ["W", "W", "R"], ["Y"], hidden_size=H_)
+    graph = helper.make_graph(
+        [node, gru], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T_, B_, I_])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(arrays[k], k) for k in ("W", "R")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    with pytest.raises(ValueError, match="'W' is defined twice"):
+        grufast.GRU.from_onnx(path)

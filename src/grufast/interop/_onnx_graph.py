@@ -61,6 +61,9 @@ class Graph:
                                       f"{node.domain}.{node.op_type}, outside the standard "
                                       "ONNX domain; grufast cannot represent it")
             for j, o in enumerate(node.output):
+                if o in self.producer or o in self.inputs or o in self.initializers:
+                    raise OnnxImportError(f"ONNX model: tensor {o!r} is defined twice (output "
+                                          f"of node {node.name or k!r}); not a valid graph")
                 if o:
                     self.producer[o] = (k, j)
         self._deps: dict[str, dict] = {}

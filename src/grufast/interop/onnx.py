@@ -417,7 +417,7 @@ def _verify(graph, batch_first, h0_batch_major, constants_batch, *, layers, node
         X = values[node.input[0]]
         if k:
             Y = values[nodes[k - 1].output[0]]  # (T, D, B, H) or (B, T, D, H)
-            Y = Y.transpose(1, 2, 0, 3) if layout else Y.transpose(0, 2, 1, 3)
+            Y = Y.transpose(1, 0, 2, 3) if layout else Y.transpose(0, 2, 1, 3)  # (T, B, D, H)
             expected_x = Y.reshape(Y.shape[0], Y.shape[1], -1)
         want = expected_x.transpose(1, 0, 2) if layout else expected_x
         if X.shape != want.shape or not np.array_equal(X, want.astype(X.dtype)):
