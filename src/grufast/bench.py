@@ -1,5 +1,5 @@
 """``python -m grufast bench``: grufast side by side with the NumPy reference and whichever of
-PyTorch, ONNX Runtime and JAX are installed, on the standard grid of DESIGN.md section 6.
+PyTorch, ONNX Runtime and JAX are installed, on a standard grid of eight (T, B, I, H) shapes.
 
 Every peer gets the same weights, inputs and thread count; each cell is the median of
 repeated runs after a warm-up, in one process, so ratios between columns are what to read

@@ -23,6 +23,8 @@ from grufast._validate import (
     real_array,
     real_values,
     shaped,
+    shaped_like,
+    state_dict_shape,
 )
 from grufast.functional import GRUCache, Weights, backward_into, forward_into
 
@@ -112,8 +114,9 @@ class _Parameters:
             if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad
                 value = value.detach().cpu()
             arr = real_array(f"state_dict[{name!r}]", value, self.dtype)
-            converted[name] = shaped(f"state_dict[{name!r}]", arr, target.shape,
-                                     str(target.shape))
+            converted[name] = state_dict_shape(name, arr, target.shape,
+                                               input_size=self.input_size,
+                                               hidden_size=self.hidden_size)
         for name, arr in converted.items():  # all checked before anything changes
             np.copyto(self._params[name], arr)
         self._weights_changed()
@@ -480,7 +483,7 @@ class GRU(_Parameters):
         else:
             y_shape, h_shape = (T, B, D * H), (LD, B, H)
         if dy is not None:
-            dy = shaped("dy", real_array("dy", dy, self.dtype), y_shape, "the shape of y")
+            dy = shaped_like("dy", real_array("dy", dy, self.dtype), y_shape, "y")
             if unbatched:
                 dy = dy[:, None, :]
             elif self.batch_first:
@@ -491,8 +494,7 @@ class GRU(_Parameters):
         if dh_n is None:
             dh = np.zeros((LD, B, H), self.dtype)
         else:
-            dh = shaped("dh_n", real_array("dh_n", dh_n, self.dtype), h_shape,
-                        "the shape of h_n")
+            dh = shaped_like("dh_n", real_array("dh_n", dh_n, self.dtype), h_shape, "h_n")
             dh = np.array(dh.reshape(LD, B, H), order="C")
         self._tape = None
         g = self.grads
