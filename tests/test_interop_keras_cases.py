@@ -2,13 +2,15 @@
 go_backwards, Bidirectional(GRU) (merge_mode="concat"), stacked GRUs in Sequential and
 functional models, and masks (grufast's call-time ``mask``).
 
-The literal expected values are transcribed from Keras's tests,
-keras-team/keras ``keras/src/layers/rnn/gru_test.py`` (as shipped in keras 3.15.1):
-test_correctness, test_pass_initial_state, test_masking. Keras is used here with its torch
-backend, in float32.
+The literal expected values of Keras's own tests (keras-team/keras
+``keras/src/layers/rnn/gru_test.py``: test_correctness, test_pass_initial_state,
+test_masking) are transcribed in ``tests/fixtures/keras_gru_cases.json``, source named there.
+Keras is used here with its torch backend, in float32.
 """
 
+import json
 import os
+import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -41,62 +43,58 @@ def last_output(y, go_backwards):
     return y[:, 0] if go_backwards else y[:, -1]
 
 
-# test_correctness: sequence arange(72).reshape(3, 6, 4), units 3
-CORRECTNESS = [
-    ({}, [0.5217289, 0.6371659, 0.39384964]),
-    (dict(go_backwards=True), [0.24406259, 0.611516, 0.3928808]),
-    (dict(unroll=True), [0.5217289, 0.6371659, 0.39384964]),
-    (dict(reset_after=False), [0.51447755, 0.6426879, 0.40208298]),
-    (dict(use_bias=False), [0.49988455, 0.64701194, 0.4103359]),
-]
+KERAS = json.loads((pathlib.Path(__file__).parent / "fixtures" / "keras_gru_cases.json")
+                   .read_text())
 
 
-@pytest.mark.parametrize("kw,expected", CORRECTNESS, ids=[str(k) for k, _ in CORRECTNESS])
-def test_keras_correctness_literals(kw, expected):
-    x = np.arange(72).reshape((3, 6, 4)).astype("float32")
-    layer = constant_gru(3, **kw)
+def keras_case(group, case):
+    """Keras's test input and the layer its test builds, imported."""
+    g = KERAS[group]
+    shape = g["input_shape"]
+    x = np.arange(np.prod(shape)).reshape(shape).astype("float32")
+    layer = constant_gru(g["units"], **case["kwargs"])
     layer.build(x.shape)
-    gru = grufast.GRU.from_keras(layer)
-    assert gru.reverse == kw.get("go_backwards", False)
+    return x, grufast.GRU.from_keras(layer)
+
+
+def test_keras_fixture_names_its_source():
+    assert "keras/src/layers/rnn/gru_test.py" in KERAS["source"]
+
+
+@pytest.mark.parametrize("case", KERAS["correctness"]["cases"],
+                         ids=[str(c["kwargs"]) for c in KERAS["correctness"]["cases"]])
+def test_keras_correctness_literals(case):
+    x, gru = keras_case("correctness", case)
+    assert gru.reverse == case["kwargs"].get("go_backwards", False)
     y, h_n = gru(x)
-    want = np.repeat(np.array(expected, np.float32)[:, None], 3, axis=1)
-    close(last_output(y, gru.reverse), want, str(kw))
-    close(h_n[0], want, str(kw))
+    close(last_output(y, gru.reverse), np.array(case["output"]), "output")
+    close(h_n[0], np.array(case["output"]), "state")
 
 
-@pytest.mark.parametrize("go_backwards,expected", [
-    (False, [[0.23774096, 0.33508456], [0.83659905, 1.0227708]]),
-    (True, [[0.13486053, 0.23261218], [0.78257304, 0.9691353]]),
-])
-def test_keras_initial_state_literals(go_backwards, expected):
-    """test_pass_initial_state: sequence arange(24).reshape(2, 4, 3), state arange(4)."""
-    x = np.arange(24).reshape((2, 4, 3)).astype("float32")
-    h0 = np.arange(4).reshape((2, 2)).astype("float32")
-    layer = constant_gru(2, go_backwards=go_backwards)
-    layer.build(x.shape)
-    y, h_n = grufast.GRU.from_keras(layer)(x, h0[None])
-    close(h_n[0], np.array(expected), "h_n")
-    close(last_output(y, go_backwards), np.array(expected), "y")
+@pytest.mark.parametrize("case", KERAS["initial_state"]["cases"],
+                         ids=[str(c["kwargs"]) for c in KERAS["initial_state"]["cases"]])
+def test_keras_initial_state_literals(case):
+    x, gru = keras_case("initial_state", case)
+    h0 = np.arange(4).reshape(KERAS["initial_state"]["initial_state_shape"]).astype("float32")
+    y, h_n = gru(x, h0[None])
+    close(h_n[0], np.array(case["output"]), "state")
+    close(last_output(y, gru.reverse), np.array(case["output"]), "output")
 
 
-MASK = np.array([[True, True, False, True], [True, False, False, True]])
+MASK = np.array(KERAS["masking"]["mask"])
 
 
-def test_keras_masking_literals():
-    """test_masking: a mask with holes in the middle; masked steps keep the state. Keras's
+@pytest.mark.parametrize("case", KERAS["masking"]["cases"],
+                         ids=[str(c["kwargs"]) for c in KERAS["masking"]["cases"]])
+def test_keras_masking_literals(case):
+    """A mask with holes in the middle: masked steps keep the state. Keras's
     zero_output_for_mask=True sequence is grufast's; its default repeats the last output."""
-    x = np.arange(24).reshape((2, 4, 3)).astype("float32")
-    layer = constant_gru(2)
-    layer.build(x.shape)
-    y, h_n = grufast.GRU.from_keras(layer)(x, mask=MASK)
-    close(h_n[0], np.array([[0.19393763] * 2, [0.30818558] * 2]), "h_n")
-    zeros = np.array([[[0.03606692] * 2, [0.09497581] * 2, [0.0] * 2, [0.19393763] * 2],
-                      [[0.16051409] * 2, [0.0] * 2, [0.0] * 2, [0.30818558] * 2]])
-    close(y, zeros, "y (zero_output_for_mask=True)")
-    back = constant_gru(2, go_backwards=True)
-    back.build(x.shape)
-    _, h_n = grufast.GRU.from_keras(back)(x, mask=MASK)
-    close(h_n[0], np.array([[0.11669192] * 2, [0.28380975] * 2]), "go_backwards h_n")
+    x, gru = keras_case("masking", case)
+    y, h_n = gru(x, mask=MASK)
+    if "sequences" in case:
+        close(y, np.array(case["sequences"]), "sequences")
+    else:
+        close(h_n[0], np.array(case["output"]), "state")
 
 
 def keras_numpy(v):
