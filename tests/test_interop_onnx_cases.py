@@ -543,3 +543,19 @@ def test_a_tensor_defined_twice_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
     with pytest.raises(ValueError, match="'W' is defined twice"):
         grufast.GRU.from_onnx(path)
+
+
+@pytest.mark.parametrize("attr,value,name", [("direction", "reverse", "direction"),
+                                             ("linear_before_reset", 0, "linear_before_reset"),
+                                             ("layout", 1, "layout")])
+def test_layers_that_differ_are_refused(tmp_path, attr, value, name):
+    path = tmp_path / "m.onnx"
+    grufast.GRU(3, 4, 2, seed=0).to_onnx(path)
+    model = onnx.load(str(path))
+    second = [n for n in model.graph.node if n.op_type == "GRU"][1]
+    kept = [a for a in second.attribute if a.name != attr]
+    del second.attribute[:]
+    second.attribute.extend(kept + [helper.make_attribute(attr, value)])
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match=f"GRU nodes differ in {name}"):
+        grufast.GRU.from_onnx(path)
