@@ -98,7 +98,7 @@ def _single_gru_model(tmp_path, extra_nodes=(), **attrs):
 @pytest.mark.parametrize("attrs,match", [
     (dict(clip=1.0), "clip"),
     (dict(activations=["Relu", "Tanh"]), "activations"),
-    (dict(direction="reverse"), "direction='reverse'"),
+    (dict(direction="sideways"), "direction='sideways'"),
 ])
 def test_from_onnx_refuses_what_it_cannot_represent(tmp_path, attrs, match):
     with pytest.raises(ValueError, match=match):

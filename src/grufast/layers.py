@@ -57,6 +57,25 @@ def _step_input(name: str, value, input_size: int, dtype: np.dtype) -> tuple[np.
     return x, unbatched
 
 
+def _mask_array(value, batch: int, steps: int, unbatched: bool) -> np.ndarray:
+    """A call's mask as a (B, T) bool array."""
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"mask must be an array of bools, got {describe(arr)}")
+    want = (steps,) if unbatched else (batch, steps)
+    if arr.shape != want:
+        raise ValueError(f"mask must have shape {'(T,)' if unbatched else '(B, T)'} = {want}, "
+                         f"got {arr.shape}")
+    return arr.reshape(batch, steps)
+
+
+def _unpack(y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Put packed steps (T, B, F) back at their own steps: y[t, b] goes to order[t, b]."""
+    out = np.empty_like(y)
+    out[order, np.arange(y.shape[1])] = y
+    return out
+
+
 class _Parameters:
     """Named parameters in PyTorch's state-dict layout, with gradients of the same names."""
 
@@ -142,6 +161,25 @@ class GRU(_Parameters):
     dtype : float32 or float64
     seed : int, optional
         Seeds the initialisation and the dropout masks.
+    reverse : bool
+        A reverse-only layer (needs bidirectional=False): every layer runs t = L_b-1 ... 0
+        and writes each output at its own step, like ONNX ``direction="reverse"`` and Keras
+        ``go_backwards=True`` followed by a flip of the outputs. PyTorch has no such layer;
+        it exists so those models import. ``step`` refuses it (it needs the whole sequence).
+        A keyword of its own rather than a ``direction`` argument, so that torch's
+        ``bidirectional`` keeps its meaning.
+
+    Attributes
+    ----------
+    default_h0 : ndarray (num_layers * D, B0, hidden_size) or None
+        The initial state used when a call passes ``h0=None`` (zeros when None). B0 = 1
+        broadcasts over any batch; another B0 needs calls of that batch. A constant, not a
+        parameter: nothing accumulates a gradient for it. ``from_onnx`` sets it from a
+        constant ``initial_h``; ``state_dict``, ``save`` and ``to_onnx`` carry it.
+    default_lengths : ndarray (B0,) of int or None
+        The lengths used when a call passes ``lengths=None`` (every step valid when None);
+        calls must then have batch B0. ``from_onnx`` sets it from a constant
+        ``sequence_lens``; carried like ``default_h0``.
 
     A new model is in train mode, as in PyTorch: forward keeps what ``backward`` needs.
     Call ``eval()`` for inference.
@@ -150,7 +188,8 @@ class GRU(_Parameters):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, linear_before_reset: bool = True,
-                 dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 reverse: bool = False) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -163,9 +202,15 @@ class GRU(_Parameters):
         self.dropout = float(dropout)
         self.bidirectional = _bool("bidirectional", bidirectional)
         self.linear_before_reset = _bool("linear_before_reset", linear_before_reset)
+        self.reverse = _bool("reverse", reverse)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True makes a reverse-only layer and needs "
+                             "bidirectional=False, got bidirectional=True")
         self.dtype = _model_dtype(dtype)
         self.training = True
         self._tape: dict | None = None
+        self._default_h0: np.ndarray | None = None
+        self._default_lengths: np.ndarray | None = None
         H, D = self.hidden_size, self.num_directions
         shapes = {}
         for k in range(self.num_layers):
@@ -190,11 +235,97 @@ class GRU(_Parameters):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                     dropout=self.dropout, bidirectional=self.bidirectional,
-                    linear_before_reset=self.linear_before_reset, dtype=self.dtype.name)
+                    linear_before_reset=self.linear_before_reset, dtype=self.dtype.name,
+                    reverse=self.reverse)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"GRU({args})"
+
+    # -- default initial state and lengths (constants of imported models) ---------------
+    @property
+    def default_h0(self) -> np.ndarray | None:
+        return None if self._default_h0 is None else self._default_h0.copy()
+
+    @default_h0.setter
+    def default_h0(self, value: ArrayLike | None) -> None:
+        self._default_h0 = self._checked_default_h0(value)
+
+    def _checked_default_h0(self, value) -> np.ndarray | None:
+        if value is None:
+            return None
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu()
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        h = real_array("default_h0", value, self.dtype)
+        if h.ndim != 3 or h.shape[0] != LD or h.shape[2] != H or h.shape[1] < 1:
+            raise ValueError(f"default_h0 must have shape (num_layers * num_directions, B0, "
+                             f"hidden_size) = ({LD}, B0, {H}), got {h.shape}")
+        return h.copy()
+
+    @property
+    def default_lengths(self) -> np.ndarray | None:
+        return None if self._default_lengths is None else self._default_lengths.copy()
+
+    @default_lengths.setter
+    def default_lengths(self, value: ArrayLike | None) -> None:
+        self._default_lengths = self._checked_default_lengths(value)
+
+    @staticmethod
+    def _checked_default_lengths(value) -> np.ndarray | None:
+        if value is None:
+            return None
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu()
+        arr = np.asarray(value)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"default_lengths must be 1-D (B0,) with B0 >= 1, got shape "
+                             f"{arr.shape}")
+        # The checks of a call's lengths; the bound T is checked at each call.
+        return lengths_array(arr, arr.shape[0], np.iinfo(np.intp).max).copy()
+
+    def _initial_state(self, B: int) -> np.ndarray:
+        """h0 for a call that passed none: default_h0 (broadcast from B0 = 1) or zeros."""
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        d = self._default_h0
+        if d is None:
+            return np.zeros((LD, B, H), self.dtype)
+        if d.shape[1] not in (1, B):
+            raise ValueError(f"h0 is None, so the model's default_h0 of shape {d.shape} is "
+                             f"used, and its batch {d.shape[1]} cannot serve a batch of {B}; "
+                             "pass h0, or set default_h0 = None for zeros")
+        return np.array(np.broadcast_to(d, (LD, B, H)), order="C")
+
+    _EXTRAS = ("default_h0", "default_lengths")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters under PyTorch's names, plus ``default_h0`` and
+        ``default_lengths`` when the model has them (constants that torch.nn.GRU cannot
+        hold: a torch module refuses them as unexpected keys rather than dropping them)."""
+        d = super().state_dict()
+        for name in self._EXTRAS:
+            value = getattr(self, "_" + name)
+            if value is not None:
+                d[name] = value.copy()
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load parameters by name, strictly (see ``state_dict``); ``default_h0`` and
+        ``default_lengths`` are loaded when present and must be present when the model has
+        them (set them to None first to load a plain PyTorch state dict)."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
+        extras = {k: state_dict[k] for k in self._EXTRAS if k in state_dict}
+        missing = [k for k in self._EXTRAS
+                   if getattr(self, "_" + k) is not None and k not in extras]
+        if missing:
+            raise ValueError(f"state_dict does not match the model: missing keys {missing} "
+                             "(the model has them; set them to None to drop them)")
+        # Everything is checked before anything changes.
+        h0 = self._checked_default_h0(extras.get("default_h0"))
+        lengths = self._checked_default_lengths(extras.get("default_lengths"))
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
+        self._default_h0, self._default_lengths = h0, lengths
 
     def train(self, mode: bool = True) -> GRU:
         self.training = _bool("mode", mode)
@@ -206,7 +337,8 @@ class GRU(_Parameters):
 
     # -- forward ------------------------------------------------------------------------
     def __call__(self, x: ArrayLike, h0: ArrayLike | None = None, *,
-                 lengths: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 lengths: ArrayLike | None = None,
+                 mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the GRU over a sequence.
 
         Parameters
@@ -214,10 +346,18 @@ class GRU(_Parameters):
         x : array_like, shape (T, B, input_size), (B, T, input_size) if batch_first, or
             (T, input_size) unbatched
         h0 : array_like, shape (num_layers * D, B, hidden_size) ((num_layers * D,
-            hidden_size) unbatched), or None for zeros; D = 2 if bidirectional else 1
+            hidden_size) unbatched), or None for ``default_h0`` (zeros when that is None);
+            D = 2 if bidirectional else 1
         lengths : array_like of int, shape (B,), optional
             Valid steps per sequence (packed-sequence semantics): outputs past a sequence's
-            length are zero and h_n holds its state at its last valid step.
+            length are zero and h_n holds its state at its last valid step. None: the
+            model's ``default_lengths``, or every step when that is None.
+        mask : array_like of bool, shape (B, T) ((T,) unbatched), optional
+            Keras's masking: steps where the mask is False are skipped by every layer and
+            direction (the state is kept), wherever they are, and output zeros (Keras's
+            ``zero_output_for_mask=True``; by default Keras repeats the last output
+            instead). Given instead of ``lengths``; ``mask[b, t] = t < lengths[b]`` is the
+            same computation.
 
         Returns
         -------
@@ -241,13 +381,31 @@ class GRU(_Parameters):
         blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H})
         x = np.ascontiguousarray(x, self.dtype)  # one conversion, time-major
         if h0 is None:
-            h0 = np.zeros((LD, B, H), self.dtype)
+            h0 = self._initial_state(B)
         else:
             h0 = real_array("h0", h0, self.dtype)
             if unbatched:
                 h0 = shaped("h0", h0, (LD, H), "(num_layers * num_directions, hidden_size)")
                 h0 = h0[:, None, :]
             shaped("h0", h0, (LD, B, H), "(num_layers * num_directions, B, hidden_size)")
+        order = None
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("pass lengths or mask, not both: got both")
+            keep = _mask_array(mask, B, T, unbatched)
+            # Skipping a step keeps the state, so each sequence's valid steps can run packed
+            # at its start (lengths = their count); each output then goes back to its step.
+            order = np.argsort(~keep, axis=1, kind="stable").T  # (T, B) source step
+            x = x[order, np.arange(B)]
+            lengths = keep.sum(axis=1)
+        if lengths is None and self._default_lengths is not None:
+            d = self._default_lengths
+            if d.shape[0] != B or d.max() > T:
+                raise ValueError(f"lengths is None, so the model's default_lengths "
+                                 f"{d.tolist()[:8]} (batch {d.shape[0]}) are used; they need "
+                                 f"a batch of {d.shape[0]} and T >= {d.max()}, got B = {B} "
+                                 f"and T = {T}; pass lengths, or set default_lengths = None")
+            lengths = d
         if lengths is None:
             lens = np.full(B, T, dtype=np.intp)
         else:
@@ -257,6 +415,10 @@ class GRU(_Parameters):
                 x = x.copy()
                 x[np.arange(T)[:, None] >= lens[None, :]] = 0
         y, h_n = self._forward(x, h0, lens, unbatched)
+        if order is not None:
+            y = _unpack(y, order)
+            if self.training:
+                self._tape["order"] = order
         if unbatched:
             return y[:, 0], h_n[:, 0]
         if self.batch_first:
@@ -276,7 +438,7 @@ class GRU(_Parameters):
             for d, sfx in enumerate(self._suffixes(k)):
                 state = h_n[k * D + d]
                 caches[k].append(forward_into(inp, self._layer_weights(sfx), state, lens,
-                                              d == 1, self.linear_before_reset,
+                                              d == 1 or self.reverse, self.linear_before_reset,
                                               self.training, out, d * H))
             mask = None
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
@@ -326,6 +488,9 @@ class GRU(_Parameters):
                 dy = dy[:, None, :]
             elif self.batch_first:
                 dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        order = tape.get("order")
+        if order is not None and dy is not None:  # a masked forward ran packed steps
+            dy = dy[order, np.arange(B)]
         if dh_n is None:
             dh = np.zeros((LD, B, H), self.dtype)
         else:
@@ -343,6 +508,8 @@ class GRU(_Parameters):
             if k > 0 and tape["masks"][k - 1] is not None:
                 dx *= tape["masks"][k - 1]
             dy = dx
+        if order is not None:
+            dy = _unpack(dy, order)
         if unbatched:
             return dy[:, 0], dh[:, 0]
         if self.batch_first:
@@ -358,20 +525,21 @@ class GRU(_Parameters):
         ----------
         x_t : array_like, shape (B, input_size) or (input_size,)
         h : array_like, shape (num_layers, B, hidden_size) ((num_layers, hidden_size) for
-            1-D x_t), or None for zeros
+            1-D x_t), or None for ``default_h0`` (zeros when that is None)
 
         Returns
         -------
         y_t : ndarray, shape (B, hidden_size) (or (hidden_size,))
         h : ndarray, new state shaped like the given one
         """
-        if self.bidirectional:
-            raise ValueError("step needs a unidirectional GRU: a bidirectional one must see "
-                             "the whole sequence (got bidirectional=True)")
+        if self.bidirectional or self.reverse:
+            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
+                             "reverse one must see the whole sequence (got bidirectional="
+                             f"{self.bidirectional}, reverse={self.reverse})")
         x_t, unbatched = _step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
-            state = np.zeros((L, B, H), self.dtype)
+            state = self._initial_state(B)
         else:
             h = real_array("h", h, self.dtype)
             want = (L, H) if unbatched else (L, B, H)
@@ -398,21 +566,28 @@ class GRU(_Parameters):
 
     @classmethod
     def from_onnx(cls, path) -> GRU:
-        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export)."""
+        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export):
+        every input and attribute of a GRU node is honoured or the model is refused with an
+        error naming it. See grufast.interop.onnx."""
         from grufast.interop.onnx import gru_from_onnx
 
         return gru_from_onnx(cls, path)
 
     def to_onnx(self, path, *, lengths: bool = False, opset: int = 14) -> None:
         """Write the model as standard ONNX GRU nodes. Inputs: ``x`` (the layer's layout)
-        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``."""
+        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``.
+        ``default_h0`` becomes h0's default value (an initializer of the same name, expanded
+        to the batch when it has batch 1); ``default_lengths`` becomes lengths' default, or
+        a constant of the file without ``lengths``; ``reverse`` writes direction="reverse"."""
         from grufast.interop.onnx import gru_to_onnx
 
         gru_to_onnx(self, path, lengths=lengths, opset=opset)
 
     @classmethod
     def from_keras(cls, layer) -> GRU:
-        """A GRU from a keras.layers.GRU (either reset_after), batch_first like Keras."""
+        """A GRU from a keras.layers.GRU (either reset_after; go_backwards gives a reverse
+        layer), a Bidirectional(GRU) with merge_mode="concat", or a Sequential/functional
+        model stacking them; batch_first like Keras. See grufast.interop.keras."""
         from grufast.interop.keras import gru_from_keras
 
         return gru_from_keras(cls, layer)
