@@ -66,3 +66,21 @@ def test_demo_cli_rejects_bad_settings():
         cli.main(["demo", "--steps", "0"])
     with pytest.raises(SystemExit, match="--lr must be positive"):
         cli.main(["demo", "--lr", "-1"])
+
+
+def test_bench_training_runs_on_tiny_shapes():
+    """The training bench's code paths (no timing claims here)."""
+    from grufast import bench_training as bt
+
+    it = bt.iteration(T=5, B=4, I=2, H=8, rounds=1, per_round=1)
+    assert it["ratio"] > 0 and it["grufast"]["median_ms"] > 0
+    prof = bt.profile(T=5, B=4, I=2, H=8, repeats=1)
+    assert {"GRU forward (train)", "GRU backward", "Adam step"} <= set(prof)
+    (row,) = bt.gates_cost([(5, 2, 3, 4)], rounds=1, per_round=1)
+    assert row["ratio"] > 0
+    sol = bt.time_to_solution(T=6, H=4, batch=8, target=10.0, max_steps=10, eval_every=5)
+    assert sol["grufast"]["steps"] == sol["torch"]["steps"] == 5
+    report = bt.format_report({"load_average": (0.0, 0.0, 0.0),
+                               "threads=1": {"iteration": it, "profile": prof,
+                                             "gates": [row], "solution": sol}})
+    assert "grufast / torch" in report
