@@ -218,10 +218,11 @@ def run(T: int = DEFAULTS["T"], hidden: int = DEFAULTS["hidden"],
         result[name] = train(model, T=T, steps=steps, batch=batch, lr=lr, clip=clip,
                              seed=seed, test=(x_test, y_test), eval_every=eval_every,
                              label=name.upper(), progress=progress, target_mse=0.01)
-        result[name]["grad_per_step"] = input_gradient(model, x_test, y_test).tolist()
+        result[name]["grad_per_step"] = [float(f"{v:.4g}") for v in
+                                         input_gradient(model, x_test, y_test)]
     gru = models["gru"].rnn
     z = gru.gates(x_test[:, :1]).z[0, :, 0]  # (T, H): the update gate on one test sequence
-    result["example"] = {"marks": marks[0].tolist(), "z": z.tolist()}
+    result["example"] = {"marks": marks[0].tolist(), "z": np.round(z, 4).tolist()}
     return result
 
 
