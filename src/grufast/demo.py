@@ -162,7 +162,11 @@ def train(model: GRUModel, *, T: int, steps: int, batch: int, lr: float, clip: f
     MSE every ``eval_every`` steps. Returns the curve, the final test MSE, the seconds spent
     training (wall and CPU, evaluation excluded), and the seconds until the test MSE first
     reached ``target_mse`` (None if it never did)."""
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("the demo's progress bar needs tqdm: pip install "
+                          "'grufast[demo]' (tqdm, matplotlib)") from None
 
     rng = np.random.default_rng(seed)
     opt = optim.Adam(model.modules, lr=lr)
@@ -243,8 +247,11 @@ def table(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], path) -> None:
     """One figure, three panels: test MSE over training, the GRU's update gate on one test
     sequence, and |dL/dx_t| per input step for both models."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the demo's figure needs matplotlib: pip install "
+                          "'grufast[demo]' (tqdm, matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
