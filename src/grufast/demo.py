@@ -192,7 +192,8 @@ def train(model: GRUModel, *, T: int, steps: int, batch: int, lr: float, clip: f
             curve.append((step, mse))
             if target_mse is not None and reached is None and mse <= target_mse:
                 reached = wall
-            bar.set_postfix(loss=f"{running:.4f}", test=f"{mse:.4f}")
+        # shown at the bar's own refresh rate
+        bar.set_postfix(loss=f"{running:.4f}", test=f"{curve[-1][1]:.4f}", refresh=False)
     return dict(curve=curve, test_mse=curve[-1][1], seconds=wall, cpu_seconds=cpu,
                 seconds_to_target=reached)
 
