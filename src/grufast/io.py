@@ -1,4 +1,5 @@
-"""save / load a GRU or GRUCell as .npz: the state dict plus the configuration as JSON text.
+"""save / load a GRU, GRUCell or Linear as .npz: the state dict plus the configuration as
+JSON text.
 No pickle: load uses allow_pickle=False and refuses anything but this layout."""
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import numpy as np
 
 from grufast._validate import describe
 from grufast.layers import GRU, GRUCell
+from grufast.linear import Linear
 
 CONFIG_KEY = "__grufast_config__"
 FORMAT = 1
 
 
-def save(model: GRU | GRUCell, path) -> None:
+def save(model: GRU | GRUCell | Linear, path) -> None:
     """Write ``model`` to ``path`` (.npz): its configuration and its parameters."""
-    if not isinstance(model, (GRU, GRUCell)):
-        raise TypeError(f"model must be a grufast GRU or GRUCell, got {describe(model)}")
+    if not isinstance(model, (GRU, GRUCell, Linear)):
+        raise TypeError(f"model must be a grufast GRU, GRUCell or Linear, got "
+                        f"{describe(model)}")
     config = dict(model.config(), **{"class": type(model).__name__, "format": FORMAT})
     arrays = model.state_dict()
     arrays[CONFIG_KEY] = np.array(json.dumps(config, sort_keys=True))
@@ -63,8 +66,9 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load(path) -> GRU | GRUCell:
-    """Read a model written by :func:`save`; the model comes back in eval mode.
+def load(path) -> GRU | GRUCell | Linear:
+    """Read a model written by :func:`save`; the model comes back in eval mode (GRU,
+    Linear; a GRUCell has no modes).
 
     Raises
     ------
@@ -85,7 +89,7 @@ def load(path) -> GRU | GRUCell:
         fmt = config.pop("format")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _not_a_model(path, f"malformed configuration ({exc})") from None
-    classes = {"GRU": GRU, "GRUCell": GRUCell}
+    classes = {"GRU": GRU, "GRUCell": GRUCell, "Linear": Linear}
     if kind not in classes or fmt != FORMAT:
         raise ValueError(f"{path!r}: unknown model class {kind!r} or format {fmt!r} "
                          f"(expected one of {sorted(classes)}, format {FORMAT})")
@@ -94,4 +98,4 @@ def load(path) -> GRU | GRUCell:
     except TypeError as exc:
         raise ValueError(f"{path!r}: the configuration does not fit {kind}: {exc}") from None
     model.load_state_dict(arrays)
-    return model.eval() if isinstance(model, GRU) else model
+    return model.eval() if isinstance(model, (GRU, Linear)) else model

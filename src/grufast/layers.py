@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
 from grufast._validate import (
     FLOAT_DTYPES,
@@ -114,12 +115,15 @@ class _Parameters:
             if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad
                 value = value.detach().cpu()
             arr = real_array(f"state_dict[{name!r}]", value, self.dtype)
-            converted[name] = state_dict_shape(name, arr, target.shape,
-                                               input_size=self.input_size,
-                                               hidden_size=self.hidden_size)
+            converted[name] = self._entry_shape(name, arr, target.shape)
         for name, arr in converted.items():  # all checked before anything changes
             np.copyto(self._params[name], arr)
         self._weights_changed()
+
+    def _entry_shape(self, name: str, arr: np.ndarray, want: tuple) -> np.ndarray:
+        """Check a state-dict entry's shape, naming the sizes it implies on a mismatch."""
+        return state_dict_shape(name, arr, want, input_size=self.input_size,
+                                hidden_size=self.hidden_size)
 
     def _weights_changed(self) -> None:
         """Drop what was prepared from the old weights (transposed copies, plans)."""
@@ -364,6 +368,28 @@ class GRU(_Parameters):
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
+        x, h0, lens, unbatched, order = self._sequence_inputs(x, h0, lengths, mask)
+        T = x.shape[0]
+        if self.training and np.any(lens < T):
+            # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
+            x = x.copy()
+            x[np.arange(T)[:, None] >= lens[None, :]] = 0
+        y, h_n = self._forward(x, h0, lens, unbatched)
+        if order is not None:
+            y = _unpack(y, order)
+            if self.training:
+                self._tape["order"] = order
+        if unbatched:
+            return y[:, 0], h_n[:, 0]
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n
+
+    def _sequence_inputs(self, x, h0, lengths, mask=None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray | None]:
+        """Validate a whole-sequence call's inputs: x time-major (T, B, I) in the model's
+        dtype, h0 (num_layers * D, B, H), lengths (B,), whether x came unbatched, and for a
+        mask the (T, B) source step of each packed step (None without a mask)."""
         x = real_values("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
@@ -410,20 +436,7 @@ class GRU(_Parameters):
             lens = np.full(B, T, dtype=np.intp)
         else:
             lens = lengths_array(lengths, B, T)
-            if self.training and np.any(lens < T):
-                # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
-                x = x.copy()
-                x[np.arange(T)[:, None] >= lens[None, :]] = 0
-        y, h_n = self._forward(x, h0, lens, unbatched)
-        if order is not None:
-            y = _unpack(y, order)
-            if self.training:
-                self._tape["order"] = order
-        if unbatched:
-            return y[:, 0], h_n[:, 0]
-        if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n
+        return x, h0, lens, unbatched, order
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
@@ -515,6 +528,39 @@ class GRU(_Parameters):
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         return dy, dh
+
+    # -- introspection ------------------------------------------------------------------
+    def gates(self, x: ArrayLike, h0: ArrayLike | None = None, *,
+              lengths: ArrayLike | None = None) -> GRUGates:
+        """The gates of every layer, direction and step for the input x.
+
+        Inputs as for calling the model. Runs as in eval mode whatever the mode (no dropout)
+        and records nothing for backward.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each of shape (num_layers * D, T, B, hidden_size) ((..., B, T,
+        hidden_size) if batch_first, (..., T, hidden_size) for unbatched x); layer k and
+        direction d at index k * D + d, as in h_n. Steps past a sequence's length are zero.
+        """
+        x, h0, lens, unbatched, _ = self._sequence_inputs(x, h0, lengths)
+        T, B, _ = x.shape
+        D, H = self.num_directions, self.hidden_size
+        buf = np.empty((self.num_layers * D, T, B, 3 * H), self.dtype)
+        h = np.array(h0, order="C")
+        inp = x
+        for k in range(self.num_layers):
+            out = np.empty((T, B, D * H), self.dtype)
+            for d, sfx in enumerate(self._suffixes(k)):
+                gates_into(inp, self._layer_weights(sfx), h[k * D + d], lens,
+                           d == 1 or self.reverse,
+                           self.linear_before_reset, out, d * H, buf[k * D + d])
+            inp = out
+        if unbatched:
+            buf = buf[:, :, 0]
+        elif self.batch_first:
+            buf = buf.transpose(0, 2, 1, 3)
+        return GRUGates(*(np.ascontiguousarray(buf[..., i * H:(i + 1) * H]) for i in range(3)))
 
     # -- streaming ----------------------------------------------------------------------
     def step(self, x_t: ArrayLike, h: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -645,6 +691,27 @@ class GRUCell(_Parameters):
         forward_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp),
                      False, self.linear_before_reset, False, out, 0)
         return state[0] if unbatched else state
+
+    def gates(self, x: ArrayLike, h: ArrayLike | None = None) -> GRUGates:
+        """The gates of one step: x and h as for calling the cell.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each (B, hidden_size), or (hidden_size,) for 1-D x.
+        """
+        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
+        B, H = x.shape[0], self.hidden_size
+        if h is None:
+            state = np.zeros((B, H), self.dtype)
+        else:
+            h = real_array("h", h, self.dtype)
+            shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
+            state = np.array(h.reshape(B, H), order="C")
+        buf = np.empty((1, B, 3 * H), self.dtype)
+        gates_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp), False,
+                   self.linear_before_reset, np.empty((1, B, H), self.dtype), 0, buf)
+        g = buf[0, 0] if unbatched else buf[0]
+        return GRUGates(*(np.ascontiguousarray(g[..., i * H:(i + 1) * H]) for i in range(3)))
 
     @classmethod
     def from_torch(cls, module) -> GRUCell:
