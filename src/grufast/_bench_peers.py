@@ -10,6 +10,7 @@ Why each configuration is that peer's best is written beside the code that makes
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def reference_peer(p: Problem, threads: int) -> PeerRun:
 
     def grads_of(raw):
         g = raw[1]
-        return {"x": g.x, "h0": g.h0, "weight_ih_l0": g.w_ih, "weight_hh_l0": g.w_hh,
+        return {"x": g.x, "h0": g.h0[None], "weight_ih_l0": g.w_ih, "weight_hh_l0": g.w_hh,
                 "bias_ih_l0": g.b_ih, "bias_hh_l0": g.b_hh}
 
     return PeerRun(lambda: R.gru_forward(p.x, None, *w, linear_before_reset=lbr)[0], train,
@@ -329,7 +330,9 @@ def onnxruntime_peer(p: Problem, threads: int) -> PeerRun:
 # -- JAX -------------------------------------------------------------------------------------
 
 UNROLLS = (1, 2, 4, 8)
-_unroll_cache: dict[tuple, int] = {}
+# (case, kind) -> the chosen unroll; the bench's workers share it through a file, so the
+# sweep runs once per cell (in the first worker) and every thread count uses its choice.
+unroll_cache: dict[str, int] = {}
 
 
 def jax_params(c: Case, sd: dict) -> dict:
@@ -395,6 +398,7 @@ def jax_model(c: Case, unroll: int):
     return model
 
 
+@functools.lru_cache(maxsize=64)  # one compilation per (case, unroll) in a process
 def jax_functions(c: Case, unroll: int):
     """(infer, train) jitted: infer(p, xs) -> y; train(p, xs, h0, dy) -> (y, grads).
 
@@ -419,8 +423,8 @@ def jax_functions(c: Case, unroll: int):
 def _best_unroll(key, make_call, sweep_s: float) -> int:
     """The fastest scan unroll of UNROLLS for this shape and kind, measured once per process
     (compile, warm up, then the minimum of a few calls) and cached."""
-    if key in _unroll_cache:
-        return _unroll_cache[key]
+    if key in unroll_cache:
+        return unroll_cache[key]
     best, best_t = 1, float("inf")
     for u in UNROLLS:
         call = make_call(u)
@@ -435,7 +439,7 @@ def _best_unroll(key, make_call, sweep_s: float) -> int:
                 break
         if t < best_t * 0.98:  # a larger unroll must win clearly (it costs compile time)
             best, best_t = u, t
-    _unroll_cache[key] = best
+    unroll_cache[key] = best
     return best
 
 
@@ -462,7 +466,7 @@ def jax_peer(p: Problem, threads: int, *, sweep_s: float = 0.2,
     unroll = dict(unroll or {})
     for kind, make in (("infer", infer_call), ("train", train_call)):
         if kind not in unroll:
-            unroll[kind] = _best_unroll((c, kind, threads), make, sweep_s)
+            unroll[kind] = _best_unroll(f"{c}|{kind}", make, sweep_s)
     f_inf = jax_functions(c, unroll["infer"])[0]
     f_tr = jax_functions(c, unroll["train"])[1]
 

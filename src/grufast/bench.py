@@ -89,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
+    p.add_argument("--jax-unroll", type=parse_threads, metavar="N",
+                   help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
@@ -114,7 +116,8 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
             "bidirectional": args.bidirectional,
             "linear_before_reset": not args.no_linear_before_reset, "dtype": args.dtype,
             "budget_s": budget, "min_rounds": 3 if args.quick else 7,
-            "jax_unroll_sweep_s": 0.05 if args.quick else 0.2, "quick": args.quick}
+            "jax_unroll_sweep_s": 0.05 if args.quick else 0.2, "jax_unroll": args.jax_unroll,
+            "quick": args.quick}
 
 
 # -- one worker: one thread count ------------------------------------------------------------
@@ -153,13 +156,21 @@ def run(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
                    dtype=settings["dtype"])
     timing = dict(budget_s=settings["budget_s"], min_rounds=settings["min_rounds"],
                   threaded=threads > 1)
+    cache = settings.get("jax_unroll_cache")
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            P.unroll_cache.update(json.load(f))
     rows = []
     for shape in _progress(settings["shapes"], f"bench, {threads} thread(s)"):
         case = P.Case(*shape, **variant)
         prob = P.make_problem(case)
         runs = {"grufast": P.make_peer("grufast", prob, threads)}
         for name in peers:
-            kw = {"sweep_s": settings["jax_unroll_sweep_s"]} if name == "jax" else {}
+            kw = {}
+            if name == "jax":
+                u = settings.get("jax_unroll")
+                kw = {"sweep_s": settings["jax_unroll_sweep_s"],
+                      "unroll": {"infer": u, "train": u} if u else None}
             runs[name] = P.make_peer(name, prob, threads, **kw)
         row: dict[str, Any] = {"shape": list(shape), "config": {
             n: r.config for n, r in runs.items() if r.config}}
@@ -174,6 +185,10 @@ def run(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
             row[key] = {**res, **{n: {"na": why} for n, why in na.items()}}
         rows.append(row)
         del runs, prob
+    if cache:
+        with open(cache, "w") as f:
+            json.dump(P.unroll_cache, f)
+    settings = {k: v for k, v in settings.items() if k != "jax_unroll_cache"}
     result = {"environment": E.environment(threads, peers), "settings": settings,
               "rows": rows, "streaming": streaming(threads, settings)}
     del limits  # held (with threadpoolctl's limits) until everything is measured and recorded
@@ -324,6 +339,7 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
     cpus = cpus_for(threads)
     env = worker_env(threads)
     env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(os.sched_getaffinity(0)))
+    settings = {**settings, "jax_unroll_cache": os.path.join(tmp, "jax_unroll.json")}
     settings_path = os.path.join(tmp, "settings.json")
     out = os.path.join(tmp, f"result_{threads}.json")
     with open(settings_path, "w") as f:
@@ -352,7 +368,9 @@ def main(args: argparse.Namespace) -> int:
         return _worker_main(args)
     settings = settings_from(args)
     missing = [p for p in settings["requested"] if p not in settings["peers"]]
-    for line in missing_note(settings["requested"]):
+    from grufast._bench_peers import PEERS
+
+    for line in missing_note(args.peers or list(PEERS)):
         print(line, file=sys.stderr)
     if args.peers and missing:  # asked for by name: not a silent skip
         print(f"error: --peers names {', '.join(missing)}, which cannot be imported here",
