@@ -62,10 +62,18 @@ def missing_note(peers: list[str]) -> list[str]:
     return lines
 
 
+def visible_cpus() -> list[int]:
+    """The cpus this process may run on (all of them where affinity is not available)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def cpus_for(threads: int) -> set[int] | None:
-    """The cores a worker with ``threads`` threads is pinned to (None: unpinned)."""
-    visible = sorted(os.sched_getaffinity(0))
-    if threads >= len(visible):
+    """The cores a worker with ``threads`` threads is pinned to (None: unpinned, also where
+    the platform cannot pin)."""
+    visible = visible_cpus()
+    if threads >= len(visible) or not hasattr(os, "sched_setaffinity"):
         return None
     return set(visible[:threads])
 
@@ -199,7 +207,7 @@ def environment(threads: int, peers: list[str]) -> dict:
                        ("jax", ["jax", "jaxlib"])):
         if peer in peers:
             versions.update({m: __import__(m).__version__ for m in mods})
-    affinity = sorted(os.sched_getaffinity(0))
+    affinity = visible_cpus()
     visible = int(os.environ.get("GRUFAST_BENCH_VISIBLE_CPUS", len(affinity)))
     pinned = set(affinity) if len(affinity) < visible else None
     limits = {"affinity": affinity, "grufast_openmp_threads": kernels.openmp_threads(),

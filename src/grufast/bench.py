@@ -1,12 +1,11 @@
-"""``python -m grufast bench``: grufast side by side with its NumPy reference and whichever of
+"""python -m grufast bench: grufast side by side with its NumPy reference and whichever of
 PyTorch, ONNX Runtime and JAX are installed, on the standard grid or on your own shapes.
 
-Every peer gets the same weights and inputs, is set up the way its maintainers would run it
-(grufast._bench_peers says how and why, peer by peer), and is timed interleaved with the
-others, round by round (grufast._bench_timing). Each thread count runs in its own worker
-process, pinned and limited before any library loads (grufast._bench_env). Read the ratios
-between columns: they compare peers measured in the same rounds; absolute times drift on
-shared machines. The JSON's fields are described in docs/bench_json.md.
+Every peer gets the same weights and inputs, runs in the configuration its maintainers would
+choose (docs/bench_method.md lists them), and is timed interleaved with the others, round by
+round. Each thread count runs in its own worker process, pinned and thread-limited before any
+library loads. Read the ratios between columns: they compare peers measured in the same
+rounds; absolute times drift on shared machines. The JSON's fields: docs/bench_json.md.
 """
 
 from __future__ import annotations
@@ -58,20 +57,33 @@ def parse_peers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_threads(text: str) -> int:
+def _positive_int(option: str):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{option} takes a positive integer, got {text!r}")
+        return n
+
+    return parse
+
+
+def _seconds(text: str) -> float:
     try:
-        n = int(text)
+        v = float(text)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads takes positive integers, got {text!r}")
-    return n
+        v = -1.0
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"--budget takes seconds >= 0, got {text!r}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from grufast._bench_peers import PEERS
 
-    p.add_argument("--threads", type=parse_threads, nargs="+", metavar="N",
+    p.add_argument("--threads", type=_positive_int("--threads"), nargs="+", metavar="N",
                    help="thread counts to run, each in its own process (default: 1, pinned "
                         "to one core, and all visible cores)")
     p.add_argument("--one-core", action="store_true", help="same as --threads 1")
@@ -81,15 +93,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated peers among {', '.join(PEERS)} (default: all "
                         "installed; grufast always runs)")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
-    p.add_argument("--layers", type=parse_threads, default=1, metavar="N",
+    p.add_argument("--layers", type=_positive_int("--layers"), default=1, metavar="N",
                    help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
     p.add_argument("--no-linear-before-reset", action="store_true",
                    help="the original GRU (reset applied before the recurrent product)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
-    p.add_argument("--jax-unroll", type=parse_threads, metavar="N",
+    p.add_argument("--jax-unroll", type=_positive_int("--jax-unroll"), metavar="N",
                    help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
@@ -109,8 +121,6 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         wanted.remove("numpy-reference")
     shapes = args.shape or (QUICK_GRID if args.quick else GRID)
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
-    if budget < 0:
-        raise SystemExit(f"--budget must be >= 0 seconds, got {budget}")
     return {"shapes": [list(s) for s in shapes], "requested": wanted,
             "peers": [p for p in wanted if p in installed], "layers": args.layers,
             "bidirectional": args.bidirectional,
@@ -334,11 +344,11 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
     library inherits it) and with the thread variables set before anything loads."""
     import subprocess
 
-    from grufast._bench_env import cpus_for, worker_env
+    from grufast._bench_env import cpus_for, visible_cpus, worker_env
 
     cpus = cpus_for(threads)
     env = worker_env(threads)
-    env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(os.sched_getaffinity(0)))
+    env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(visible_cpus()))
     settings = {**settings, "jax_unroll_cache": os.path.join(tmp, "jax_unroll.json")}
     settings_path = os.path.join(tmp, "settings.json")
     out = os.path.join(tmp, f"result_{threads}.json")
@@ -362,7 +372,7 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
 def main(args: argparse.Namespace) -> int:
     import tempfile
 
-    from grufast._bench_env import installed, missing_note
+    from grufast._bench_env import installed, missing_note, visible_cpus
 
     if args.worker is not None:
         return _worker_main(args)
@@ -384,7 +394,7 @@ def main(args: argparse.Namespace) -> int:
     if args.one_core:
         thread_counts = [1]
     else:
-        thread_counts = args.threads or sorted({1, len(os.sched_getaffinity(0))})
+        thread_counts = args.threads or sorted({1, len(visible_cpus())})
     with tempfile.TemporaryDirectory() as tmp:
         results = [_in_worker(n, settings, tmp) for n in thread_counts]
     if args.json:
