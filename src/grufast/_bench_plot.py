@@ -18,6 +18,9 @@ def plot(results: list[dict], path: str) -> None:
     from grufast._bench_env import describe
 
     kinds = ("inference", "training")
+    # one colour per peer in every panel (a peer missing from a panel shifts no colours)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours: dict[str, str] = {}
     fig, axes = plt.subplots(len(results), 2, figsize=(14, 4.4 * len(results) + 1.2),
                              squeeze=False)
     handles = {}
@@ -38,8 +41,9 @@ def plot(results: list[dict], path: str) -> None:
                 hi = np.array([(c["q3"] - c["median"]) / b if "median" in c else 0
                                for c, b in zip(cells, base)])
                 pos = x + (i - (len(names) - 1) / 2) * width
+                colour = colours.setdefault(n, palette[len(colours) % len(palette)])
                 bars = ax.bar(pos, rel, width, yerr=[lo, hi], capsize=1.5, label=n,
-                              error_kw={"lw": 0.7})
+                              color=colour, error_kw={"lw": 0.7})
                 handles.setdefault(n, bars)
                 for p_, c in zip(pos, cells):
                     if "na" in c:
