@@ -3,11 +3,11 @@ of a shared machine falls on all of them alike.
 
 A round runs each peer once, in an order rotated every round, as a burst of calls: enough
 calls for about ``BURST_S`` (one for long calls), each timed on its own. With more than one
-thread, each burst starts after a ``SETTLE_S`` pause and one untimed call: the previous
-peer's pool threads spin for a while after their work, and that pause and call absorb it
-instead of the first timed call. Rounds go on until the cell's time budget is spent and every
-peer has ``min_rounds``, or ``max_rounds`` is reached. Results: median and spread of all
-timed calls.
+thread, each burst starts after a ``SETTLE_S`` pause and, for calls under
+``DISCARD_BELOW_S``, one untimed call: the previous peer's pool threads spin for a while
+after their work, and that pause and call absorb it instead of the first timed call. Rounds
+go on until the cell's time budget is spent and every peer has ``min_rounds``, or
+``max_rounds`` is reached. Results: median and spread of all timed calls.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 BURST_S = 0.005
 SETTLE_S = 0.01
+DISCARD_BELOW_S = 0.05
 
 
 def stats(samples: list[float], scale: float, rounds: int) -> dict[str, float | int]:
@@ -43,7 +44,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rou
     contexts = contexts or {}
     round_caps = round_caps or {}
     names = list(calls)
-    burst = {}
+    burst, discard = {}, {}
     for n in names:  # warm-up (first-call costs: allocation, compilation, page faults)
         with contexts.get(n, contextlib.nullcontext)():
             calls[n]()
@@ -51,6 +52,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rou
             calls[n]()
             once = time.perf_counter() - t0
         burst[n] = int(min(200, max(1, BURST_S / max(once, 1e-7))))
+        discard[n] = threaded and once < DISCARD_BELOW_S
     samples: dict[str, list[float]] = {n: [] for n in names}
     rounds = dict.fromkeys(names, 0)
     t_start = time.perf_counter()
@@ -64,7 +66,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rou
             if threaded:
                 time.sleep(SETTLE_S)
             with contexts.get(n, contextlib.nullcontext)():
-                if threaded:
+                if discard[n]:
                     fn()
                 for _ in range(burst[n]):
                     t0 = time.perf_counter()
