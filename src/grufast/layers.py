@@ -103,6 +103,21 @@ class _Parameters:
         """Drop what was prepared from the old weights (transposed copies, plans)."""
         self._prepared.clear()
 
+    # Pickle and deepcopy carry the parameters, gradients, mode and random state; what is
+    # derived from the weights (prepared copies, the cell's plan) and a train-mode tape are
+    # left behind and rebuilt on first use, so a copy never holds stale or doubled weights.
+    _DERIVED = ("_prepared", "_plan", "_tape")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._prepared = {}
+        if "training" in state:  # a GRU: no tape until the next train-mode forward
+            self._tape = None
+        self._weights_changed()
+
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""
         for g in self.grads.values():
