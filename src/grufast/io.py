@@ -1,4 +1,5 @@
-"""save / load a GRU or GRUCell as .npz: the state dict plus the configuration as JSON text.
+"""save / load a GRU, GRUCell or Linear as .npz: the state dict plus the configuration as
+JSON text.
 No pickle: load uses allow_pickle=False and refuses anything but this layout."""
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import numpy as np
 
 from grufast._validate import describe
 from grufast.layers import GRU, GRUCell
+from grufast.linear import Linear
 
 CONFIG_KEY = "__grufast_config__"
 FORMAT = 1
 
 
-def save(model: GRU | GRUCell, path) -> None:
+def save(model: GRU | GRUCell | Linear, path) -> None:
     """Write ``model`` to ``path`` (.npz): its configuration and its parameters."""
-    if not isinstance(model, (GRU, GRUCell)):
-        raise TypeError(f"model must be a grufast GRU or GRUCell, got {describe(model)}")
+    if not isinstance(model, (GRU, GRUCell, Linear)):
+        raise TypeError(f"model must be a grufast GRU, GRUCell or Linear, got "
+                        f"{describe(model)}")
     config = dict(model.config(), **{"class": type(model).__name__, "format": FORMAT})
     arrays = model.state_dict()
     arrays[CONFIG_KEY] = np.array(json.dumps(config, sort_keys=True))
@@ -27,8 +30,9 @@ def save(model: GRU | GRUCell, path) -> None:
         np.savez(f, **arrays)
 
 
-def load(path) -> GRU | GRUCell:
-    """Read a model written by :func:`save`; the model comes back in eval mode."""
+def load(path) -> GRU | GRUCell | Linear:
+    """Read a model written by :func:`save`; the model comes back in eval mode (GRU,
+    Linear)."""
     try:
         with np.load(os.fspath(path), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -44,7 +48,7 @@ def load(path) -> GRU | GRUCell:
         fmt = config.pop("format")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"path {os.fspath(path)!r}: malformed configuration: {exc}") from None
-    classes = {"GRU": GRU, "GRUCell": GRUCell}
+    classes = {"GRU": GRU, "GRUCell": GRUCell, "Linear": Linear}
     if kind not in classes or fmt != FORMAT:
         raise ValueError(f"path {os.fspath(path)!r}: unknown model class {kind!r} or format "
                          f"{fmt!r} (expected one of {sorted(classes)}, format {FORMAT})")
@@ -54,4 +58,4 @@ def load(path) -> GRU | GRUCell:
         raise ValueError(f"path {os.fspath(path)!r}: configuration does not fit {kind}: "
                          f"{exc}") from None
     model.load_state_dict(arrays)
-    return model.eval() if isinstance(model, GRU) else model
+    return model.eval() if isinstance(model, (GRU, Linear)) else model

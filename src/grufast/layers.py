@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
 from grufast._validate import (
     FLOAT_DTYPES,
@@ -236,6 +237,23 @@ class GRU(_Parameters):
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
+        x, h0, lens, unbatched = self._sequence_inputs(x, h0, lengths)
+        T = x.shape[0]
+        if lengths is not None and self.training and np.any(lens < T):
+            # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
+            x = x.copy()
+            x[np.arange(T)[:, None] >= lens[None, :]] = 0
+        y, h_n = self._forward(x, h0, lens, unbatched)
+        if unbatched:
+            return y[:, 0], h_n[:, 0]
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n
+
+    def _sequence_inputs(self, x, h0, lengths
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Validate a whole-sequence call's inputs: x time-major (T, B, I) in the model's
+        dtype, h0 (num_layers * D, B, H), lengths (B,), and whether x came unbatched."""
         x = real_values("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
@@ -264,16 +282,7 @@ class GRU(_Parameters):
             lens = np.full(B, T, dtype=np.intp)
         else:
             lens = lengths_array(lengths, B, T)
-            if self.training and np.any(lens < T):
-                # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
-                x = x.copy()
-                x[np.arange(T)[:, None] >= lens[None, :]] = 0
-        y, h_n = self._forward(x, h0, lens, unbatched)
-        if unbatched:
-            return y[:, 0], h_n[:, 0]
-        if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n
+        return x, h0, lens, unbatched
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
@@ -361,6 +370,38 @@ class GRU(_Parameters):
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         return dy, dh
+
+    # -- introspection ------------------------------------------------------------------
+    def gates(self, x: ArrayLike, h0: ArrayLike | None = None, *,
+              lengths: ArrayLike | None = None) -> GRUGates:
+        """The gates of every layer, direction and step for the input x.
+
+        Inputs as for calling the model. Runs as in eval mode whatever the mode (no dropout)
+        and records nothing for backward.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each of shape (num_layers * D, T, B, hidden_size) ((..., B, T,
+        hidden_size) if batch_first, (..., T, hidden_size) for unbatched x); layer k and
+        direction d at index k * D + d, as in h_n. Steps past a sequence's length are zero.
+        """
+        x, h0, lens, unbatched = self._sequence_inputs(x, h0, lengths)
+        T, B, _ = x.shape
+        D, H = self.num_directions, self.hidden_size
+        buf = np.empty((self.num_layers * D, T, B, 3 * H), self.dtype)
+        h = np.array(h0, order="C")
+        inp = x
+        for k in range(self.num_layers):
+            out = np.empty((T, B, D * H), self.dtype)
+            for d, sfx in enumerate(self._suffixes(k)):
+                gates_into(inp, self._layer_weights(sfx), h[k * D + d], lens, d == 1,
+                           self.linear_before_reset, out, d * H, buf[k * D + d])
+            inp = out
+        if unbatched:
+            buf = buf[:, :, 0]
+        elif self.batch_first:
+            buf = buf.transpose(0, 2, 1, 3)
+        return GRUGates(*(np.ascontiguousarray(buf[..., i * H:(i + 1) * H]) for i in range(3)))
 
     # -- streaming ----------------------------------------------------------------------
     def step(self, x_t: ArrayLike, h: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -483,6 +524,27 @@ class GRUCell(_Parameters):
         forward_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp),
                      False, self.linear_before_reset, False, out, 0)
         return state[0] if unbatched else state
+
+    def gates(self, x: ArrayLike, h: ArrayLike | None = None) -> GRUGates:
+        """The gates of one step: x and h as for calling the cell.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each (B, hidden_size), or (hidden_size,) for 1-D x.
+        """
+        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
+        B, H = x.shape[0], self.hidden_size
+        if h is None:
+            state = np.zeros((B, H), self.dtype)
+        else:
+            h = real_array("h", h, self.dtype)
+            shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
+            state = np.array(h.reshape(B, H), order="C")
+        buf = np.empty((1, B, 3 * H), self.dtype)
+        gates_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp), False,
+                   self.linear_before_reset, np.empty((1, B, H), self.dtype), 0, buf)
+        g = buf[0, 0] if unbatched else buf[0]
+        return GRUGates(*(np.ascontiguousarray(g[..., i * H:(i + 1) * H]) for i in range(3)))
 
     @classmethod
     def from_torch(cls, module) -> GRUCell:
