@@ -104,19 +104,23 @@ class _Parameters:
         """Drop what was prepared from the old weights (transposed copies, plans)."""
         self._prepared.clear()
 
-    # Pickle and deepcopy carry the parameters, gradients, mode and random state; what is
-    # derived from the weights (prepared copies, the cell's plan) and a train-mode tape are
-    # left behind and rebuilt on first use, so a copy never holds stale or doubled weights.
-    _DERIVED = ("_prepared", "_plan", "_tape")
+    # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
+    # derived from the weights (prepared copies, the cell's plan) is rebuilt on arrival, and
+    # what a train-mode forward recorded for backward (GRU's tape, Linear's input) is left
+    # behind: a copy never holds stale weights or a tape of another object's activations.
+    _TRANSIENT = ("_tape", "_x", "_lead")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+        state = self.__dict__.copy()
+        state["_prepared"] = {}
+        state.pop("_plan", None)
+        for name in self._TRANSIENT:
+            if name in state:
+                state[name] = None
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._prepared = {}
-        if "training" in state:  # a GRU: no tape until the next train-mode forward
-            self._tape = None
         self._weights_changed()
 
     def zero_grad(self) -> None:
