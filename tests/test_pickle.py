@@ -82,3 +82,66 @@ def test_load_refuses_a_pickled_file(tmp_path):
     path.write_bytes(pickle.dumps(gru))
     with pytest.raises(ValueError, match="not a readable grufast .npz file"):
         grufast.load(path)
+
+
+@pytest.mark.parametrize("how", COPIES)
+def test_linear_copies_are_bitwise_equal(how):
+    head = grufast.Linear(6, 3, seed=5)
+    x = x_batch()[0].repeat(2, axis=1)
+    out = head(x)  # train mode: keeps x for backward
+    twin = COPIES[how](head)
+    assert twin._x is None  # the recorded input stays behind
+    assert np.array_equal(twin(x), out)
+    assert np.array_equal(twin.backward(np.ones_like(out)), head.backward(np.ones_like(out)))
+    assert all(np.array_equal(twin.grads[k], head.grads[k]) for k in head.grads)
+
+
+def train_steps(gru, head, opt, steps=3):
+    x = x_batch(B=4)
+    for _ in range(steps):
+        gru.train()
+        head.train()
+        _, h_n = gru(x)
+        loss, d = grufast.losses.mse(head(h_n[-1]), np.zeros((4, 2), np.float32))
+        opt.zero_grad()
+        gru.backward(None, head.backward(d)[None])
+        opt.step()
+    return gru.eval()(x)[1]
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("make", [
+    lambda mods: grufast.optim.Adam(mods, lr=0.01, weight_decay=1e-3),
+    lambda mods: grufast.optim.AdamW(mods, lr=0.01),
+    lambda mods: grufast.optim.SGD(mods, lr=0.1, momentum=0.9, nesterov=True),
+], ids=["Adam", "AdamW", "SGD"])
+def test_optimiser_copies_continue_bitwise_equal(how, make):
+    gru, head = grufast.GRU(3, 5, seed=0), grufast.Linear(5, 2, seed=1)
+    opt = make([gru, head])
+    train_steps(gru, head, opt)  # moments and step counts to carry
+    # The optimiser copied together with its modules keeps pointing at the copies.
+    gru2, head2, opt2 = COPIES[how]((gru, head, opt))
+    assert opt2.modules[0] is gru2 and opt2.modules[1] is head2
+    assert np.array_equal(train_steps(gru, head, opt), train_steps(gru2, head2, opt2))
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("kind", ["regressor", "classifier"])
+def test_estimator_copies_predict_and_continue_bitwise_equal(how, kind):
+    from grufast.sklearn import GRUClassifier, GRURegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 5, 2)).astype(np.float32)
+    y = X[:, :, 0].sum(axis=1)
+    cls, y = (GRURegressor, y) if kind == "regressor" else (GRUClassifier, y > 0)
+    unfitted = COPIES[how](cls(hidden_size=4, bidirectional=True))
+    assert unfitted.get_params()["bidirectional"] is True
+    est = cls(hidden_size=4, max_iter=2, random_state=0)
+    est.partial_fit(X, y, **({"classes": [False, True]} if kind == "classifier" else {}))
+    twin = COPIES[how](est)
+    assert np.array_equal(twin.predict(X), est.predict(X))
+    # optimiser moments and the shuffling stream travel too: training goes on identically
+    est.partial_fit(X, y)
+    twin.partial_fit(X, y)
+    method = "predict" if kind == "regressor" else "predict_proba"
+    assert np.array_equal(getattr(twin, method)(X), getattr(est, method)(X))
