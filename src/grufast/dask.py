@@ -11,6 +11,7 @@ threads each of them uses, never exceed that machine's cores.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from typing import Any
@@ -180,7 +181,12 @@ def _thread_limits() -> dict[str, Any]:
 
 
 def _machine_cores() -> int:
-    return int(dask.system.CPU_COUNT)
+    """The cores this process may use: dask's count (cgroup quota and affinity at import),
+    narrowed by the affinity now (a worker pinned after it started)."""
+    cores = int(dask.system.CPU_COUNT)
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    return max(1, cores)
 
 
 _limit_lock = threading.Lock()
@@ -229,8 +235,9 @@ def task_threads(limits: dict[str, Any]) -> int:
         worker = None
     if worker is not None:
         return int(limits.get(worker.address, 1))
-    pool = dask.config.get("num_workers", None) or dask.system.CPU_COUNT
-    return max(1, dask.system.CPU_COUNT // pool)
+    cores = _machine_cores()
+    pool = dask.config.get("num_workers", None) or cores
+    return max(1, cores // pool)
 
 
 def _estimator_chunk(block: np.ndarray, model, method: str, limits) -> np.ndarray:
