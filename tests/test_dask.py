@@ -113,6 +113,14 @@ def test_bad_arguments(regressor):
         grufast.dask.predict(grufast.GRU(4, 2), dX)
 
 
+def test_local_threads_share_the_cores():
+    cores = grufast.dask._machine_cores()
+    with dask.config.set(num_workers=2):
+        assert grufast.dask.task_threads({}) == max(1, cores // 2)
+    with dask.config.set(num_workers=1):
+        assert grufast.dask.task_threads({}) == cores
+
+
 # -- distributed ------------------------------------------------------------------------------
 def test_cluster_predictions_equal_local_bitwise(client, regressor):
     X, _ = series(n=50, seed=3)

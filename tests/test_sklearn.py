@@ -304,6 +304,9 @@ def test_fitted_network_can_be_taken_out(tmp_path):
     np.testing.assert_allclose(est.predict(X), est.head_(feat)[:, 0], rtol=1e-5, atol=1e-6)
     grufast.save(est.gru_, tmp_path / "gru.npz")
     assert np.array_equal(grufast.load(tmp_path / "gru.npz")(X)[1], h_n)
+    est.gru_.to_onnx(tmp_path / "gru.onnx")
+    np.testing.assert_allclose(grufast.GRU.from_onnx(tmp_path / "gru.onnx")(X)[1], h_n,
+                               rtol=1e-6, atol=1e-7)
 
 
 # -- regressor and classifier specifics -------------------------------------------------------

@@ -190,20 +190,21 @@ def _machine_cores() -> int:
 
 
 _limit_lock = threading.Lock()
-_limit_state = {"active": 0, "restore": None, "controller": None}
+_limit_state: dict[str, Any] = {"active": 0, "blas": None, "controller": None}
 
 
 class _ThreadBudget:
-    """Cap grufast's (OpenMP) and BLAS threads while any task runs in this process.
+    """Cap grufast's (OpenMP) and BLAS threads while a task runs.
 
-    The cap is process-wide for BLAS, so tasks running side by side share one: the first to
-    enter sets it, the last to leave restores the previous limits.
+    OpenMP's limit belongs to the calling thread, so each task sets and restores its own.
+    BLAS's is process-wide, shared by tasks running side by side: the first to enter sets it,
+    the last to leave restores what was there before.
     """
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
 
-    def __enter__(self):
+    def __enter__(self) -> _ThreadBudget:
         from threadpoolctl import ThreadpoolController
 
         with _limit_lock:
@@ -211,17 +212,19 @@ class _ThreadBudget:
             if st["controller"] is None:
                 st["controller"] = ThreadpoolController()
             if st["active"] == 0:
-                st["restore"] = st["controller"].limit(limits=self.threads)
+                st["blas"] = st["controller"].limit(limits=self.threads, user_api="blas")
             st["active"] += 1
+            self._openmp = st["controller"].limit(limits=self.threads, user_api="openmp")
         return self
 
     def __exit__(self, *exc) -> None:
         with _limit_lock:
+            self._openmp.restore_original_limits()
             st = _limit_state
             st["active"] -= 1
             if st["active"] == 0:
-                st["restore"].restore_original_limits()
-                st["restore"] = None
+                st["blas"].restore_original_limits()
+                st["blas"] = None
 
 
 def task_threads(limits: dict[str, Any]) -> int:
