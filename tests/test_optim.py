@@ -1,5 +1,6 @@
-"""grufast.optim against torch.optim: whole training runs of a GRU + Linear from the same
-weights and data, gradient clipping, resuming, refreshing, and the argument checks."""
+"""grufast.optim: defaults and clipping against torch, resuming, refreshing what modules
+derived from their weights, and the argument checks (whole training runs against torch:
+test_training_torch.py)."""
 
 import copy
 import pickle
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import grufast
-from grufast import losses, optim
+from grufast import optim
 from tests.helpers import rel_err
+from tests.training_helpers import grufast_step, models, training_data
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,81 +23,6 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(before)
 
-
-TORCH = {np.float32: torch.float32, np.float64: torch.float64}
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
-T, B, I, H, OUT = 6, 3, 4, 5, 2
-
-OPTIMISERS = {
-    "sgd-nesterov": (optim.SGD, torch.optim.SGD,
-                     dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    "sgd-dampening": (optim.SGD, torch.optim.SGD,
-                      dict(lr=0.05, momentum=0.5, dampening=0.3)),
-    "adam": (optim.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-3)),
-    "adam-amsgrad-maximize": (optim.Adam, torch.optim.Adam,
-                              dict(lr=1e-3, amsgrad=True, maximize=True)),
-    "adamw": (optim.AdamW, torch.optim.AdamW, dict(lr=1e-2)),
-}
-
-
-def _models(dtype, seed=0):
-    torch.manual_seed(seed)
-    tg = torch.nn.GRU(I, H, num_layers=2, bidirectional=True, dtype=TORCH[dtype])
-    th = torch.nn.Linear(2 * H, OUT, dtype=TORCH[dtype])
-    return tg, th, grufast.GRU.from_torch(tg).train(), grufast.Linear.from_torch(th)
-
-
-def _data(dtype, steps, seed=1):
-    rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((T, B, I)).astype(dtype),
-             rng.standard_normal((T, B, OUT)).astype(dtype)) for _ in range(steps)]
-
-
-def _grufast_step(gru, head, opt, x, target, max_norm):
-    opt.zero_grad()
-    y, _ = gru(x)
-    loss, dpred = losses.mse(head(y), target)
-    gru.backward(head.backward(dpred))
-    total = optim.clip_grad_norm([gru, head], max_norm)
-    opt.step()
-    return loss, total
-
-
-def _torch_step(tg, th, opt, x, target, max_norm):
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(th(tg(torch.tensor(x))[0]), torch.tensor(target))
-    loss.backward()
-    total = torch.nn.utils.clip_grad_norm_([*tg.parameters(), *th.parameters()], max_norm)
-    opt.step()
-    return float(loss.detach()), float(total)
-
-
-def _assert_same_parameters(gru, head, tg, th, dtype):
-    scale = max(np.abs(p.detach().numpy()).max() for p in [*tg.parameters(),
-                                                             *th.parameters()])
-    for mod, ref in ((gru, tg), (head, th)):
-        for name, p in ref.state_dict().items():
-            err = rel_err(mod.state_dict()[name], p.numpy(), 0) * np.abs(p.numpy()).max()
-            assert err / scale <= TOL[dtype], f"{name}: {err / scale:.2e}"
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("which", sorted(OPTIMISERS))
-def test_fifty_steps_match_torch(which, dtype):
-    ours, theirs, kw = OPTIMISERS[which]
-    tg, th, gru, head = _models(dtype)
-    opt = ours([gru, head], **kw)
-    topt = theirs([*tg.parameters(), *th.parameters()], **kw)
-    clipped = 0
-    for x, target in _data(dtype, 50):
-        # max_norm 0.5 clips some steps and not others
-        loss, total = _grufast_step(gru, head, opt, x, target, 0.5)
-        tloss, ttotal = _torch_step(tg, th, topt, x, target, 0.5)
-        assert abs(loss - tloss) <= 1e-4 * abs(tloss) if dtype == np.float32 else 1e-9
-        assert abs(total - ttotal) <= TOL[dtype] * 10 * ttotal
-        clipped += total > 0.5
-    assert 0 < clipped < 50
-    _assert_same_parameters(gru, head, tg, th, dtype)
 
 
 def test_defaults_are_torchs():
@@ -182,18 +109,18 @@ def test_step_refreshes_what_modules_derived_from_weights():
 
 def _train(gru, head, opt, data):
     for x, target in data:
-        _grufast_step(gru, head, opt, x, target, 1.0)
+        grufast_step(gru, head, opt, x, target, 1.0)
 
 
 @pytest.mark.parametrize("kind", ["state_dict", "pickle"])
 def test_resume_matches_an_uninterrupted_run(kind):
-    data = _data(np.float64, 12)
-    _, _, gru, head = _models(np.float64)
+    data = training_data(np.float64, 12)
+    _, _, gru, head = models(np.float64)
     opt = optim.Adam([gru, head], lr=1e-2)
     _train(gru, head, opt, data[:6])
     if kind == "state_dict":
         saved = (gru.state_dict(), head.state_dict(), copy.deepcopy(opt.state_dict()))
-        _, _, gru2, head2 = _models(np.float64, seed=5)
+        _, _, gru2, head2 = models(np.float64, seed=5)
         opt2 = optim.Adam([gru2, head2], lr=0.5)
         gru2.load_state_dict(saved[0])
         head2.load_state_dict(saved[1])

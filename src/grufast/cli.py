@@ -1,5 +1,6 @@
 """``python -m grufast``: a self-check of the kernels against the NumPy reference;
-``python -m grufast bench``: the side-by-side benchmark (grufast.bench)."""
+``python -m grufast bench``: the side-by-side benchmark (grufast.bench);
+``python -m grufast demo``: a GRU and a plain RNN on the adding problem (grufast.demo)."""
 
 from __future__ import annotations
 
@@ -76,9 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="grufast vs the reference, PyTorch, ONNX Runtime, JAX",
                        description=bench.__doc__)
     bench.add_arguments(b)
+    from grufast import demo
+
+    d = sub.add_parser("demo", help="a GRU and a plain RNN on the adding problem "
+                       "(needs the [demo] extra: tqdm, matplotlib)", description=demo.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(d)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main(args)
+    if args.command == "demo":
+        return demo.main(args)
     return check(args)
 
 

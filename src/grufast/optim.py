@@ -154,6 +154,10 @@ class Optimizer:
             for name, entry in st.items():
                 p = m._params[name]
                 copy = {}
+                step = entry.get("step")
+                if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                    raise ValueError(f"state_dict['state'][{i}][{name!r}]['step'] must be a "
+                                     f"non-negative int, got {describe(step)}")
                 for k, v in entry.items():
                     if isinstance(v, np.ndarray) or hasattr(v, "shape") and v.shape != ():
                         v = np.array(v, dtype=p.dtype)
