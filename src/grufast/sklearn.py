@@ -317,7 +317,7 @@ class _GRUEstimator(BaseEstimator):
         finally:
             self.gru_.eval()
             self.head_.eval()
-        if early:
+        if early and best_state is not None:  # None only if every score was NaN
             self._load_state(best_state)
             self.best_validation_score_ = best_score
 
