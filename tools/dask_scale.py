@@ -61,22 +61,31 @@ def throughput(args) -> None:
                     dtype=np.float32).persist()
                 wait(X)
                 grufast.dask.predict(est, X[: 2 * args.chunk]).compute()  # warm up
-                times = []
+                times, cpu = [], []
                 for _ in range(args.repeat):
+                    before = sum(client.run(_cpu_seconds).values())
                     start = time.perf_counter()
                     grufast.dask.predict(est, X).compute()
                     times.append(time.perf_counter() - start)
+                    cpu.append(sum(client.run(_cpu_seconds).values()) - before)
                 best = min(times)
                 results[pinned, workers] = best
                 label = "pinned" if pinned else "unpinned"
                 print(f"{label:9s} {workers} worker(s): best of {args.repeat} "
                       f"{best:.2f} s ({args.n / best:,.0f} sequences/s), all "
-                      f"{', '.join(f'{t:.2f}' for t in times)}", flush=True)
+                      f"{', '.join(f'{t:.2f}' for t in times)}; CPU seconds of the workers "
+                      f"{', '.join(f'{c:.2f}' for c in cpu)}", flush=True)
     for pinned in (True, False):
         label = "pinned" if pinned else "unpinned"
         print(f"{label}: 2 workers / 1 worker throughput = "
               f"{results[pinned, 1] / results[pinned, 2]:.2f}x")
     print(f"load average after: {os.getloadavg()}")
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this worker process so far."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _peak_rss(dask_worker) -> float:
