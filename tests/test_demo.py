@@ -76,11 +76,14 @@ def test_bench_training_runs_on_tiny_shapes():
     assert it["ratio"] > 0 and it["grufast"]["median_ms"] > 0
     prof = bt.profile(T=5, B=4, I=2, H=8, repeats=1)
     assert {"GRU forward (train)", "GRU backward", "Adam step"} <= set(prof)
+    floors = bt.kernel_floor(T=5, B=4, I=2, H=8, rounds=1)
+    assert all(v > 0 for v in floors.values()) and len(floors) == 4
     (row,) = bt.gates_cost([(5, 2, 3, 4)], rounds=1, per_round=1)
     assert row["ratio"] > 0
     sol = bt.time_to_solution(T=6, H=4, batch=8, target=10.0, max_steps=10, eval_every=5)
     assert sol["grufast"]["steps"] == sol["torch"]["steps"] == 5
     report = bt.format_report({"load_average": (0.0, 0.0, 0.0),
                                "threads=1": {"iteration": it, "profile": prof,
-                                             "gates": [row], "solution": sol}})
+                                             "kernels": floors, "gates": [row],
+                                             "solution": sol}})
     assert "grufast / torch" in report

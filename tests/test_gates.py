@@ -145,3 +145,24 @@ def test_cell_gates_match_torch(dtype, lbr):
         assert_close(a, b, dtype, "fwd", "unbatched")
     with pytest.raises(ValueError, match="h must have shape"):
         cell.gates(x, h[:2])
+
+
+@pytest.mark.parametrize("B, H", [(16, 64), (1, 256)])  # batch-split and unit-split threads
+def test_gates_on_threaded_paths_rebuild_the_output(B, H):
+    """On two threads: the gates give back the model's output through h' = (1-z) n + z h."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(5)
+    gru = grufast.GRU(3, H, dtype=np.float64, seed=6).eval()
+    x = rng.standard_normal((6, B, 3))
+    with threadpool_limits(2):
+        g = gru.gates(x)
+        y, _ = gru(x)
+    h = np.zeros((B, H))
+    for t in range(6):
+        h = (1 - g.z[0, t]) * g.n[0, t] + g.z[0, t] * h
+        np.testing.assert_allclose(h, y[t], rtol=0, atol=1e-12)
+    with threadpool_limits(1):
+        one = gru.gates(x)
+    for a, b in zip(g, one):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

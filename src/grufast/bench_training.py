@@ -5,6 +5,8 @@
   (nn.GRU, nn.Linear, MSELoss, torch.optim.Adam) from the same weights and data, in the same
   process, in interleaved rounds; medians, the spread over rounds, and their ratio.
 - ``profile``: where grufast's iteration spends its time, phase by phase.
+- ``kernels``: the GRU's training forward and backward at that shape beside NumPy GEMMs of
+  the same shapes and FLOPs.
 - ``gates``: ``GRU.gates`` against an inference call on the benchmark grid.
 - ``solution``: time-to-solution on the adding problem: training seconds until the GRU's
   test MSE first reaches 0.01, grufast and the same loop in PyTorch from the same initial
@@ -183,6 +185,44 @@ def profile(T: int = 100, B: int = 64, I: int = 2, H: int = 128, *, threads: int
     return {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
 
 
+def kernel_floor(T: int = 100, B: int = 64, I: int = 2, H: int = 128, *, threads: int = 1,
+                 rounds: int = 9, seed: int = 0) -> dict[str, float]:
+    """The GRU's training forward and forward + backward at the iteration's shape, beside
+    NumPy GEMMs with the same shapes and FLOPs (the floor a BLAS-bound kernel could reach):
+    forward, one (B, H) x (H, 3H) product per step; backward, one (B, 3H) x (3H, H) per step
+    plus the weight-gradient product (3H, T B) x (T B, H). Median ms."""
+    import grufast
+
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    gru = grufast.GRU(I, H, seed=seed)
+    x = rng.random((T, B, I)).astype(f32)
+    dh = rng.random((1, B, H)).astype(f32)
+    w, wt = rng.random((H, 3 * H)).astype(f32), rng.random((3 * H, H)).astype(f32)
+    h, dg = rng.random((B, H)).astype(f32), rng.random((B, 3 * H)).astype(f32)
+    dgt, hs = rng.random((3 * H, T * B)).astype(f32), rng.random((T * B, H)).astype(f32)
+
+    def forward_backward():
+        gru(x)
+        gru.backward(None, dh)
+
+    def floor_forward():
+        for _ in range(T):
+            h @ w
+
+    def floor_backward():
+        for _ in range(T):
+            dg @ wt
+        dgt @ hs
+
+    fns = {"GRU forward (train)": gru, "GRU forward + backward": forward_backward,
+           "GEMM floor, forward": floor_forward, "GEMM floor, backward": floor_backward}
+    with threads_limited(threads):
+        times = interleaved({k: (lambda f=f: f(x)) if f is gru else f for k, f in fns.items()},
+                            rounds, 1)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
 def gates_cost(shapes=GRID, *, threads: int = 1, rounds: int = 5, per_round: int = 3,
                seed: int = 0) -> list[dict]:
     """GRU.gates against an inference call (eval forward), float32, one layer."""
@@ -265,6 +305,8 @@ def run(what: list[str], threads: list[int], rounds: int = 7) -> dict:
             r["iteration"] = iteration(threads=n, rounds=rounds)
         if "profile" in what:
             r["profile"] = profile(threads=n)
+        if "kernels" in what:
+            r["kernels"] = kernel_floor(threads=n)
         if "gates" in what:
             r["gates"] = gates_cost(threads=n)
         if "solution" in what:
@@ -293,6 +335,11 @@ def format_report(result: dict) -> str:
             lines.append(f"grufast iteration by phase (median ms, sum {total:.2f}):")
             for k, v in r["profile"].items():
                 lines.append(f"  {k:22} {v:8.3f}  {v / total:6.1%}")
+        if "kernels" in r:
+            lines.append("the GRU's kernels at that shape beside NumPy GEMMs of the same "
+                         "shapes (median ms):")
+            for k, v in r["kernels"].items():
+                lines.append(f"  {k:24} {v:8.2f}")
         if "gates" in r:
             lines.append("GRU.gates vs inference (float32, median ms):")
             for g in r["gates"]:
@@ -316,8 +363,8 @@ def format_report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m grufast.bench_training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--what", nargs="+", default=["iteration", "profile", "gates"],
-                   choices=["iteration", "profile", "gates", "solution"])
+    p.add_argument("--what", nargs="+", default=["iteration", "profile", "kernels", "gates"],
+                   choices=["iteration", "profile", "kernels", "gates", "solution"])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", metavar="PATH")

@@ -162,7 +162,11 @@ def train(model: GRUModel, *, T: int, steps: int, batch: int, lr: float, clip: f
     MSE every ``eval_every`` steps. Returns the curve, the final test MSE, the seconds spent
     training (wall and CPU, evaluation excluded), and the seconds until the test MSE first
     reached ``target_mse`` (None if it never did)."""
-    from tqdm.auto import tqdm
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("the demo's progress bar needs tqdm: pip install "
+                          "'grufast[demo]' (tqdm, matplotlib)") from None
 
     rng = np.random.default_rng(seed)
     opt = optim.Adam(model.modules, lr=lr)
@@ -188,7 +192,8 @@ def train(model: GRUModel, *, T: int, steps: int, batch: int, lr: float, clip: f
             curve.append((step, mse))
             if target_mse is not None and reached is None and mse <= target_mse:
                 reached = wall
-            bar.set_postfix(loss=f"{running:.4f}", test=f"{mse:.4f}")
+        # shown at the bar's own refresh rate
+        bar.set_postfix(loss=f"{running:.4f}", test=f"{curve[-1][1]:.4f}", refresh=False)
     return dict(curve=curve, test_mse=curve[-1][1], seconds=wall, cpu_seconds=cpu,
                 seconds_to_target=reached)
 
@@ -218,10 +223,11 @@ def run(T: int = DEFAULTS["T"], hidden: int = DEFAULTS["hidden"],
         result[name] = train(model, T=T, steps=steps, batch=batch, lr=lr, clip=clip,
                              seed=seed, test=(x_test, y_test), eval_every=eval_every,
                              label=name.upper(), progress=progress, target_mse=0.01)
-        result[name]["grad_per_step"] = input_gradient(model, x_test, y_test).tolist()
+        result[name]["grad_per_step"] = [float(f"{v:.4g}") for v in
+                                         input_gradient(model, x_test, y_test)]
     gru = models["gru"].rnn
     z = gru.gates(x_test[:, :1]).z[0, :, 0]  # (T, H): the update gate on one test sequence
-    result["example"] = {"marks": marks[0].tolist(), "z": z.tolist()}
+    result["example"] = {"marks": marks[0].tolist(), "z": np.round(z, 4).tolist()}
     return result
 
 
@@ -242,8 +248,11 @@ def table(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], path) -> None:
     """One figure, three panels: test MSE over training, the GRU's update gate on one test
     sequence, and |dL/dx_t| per input step for both models."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the demo's figure needs matplotlib: pip install "
+                          "'grufast[demo]' (tqdm, matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
