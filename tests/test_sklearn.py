@@ -109,6 +109,20 @@ def test_input_kinds_give_bitwise_equal_results(convert, tmp_path):
     assert np.array_equal(ref.predict(Xc), ref.predict(X))
 
 
+def test_predictions_do_not_depend_on_the_batch(monkeypatch):
+    import grufast.sklearn as gs
+
+    X, y = series(n=23)
+    # H=64: there the kernels' paths for 1 to 3 rows round differently from the tiled one
+    est = GRUClassifier(**dict(TINY, hidden_size=64)).fit(X, y > 0)
+    whole = est.predict_proba(X)
+    # batches of one row's worth of bytes: 23 batches of 4 rows, the last one padded
+    monkeypatch.setattr(gs, "_PREDICT_BATCH_BYTES", 1)
+    assert np.array_equal(est.predict_proba(X), whole)
+    for i in (0, 7, 22):  # one sample alone (padded to the kernels' 4-row path)
+        assert np.array_equal(est.predict_proba(X[i:i + 1]), whole[i:i + 1])
+
+
 def test_caller_arrays_are_not_written():
     X, y = series()
     X[3, 4:] = np.nan  # padding
