@@ -54,6 +54,15 @@ def test_local_scheduler_matches_numpy_bitwise(regressor):
         assert np.array_equal(Y.compute(), regressor.predict(X))
 
 
+def test_univariate_2d_and_multi_output():
+    X, y = series(F=1)
+    X2 = X[:, :, 0]
+    est = GRURegressor(**TINY).fit(X2, np.stack([y, -y], axis=1))
+    Y = grufast.dask.predict(est, da.from_array(X2, chunks=(6, 3)))  # time axis split
+    assert Y.shape == (40, 2) and Y.chunks[1] == (2,)
+    assert np.array_equal(Y.compute(scheduler="sync"), est.predict(X2))
+
+
 def test_classifier_methods_and_shapes():
     X, y = series()
     est = GRUClassifier(**TINY).fit(X, np.where(y > 0, "up", "down"))
