@@ -129,6 +129,25 @@ class _Parameters:
         """Drop what was prepared from the old weights (transposed copies, plans)."""
         self._prepared.clear()
 
+    # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
+    # derived from the weights (prepared copies, the cell's plan) is rebuilt on arrival, and
+    # what a train-mode forward recorded for backward (GRU's tape, Linear's input) is left
+    # behind: a copy never holds stale weights or a tape of another object's activations.
+    _TRANSIENT = ("_tape", "_x", "_lead")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_prepared"] = {}
+        state.pop("_plan", None)
+        for name in self._TRANSIENT:
+            if name in state:
+                state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._weights_changed()
+
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""
         for g in self.grads.values():
