@@ -164,3 +164,21 @@ def blas_sized(**dims: int) -> None:
     for name, value in dims.items():
         if value > BLAS_INT_MAX:
             raise ValueError(f"{name} = {value} exceeds the BLAS integer limit {BLAS_INT_MAX}")
+
+
+def flag(name: str, value) -> bool:
+    """A bool argument: bools only (1, "yes" and None are refused, not interpreted)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return bool(value)
+
+
+def model_dtype(dtype) -> np.dtype:
+    """A model's dtype: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt

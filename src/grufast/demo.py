@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from grufast import losses, optim
-from grufast.layers import GRU, _Parameters
+from grufast._parameters import _Parameters
+from grufast.layers import GRU
 from grufast.linear import Linear
 
 BASELINE_MSE = 1.0 / 6.0  # always answering 1: Var(U1 + U2) = 2 / 12

@@ -14,9 +14,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from grufast._isa import kernels as _kernels
+from grufast._layout import zero_padding
 from grufast._validate import (
     blas_sized,
     describe,
+    flag,
     lengths_array,
     ndim,
     real_array,
@@ -102,12 +104,6 @@ def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
     return Weights.of(w_ih, w_hh, b_ih, b_hh, has_bias)
 
 
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return bool(value)
-
-
 def gru_forward(
     x: ArrayLike,
     h0: ArrayLike | None,
@@ -147,9 +143,9 @@ def gru_forward(
     h_n : ndarray, shape (B, H)
     cache : GRUCache or None
     """
-    reverse = _flag("reverse", reverse)
-    lbr = _flag("linear_before_reset", linear_before_reset)
-    training = _flag("training", training)
+    reverse = flag("reverse", reverse)
+    lbr = flag("linear_before_reset", linear_before_reset)
+    training = flag("training", training)
     w = check_weights(w_ih, w_hh, b_ih, b_hh)
     dtype = w.w_ih.dtype
     H, I = w.w_hh.shape[1], w.w_ih.shape[1]
@@ -166,10 +162,8 @@ def gru_forward(
         lens = np.full(B, T, dtype=np.intp)
     else:
         lens = lengths_array(lengths, B, T)
-        if training and np.any(lens < T):
-            # Padding never reaches the outputs, but 0 * NaN would reach dW_ih: zero it.
-            x = x.copy()
-            x[np.arange(T)[:, None] >= lens[None, :]] = 0
+        if training:
+            x = zero_padding(x, lens)
 
     y = np.empty((T, B, H), dtype)
     cache = forward_into(x, w, h, lens, reverse, lbr, training, y, 0)

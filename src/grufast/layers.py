@@ -1,5 +1,6 @@
-"""The GRU and GRUCell layers: parameters, initialisation, train/eval, stacking, directions,
-dropout, streaming steps and state dicts, with torch.nn.GRU's constructor, shapes and names.
+"""The GRU and GRUCell layers: configuration, train/eval, stacking, directions, dropout,
+streaming steps and gates, with torch.nn.GRU's and torch.nn.GRUCell's constructors, shapes and
+names. The parameter container is grufast._parameters; layouts are grufast._layout.
 
 Inputs are validated once here; each layer and direction then calls the kernels directly on
 prepared buffers (grufast.functional.forward_into / backward_into).
@@ -15,155 +16,21 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
+from grufast._layout import SequenceLayout, mask_array, step_input, unpack_steps, zero_padding
+from grufast._parameters import _Parameters
 from grufast._validate import (
-    FLOAT_DTYPES,
     blas_sized,
     describe,
+    flag,
     lengths_array,
+    model_dtype,
     positive_int,
     real_array,
     real_values,
     shaped,
     shaped_like,
-    state_dict_shape,
 )
-from grufast.functional import GRUCache, Weights, backward_into, forward_into
-
-
-def _model_dtype(dtype: DTypeLike) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return bool(value)
-
-
-def _step_input(name: str, value, input_size: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
-    """One step's input as (B, input_size), and whether it came unbatched (input_size,)."""
-    x = real_array(name, value, dtype)
-    unbatched = x.ndim == 1
-    if unbatched:
-        x = x[None, :]
-    if x.ndim != 2 or x.shape[1] != input_size:
-        raise ValueError(f"{name} must have shape (B, input_size) or (input_size,) with "
-                         f"input_size = {input_size}, got {x.shape}")
-    return x, unbatched
-
-
-def _mask_array(value, batch: int, steps: int, unbatched: bool) -> np.ndarray:
-    """A call's mask as a (B, T) bool array."""
-    arr = np.asarray(value)
-    if arr.dtype != np.bool_:
-        raise TypeError(f"mask must be an array of bools, got {describe(arr)}")
-    want = (steps,) if unbatched else (batch, steps)
-    if arr.shape != want:
-        raise ValueError(f"mask must have shape {'(T,)' if unbatched else '(B, T)'} = {want}, "
-                         f"got {arr.shape}")
-    return arr.reshape(batch, steps)
-
-
-def _unpack(y: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Put packed steps (T, B, F) back at their own steps: y[t, b] goes to order[t, b]."""
-    out = np.empty_like(y)
-    out[order, np.arange(y.shape[1])] = y
-    return out
-
-
-class _Parameters:
-    """Named parameters in PyTorch's state-dict layout, with gradients of the same names."""
-
-    dtype: np.dtype
-    _params: dict[str, np.ndarray]
-    grads: dict[str, np.ndarray]
-
-    def _init_params(self, shapes: dict[str, tuple[int, ...]], hidden_size: int, seed) -> None:
-        # PyTorch's initialisation: every parameter uniform in +-1/sqrt(hidden_size).
-        rng = np.random.default_rng(seed)
-        k = 1.0 / np.sqrt(hidden_size)
-        self._params = {name: rng.uniform(-k, k, shape).astype(self.dtype)
-                        for name, shape in shapes.items()}
-        self.grads = {name: np.zeros(shape, self.dtype) for name, shape in shapes.items()}
-        self._rng = rng
-        self._prepared: dict[str, Weights] = {}  # per layer and direction; see _layer_weights
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters under PyTorch's names (weight_ih_l0, bias_hh_l1_reverse...)."""
-        return {name: p.copy() for name, p in self._params.items()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load parameters by name, strictly: every key present, none unexpected, exact shapes.
-        Values may be anything ``np.asarray`` takes (torch tensors included)."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
-        keys = set(state_dict.keys())
-        missing = sorted(set(self._params) - keys)
-        unexpected = sorted(keys - set(self._params))
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not match the model: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        converted = {}
-        for name, target in self._params.items():
-            value = state_dict[name]
-            if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad
-                value = value.detach().cpu()
-            arr = real_array(f"state_dict[{name!r}]", value, self.dtype)
-            converted[name] = self._entry_shape(name, arr, target.shape)
-        for name, arr in converted.items():  # all checked before anything changes
-            np.copyto(self._params[name], arr)
-        self._weights_changed()
-
-    def _entry_shape(self, name: str, arr: np.ndarray, want: tuple) -> np.ndarray:
-        """Check a state-dict entry's shape, naming the sizes it implies on a mismatch."""
-        return state_dict_shape(name, arr, want, input_size=self.input_size,
-                                hidden_size=self.hidden_size)
-
-    def _weights_changed(self) -> None:
-        """Drop what was prepared from the old weights (transposed copies, plans)."""
-        self._prepared.clear()
-
-    # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
-    # derived from the weights (prepared copies, the cell's plan) is rebuilt on arrival, and
-    # what a train-mode forward recorded for backward (GRU's tape, Linear's input) is left
-    # behind: a copy never holds stale weights or a tape of another object's activations.
-    _TRANSIENT = ("_tape", "_x", "_lead")
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_prepared"] = {}
-        state.pop("_plan", None)
-        for name in self._TRANSIENT:
-            if name in state:
-                state[name] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._weights_changed()
-
-    def zero_grad(self) -> None:
-        """Reset the accumulated parameter gradients to zero."""
-        for g in self.grads.values():
-            g.fill(0)
-
-    def _layer_weights(self, sfx: str) -> Weights:
-        """The kernels' view of one layer and direction, prepared once per weight update."""
-        w = self._prepared.get(sfx)
-        if w is None:
-            p = self._params
-            zeros = np.zeros(p["weight_hh" + sfx].shape[0], self.dtype)
-            w = Weights.of(p["weight_ih" + sfx], p["weight_hh" + sfx],
-                           p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros),
-                           "bias_ih" + sfx in p)
-            self._prepared[sfx] = w
-        return w
+from grufast.functional import GRUCache, backward_into, forward_into
 
 
 class GRU(_Parameters):
@@ -216,20 +83,20 @@ class GRU(_Parameters):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
-        self.bias = _bool("bias", bias)
-        self.batch_first = _bool("batch_first", batch_first)
+        self.bias = flag("bias", bias)
+        self.batch_first = flag("batch_first", batch_first)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
             raise TypeError(f"dropout must be a number in [0, 1), got {describe(dropout)}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.dropout = float(dropout)
-        self.bidirectional = _bool("bidirectional", bidirectional)
-        self.linear_before_reset = _bool("linear_before_reset", linear_before_reset)
-        self.reverse = _bool("reverse", reverse)
+        self.bidirectional = flag("bidirectional", bidirectional)
+        self.linear_before_reset = flag("linear_before_reset", linear_before_reset)
+        self.reverse = flag("reverse", reverse)
         if self.reverse and self.bidirectional:
             raise ValueError("reverse=True makes a reverse-only layer and needs "
                              "bidirectional=False, got bidirectional=True")
-        self.dtype = _model_dtype(dtype)
+        self.dtype = model_dtype(dtype)
         self.training = True
         self._tape: dict | None = None
         self._default_h0: np.ndarray | None = None
@@ -351,7 +218,7 @@ class GRU(_Parameters):
         self._default_h0, self._default_lengths = h0, lengths
 
     def train(self, mode: bool = True) -> GRU:
-        self.training = _bool("mode", mode)
+        self.training = flag("mode", mode)
         self._tape = None
         return self
 
@@ -387,28 +254,21 @@ class GRU(_Parameters):
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
-        x, h0, lens, unbatched, order = self._sequence_inputs(x, h0, lengths, mask)
-        T = x.shape[0]
-        if self.training and np.any(lens < T):
-            # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
-            x = x.copy()
-            x[np.arange(T)[:, None] >= lens[None, :]] = 0
-        y, h_n = self._forward(x, h0, lens, unbatched)
+        x, h0, lens, layout, order = self._sequence_inputs(x, h0, lengths, mask)
+        if self.training:
+            x = zero_padding(x, lens)
+        y, h_n = self._forward(x, h0, lens, layout)
         if order is not None:
-            y = _unpack(y, order)
+            y = unpack_steps(y, order)
             if self.training:
                 self._tape["order"] = order
-        if unbatched:
-            return y[:, 0], h_n[:, 0]
-        if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n
+        return layout.from_time_major(y), (h_n[:, 0] if layout.unbatched else h_n)
 
-    def _sequence_inputs(self, x, h0, lengths, mask=None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray | None]:
+    def _sequence_inputs(self, x, h0, lengths, mask=None) -> tuple[
+            np.ndarray, np.ndarray, np.ndarray, SequenceLayout, np.ndarray | None]:
         """Validate a whole-sequence call's inputs: x time-major (T, B, I) in the model's
-        dtype, h0 (num_layers * D, B, H), lengths (B,), whether x came unbatched, and for a
-        mask the (T, B) source step of each packed step (None without a mask)."""
+        dtype, h0 (num_layers * D, B, H), lengths (B,), the call's layout, and for a mask
+        the (T, B) source step of each packed step (None without a mask)."""
         x = real_values("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
@@ -416,11 +276,9 @@ class GRU(_Parameters):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x must have input_size = {self.input_size} features in its "
                              f"last axis, got shape {x.shape}")
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
+        layout = SequenceLayout(self.batch_first, unbatched=x.ndim == 2)
+        unbatched = layout.unbatched
+        x = layout.to_time_major(x)
         T, B, _ = x.shape
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H})
@@ -437,7 +295,7 @@ class GRU(_Parameters):
         if mask is not None:
             if lengths is not None:
                 raise ValueError("pass lengths or mask, not both: got both")
-            keep = _mask_array(mask, B, T, unbatched)
+            keep = mask_array(mask, B, T, unbatched)
             # Skipping a step keeps the state, so each sequence's valid steps can run packed
             # at its start (lengths = their count); each output then goes back to its step.
             order = np.argsort(~keep, axis=1, kind="stable").T  # (T, B) source step
@@ -455,9 +313,10 @@ class GRU(_Parameters):
             lens = np.full(B, T, dtype=np.intp)
         else:
             lens = lengths_array(lengths, B, T)
-        return x, h0, lens, unbatched, order
+        return x, h0, lens, layout, order
 
-    def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
+    def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray,
+                 layout: SequenceLayout):
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         h_n = np.array(h0, order="C")  # each direction's state is updated in place
@@ -480,7 +339,7 @@ class GRU(_Parameters):
             masks.append(mask)
             inp = out
         if self.training:
-            self._tape = dict(caches=caches, masks=masks, shape=(T, B), unbatched=unbatched)
+            self._tape = dict(caches=caches, masks=masks, shape=(T, B), layout=layout)
         return inp, h_n
 
     # -- backward -----------------------------------------------------------------------
@@ -506,20 +365,13 @@ class GRU(_Parameters):
                              "then the model, then backward); got none since the last "
                              "backward, train() or eval()")
         T, B = tape["shape"]
-        unbatched = tape["unbatched"]
+        layout: SequenceLayout = tape["layout"]
         D, H, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions
-        if unbatched:
-            y_shape, h_shape = (T, D * H), (LD, H)
-        elif self.batch_first:
-            y_shape, h_shape = (B, T, D * H), (LD, B, H)
-        else:
-            y_shape, h_shape = (T, B, D * H), (LD, B, H)
+        y_shape = layout.shape(T, B, D * H)
+        h_shape = (LD, H) if layout.unbatched else (LD, B, H)
         if dy is not None:
             dy = shaped_like("dy", real_array("dy", dy, self.dtype), y_shape, "y")
-            if unbatched:
-                dy = dy[:, None, :]
-            elif self.batch_first:
-                dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+            dy = np.ascontiguousarray(layout.to_time_major(dy))
         order = tape.get("order")
         if order is not None and dy is not None:  # a masked forward ran packed steps
             dy = dy[order, np.arange(B)]
@@ -541,12 +393,8 @@ class GRU(_Parameters):
                 dx *= tape["masks"][k - 1]
             dy = dx
         if order is not None:
-            dy = _unpack(dy, order)
-        if unbatched:
-            return dy[:, 0], dh[:, 0]
-        if self.batch_first:
-            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        return dy, dh
+            dy = unpack_steps(dy, order)
+        return layout.from_time_major(dy), (dh[:, 0] if layout.unbatched else dh)
 
     # -- introspection ------------------------------------------------------------------
     def gates(self, x: ArrayLike, h0: ArrayLike | None = None, *,
@@ -562,7 +410,7 @@ class GRU(_Parameters):
         hidden_size) if batch_first, (..., T, hidden_size) for unbatched x); layer k and
         direction d at index k * D + d, as in h_n. Steps past a sequence's length are zero.
         """
-        x, h0, lens, unbatched, _ = self._sequence_inputs(x, h0, lengths)
+        x, h0, lens, layout, _ = self._sequence_inputs(x, h0, lengths)
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
         buf = np.empty((self.num_layers * D, T, B, 3 * H), self.dtype)
@@ -575,10 +423,7 @@ class GRU(_Parameters):
                            d == 1 or self.reverse,
                            self.linear_before_reset, out, d * H, buf[k * D + d])
             inp = out
-        if unbatched:
-            buf = buf[:, :, 0]
-        elif self.batch_first:
-            buf = buf.transpose(0, 2, 1, 3)
+        buf = layout.from_time_major(buf, lead=1, contiguous=False)
         return GRUGates(*(np.ascontiguousarray(buf[..., i * H:(i + 1) * H]) for i in range(3)))
 
     # -- streaming ----------------------------------------------------------------------
@@ -601,7 +446,7 @@ class GRU(_Parameters):
             raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
                              "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
-        x_t, unbatched = _step_input("x_t", x_t, self.input_size, self.dtype)
+        x_t, unbatched = step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
             state = self._initial_state(B)
@@ -670,9 +515,9 @@ class GRUCell(_Parameters):
                  seed: int | None = None) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
-        self.bias = _bool("bias", bias)
-        self.linear_before_reset = _bool("linear_before_reset", linear_before_reset)
-        self.dtype = _model_dtype(dtype)
+        self.bias = flag("bias", bias)
+        self.linear_before_reset = flag("linear_before_reset", linear_before_reset)
+        self.dtype = model_dtype(dtype)
         H = self.hidden_size
         shapes = {"weight_ih": (3 * H, self.input_size), "weight_hh": (3 * H, H)}
         if self.bias:
@@ -698,7 +543,7 @@ class GRUCell(_Parameters):
         out = self._plan.step(x, h)
         if out is not None:
             return out
-        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
+        x, unbatched = step_input("x", x, self.input_size, self.dtype)
         B, H = x.shape[0], self.hidden_size
         if h is None:
             state = np.zeros((B, H), self.dtype)
@@ -718,7 +563,7 @@ class GRUCell(_Parameters):
         -------
         GRUGates(r, z, n), each (B, hidden_size), or (hidden_size,) for 1-D x.
         """
-        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
+        x, unbatched = step_input("x", x, self.input_size, self.dtype)
         B, H = x.shape[0], self.hidden_size
         if h is None:
             state = np.zeros((B, H), self.dtype)

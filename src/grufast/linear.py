@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from grufast._validate import describe, positive_int, real_array
-from grufast.layers import _bool, _model_dtype, _Parameters
+from grufast._parameters import _Parameters
+from grufast._validate import describe, flag, model_dtype, positive_int, real_array
 
 
 class Linear(_Parameters):
@@ -32,8 +32,8 @@ class Linear(_Parameters):
                  dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        self.bias = _bool("bias", bias)
-        self.dtype = _model_dtype(dtype)
+        self.bias = flag("bias", bias)
+        self.dtype = model_dtype(dtype)
         self.training = True
         self._x: np.ndarray | None = None  # the last train-mode input, (N, in_features)
         self._lead: tuple[int, ...] | None = None  # its leading dimensions
@@ -70,7 +70,7 @@ class Linear(_Parameters):
         return arr
 
     def train(self, mode: bool = True) -> Linear:
-        self.training = _bool("mode", mode)
+        self.training = flag("mode", mode)
         self._x = self._lead = None
         return self
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from grufast._validate import describe
-from grufast.layers import _Parameters
+from grufast._parameters import _Parameters
+from grufast._validate import describe, flag
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm"]
 
@@ -56,12 +56,6 @@ def _number(name: str, value, *, low: float = 0.0, high: float | None = None,
         rng = f"[{low}, {high})" if high_open else f"[{low}, {high if high is not None else 'inf'}]"
         raise ValueError(f"{name} must lie in {rng}, got {value}")
     return v
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return bool(value)
 
 
 class Optimizer:
@@ -190,8 +184,8 @@ class SGD(Optimizer):
         hp = dict(hp, lr=_number("lr", hp["lr"]), momentum=_number("momentum", hp["momentum"]),
                   dampening=_number("dampening", hp["dampening"]),
                   weight_decay=_number("weight_decay", hp["weight_decay"]),
-                  nesterov=_flag("nesterov", hp["nesterov"]),
-                  maximize=_flag("maximize", hp["maximize"]))
+                  nesterov=flag("nesterov", hp["nesterov"]),
+                  maximize=flag("maximize", hp["maximize"]))
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError(f"nesterov needs momentum > 0 and dampening = 0, got momentum "
                              f"{hp['momentum']} and dampening {hp['dampening']}")
@@ -241,8 +235,8 @@ class Adam(Optimizer):
         b2 = _number("betas[1]", betas[1], high=1.0, high_open=True)
         return dict(hp, lr=_number("lr", hp["lr"]), betas=(b1, b2), eps=_number("eps", hp["eps"]),
                     weight_decay=_number("weight_decay", hp["weight_decay"]),
-                    amsgrad=_flag("amsgrad", hp["amsgrad"]),
-                    maximize=_flag("maximize", hp["maximize"]))
+                    amsgrad=flag("amsgrad", hp["amsgrad"]),
+                    maximize=flag("maximize", hp["maximize"]))
 
     def _update(self, p, g, st):
         hp = self.defaults

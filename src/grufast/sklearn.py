@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
                       "pip install 'grufast[sklearn]'") from exc
 
 from grufast._series import as_ntf, check_layout, padding_lengths
-from grufast._validate import describe
+from grufast._validate import describe, flag
 from grufast.layers import GRU
 
 __all__ = ["GRUClassifier", "GRURegressor"]
@@ -67,11 +67,6 @@ def _check_real(name: str, value, low: float, *, open_low: bool, high: float | N
     if bad:
         interval = f"{'(' if open_low else '['}{low}, {high if high is not None else 'inf'})"
         raise ValueError(f"{name} must lie in {interval}, got {value}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
 
 
 class _GRUEstimator(BaseEstimator):
@@ -111,20 +106,20 @@ class _GRUEstimator(BaseEstimator):
     def _check_params(self) -> None:
         _check_int("hidden_size", self.hidden_size, 1)
         _check_int("num_layers", self.num_layers, 1)
-        _check_bool("bidirectional", self.bidirectional)
+        flag("bidirectional", self.bidirectional)
         check_layout(self.layout)
         _check_int("max_iter", self.max_iter, 1)
         _check_int("batch_size", self.batch_size, 1)
         _check_real("learning_rate", self.learning_rate, 0.0, open_low=True)
         _check_real("alpha", self.alpha, 0.0, open_low=False)
-        _check_bool("early_stopping", self.early_stopping)
+        flag("early_stopping", self.early_stopping)
         _check_real("validation_fraction", self.validation_fraction, 0.0, open_low=True,
                     high=1.0)
         _check_int("n_iter_no_change", self.n_iter_no_change, 1)
         _check_real("tol", self.tol, 0.0, open_low=False)
         if not isinstance(self.verbose, (bool, np.bool_)):
             _check_int("verbose", self.verbose, 0)
-        _check_bool("warm_start", self.warm_start)
+        flag("warm_start", self.warm_start)
         check_random_state(self.random_state)  # its own clear error
 
     def _architecture(self) -> dict[str, Any]:
