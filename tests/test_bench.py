@@ -280,3 +280,21 @@ def test_runs_without_the_bench_extra(tmp_path):
     assert set(res["rows"][0]["inference"]) == {"grufast", "numpy-reference"}
     assert res["environment"]["limits"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
     assert not (tmp_path / "p.png").exists()
+
+
+def test_bench_reports_the_training_iteration_and_the_gates_cost(tmp_path):
+    # The end-to-end training ratio (grufast's iteration vs PyTorch's) and GRU.gates' cost
+    # next to inference are part of the bench's output and JSON.
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grufast", "bench", "--quick", "--threads", "1", "--peers",
+         "torch", "--shape", "5,2,3,4", "--no-reference", "--budget", "0.05", "--json",
+         str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "grufast / torch =" in proc.stdout and "GRU.gates vs inference" in proc.stdout
+    (res,) = json.loads(out.read_text())
+    it = res["training_iteration"]
+    assert it["shape"] == {"T": 100, "B": 64, "I": 2, "H": 128}
+    assert it["ratio"] == pytest.approx(it["grufast"]["median_ms"] / it["torch"]["median_ms"])
+    (g,) = res["gates"]
+    assert (g["T"], g["B"], g["I"], g["H"]) == (5, 2, 3, 4) and g["gates_ms"] > 0

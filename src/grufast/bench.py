@@ -200,7 +200,8 @@ def run(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
             json.dump(P.unroll_cache, f)
     settings = {k: v for k, v in settings.items() if k != "jax_unroll_cache"}
     result = {"environment": E.environment(threads, peers), "settings": settings,
-              "rows": rows, "streaming": streaming(threads, settings)}
+              "rows": rows, "streaming": streaming(threads, settings),
+              **training_extras(threads, settings)}
     del limits  # held (with threadpoolctl's limits) until everything is measured and recorded
     return result
 
@@ -224,6 +225,24 @@ def streaming(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
                           scale=1e6 / P.STREAM_STEPS)
         res.update({n: {"na": why} for n, why in samples.items() if isinstance(why, str)})
         out["layers"][str(L)] = res
+    return out
+
+
+def training_extras(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The end-to-end training iteration of the demo's model against the identical PyTorch
+    loop, and GRU.gates against an inference call, for the standard model only (float32, one
+    unidirectional layer, linear_before_reset)."""
+    from grufast import bench_training as BT
+
+    standard = (settings["dtype"] == "float32" and settings["layers"] == 1
+                and not settings["bidirectional"] and settings["linear_before_reset"])
+    if not standard:
+        return {}
+    rounds = 3 if settings["quick"] else 7
+    out: dict[str, Any] = {"gates": BT.gates_cost([tuple(s) for s in settings["shapes"]],
+                                                  threads=threads, rounds=rounds)}
+    if "torch" in settings["peers"]:
+        out["training_iteration"] = BT.iteration(threads=threads, rounds=rounds)
     return out
 
 
@@ -309,6 +328,14 @@ def format_table(result: dict) -> str:
         lines += [f"  {n}: inference only (not in this table)" for n in dropped]
         lines.append("")
     lines += format_streaming(result["streaming"])
+    if "training_iteration" in result or "gates" in result:
+        from grufast.bench_training import format_report
+
+        extras = {k: result[k] for k in ("training_iteration", "gates") if k in result}
+        if "training_iteration" in extras:
+            extras["iteration"] = extras.pop("training_iteration")
+        report = format_report({"load_average": os.getloadavg(), "threads=": extras})
+        lines += [""] + report.splitlines()[3:]  # without the load line and the header
     return "\n".join(lines)
 
 
