@@ -11,15 +11,21 @@ import numpy as np
 
 from grufast._validate import describe
 from grufast.layers import GRU, GRUCell
+from grufast.quantized import QuantizedGRU, QuantizedGRUCell
+
+# Quantized models keep their storage dtypes (int8 or bfloat16 bits as uint16) in the file.
+_MODELS = (GRU, GRUCell, QuantizedGRU, QuantizedGRUCell)
 
 CONFIG_KEY = "__grufast_config__"
 FORMAT = 1
 
 
-def save(model: GRU | GRUCell, path) -> None:
-    """Write ``model`` to ``path`` (.npz): its configuration and its parameters."""
-    if not isinstance(model, (GRU, GRUCell)):
-        raise TypeError(f"model must be a grufast GRU or GRUCell, got {describe(model)}")
+def save(model: GRU | GRUCell | QuantizedGRU | QuantizedGRUCell, path) -> None:
+    """Write ``model`` to ``path`` (.npz): its configuration and its parameters (a quantized
+    model's in their storage format)."""
+    if not isinstance(model, _MODELS):
+        raise TypeError(f"model must be a grufast GRU or GRUCell (float or quantized), got "
+                        f"{describe(model)}")
     config = dict(model.config(), **{"class": type(model).__name__, "format": FORMAT})
     arrays = model.state_dict()
     arrays[CONFIG_KEY] = np.array(json.dumps(config, sort_keys=True))
@@ -27,7 +33,7 @@ def save(model: GRU | GRUCell, path) -> None:
         np.savez(f, **arrays)
 
 
-def load(path) -> GRU | GRUCell:
+def load(path) -> GRU | GRUCell | QuantizedGRU | QuantizedGRUCell:
     """Read a model written by :func:`save`; the model comes back in eval mode."""
     try:
         with np.load(os.fspath(path), allow_pickle=False) as f:
@@ -44,7 +50,7 @@ def load(path) -> GRU | GRUCell:
         fmt = config.pop("format")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"path {os.fspath(path)!r}: malformed configuration: {exc}") from None
-    classes = {"GRU": GRU, "GRUCell": GRUCell}
+    classes = {cls.__name__: cls for cls in _MODELS}
     if kind not in classes or fmt != FORMAT:
         raise ValueError(f"path {os.fspath(path)!r}: unknown model class {kind!r} or format "
                          f"{fmt!r} (expected one of {sorted(classes)}, format {FORMAT})")
@@ -54,4 +60,4 @@ def load(path) -> GRU | GRUCell:
         raise ValueError(f"path {os.fspath(path)!r}: configuration does not fit {kind}: "
                          f"{exc}") from None
     model.load_state_dict(arrays)
-    return model.eval() if isinstance(model, GRU) else model
+    return model.eval() if isinstance(model, (GRU, QuantizedGRU)) else model
