@@ -272,3 +272,28 @@ def test_bad_input_has_the_float_models_errors():
         q(np.zeros((2, 1, 3)), lengths=[3])
     with pytest.raises(ValueError, match="h0 must have shape"):
         q(np.zeros((2, 1, 3)), np.zeros((1, 2, 4)))
+
+
+# -- the kernels of every build this CPU runs ------------------------------------------------
+
+@pytest.mark.parametrize("kernels", grufast._isa.runnable(), ids=lambda k: k.__name__)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("I,H", [(5, 3), (19, 21), (40, 48)])  # tails of vectors and rows
+@pytest.mark.parametrize("lbr", [True, False])
+def test_kernels_match_the_float_kernels(kernels, fmt, I, H, lbr, monkeypatch):
+    import grufast.quantized as Q
+
+    monkeypatch.setattr(Q, "_kernels", kernels)
+    monkeypatch.setattr(grufast.functional, "_kernels", kernels)
+    g = grufast.GRU(I, H, linear_before_reset=lbr, bidirectional=True, seed=I).eval()
+    q = g.quantized(fmt)
+    f = q.dequantized()
+    x = seq(9, 2, I, H)  # B = 2: the quantized kernels' path
+    lengths = [9, 4]
+    for a, b in zip(q(x, lengths=lengths), f(x, lengths=lengths)):
+        assert rel(a, b) <= SAME
+    cell = grufast.GRUCell(I, H, linear_before_reset=lbr, seed=H)
+    qc = cell.quantized(fmt)  # its plan comes from the patched build
+    fc = qc.dequantized()
+    h = np.random.default_rng(1).standard_normal(H).astype(np.float32)
+    assert rel(qc(x[0, 0], h), fc(x[0, 0], h)) <= SAME

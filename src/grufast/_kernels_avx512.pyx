@@ -4,3 +4,4 @@
 See grufast._kernels."""
 
 include "_kernels_impl.pxi"
+include "_quantized_kernels.pxi"

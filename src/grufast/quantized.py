@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from grufast._isa import kernels as _kernels
 from grufast._validate import describe, positive_int, real_array, shaped
-from grufast.functional import Weights, forward_into
+from grufast.functional import INFERENCE_CHUNK_BYTES, Weights, forward_into
 from grufast.layers import GRU, GRUCell, _bool, _step_input
 
 FORMATS = ("int8", "bf16")
@@ -33,6 +34,11 @@ SCALE_SUFFIX = "_scale"  # state-dict key of an int8 matrix's per-row scales
 INT8_MAX = 127
 
 _F32 = np.dtype(np.float32)
+# Batches below this run the quantized kernels: each step reads the narrow recurrent weights
+# once per sequence, widening them in registers. From it on, the float kernels' register-
+# tiled GEMM reuses each weight across sequences, which a widening GEMV cannot: the layer's
+# weights are dequantised into float32 scratch for the call instead.
+KERNEL_MAX_BATCH = 4
 
 
 def _check_format(weight_format: Any) -> str:
@@ -137,7 +143,7 @@ class _QuantizedParameters:
                 self._store[name] = to_bf16(w)
         self._rebuild()
 
-    # -- caches (none yet but the per-model kernel plans built from the store) -----------
+    # -- caches: the kernel plans built from the store ------------------------------------
     def _rebuild(self) -> None:
         """Build what is derived from the store; called whenever the store changes."""
 
@@ -164,6 +170,49 @@ class _QuantizedParameters:
         zeros = np.zeros(w_hh.shape[0], _F32)
         return Weights.of(w_ih, w_hh, s.get("bias_ih" + sfx, zeros),
                           s.get("bias_hh" + sfx, zeros), has_bias)
+
+    def _scales(self, name: str) -> np.ndarray:
+        """An int8 matrix's per-row scales; ones for bf16 (the kernels ignore them)."""
+        s = self._store.get(name + SCALE_SUFFIX)
+        return s if s is not None else np.ones(self._store[name].shape[0], _F32)
+
+    def _biases(self, sfx: str) -> tuple[np.ndarray, np.ndarray]:
+        G = self._store["weight_hh" + sfx].shape[0]
+        zeros = np.zeros(G, _F32)
+        return self._store.get("bias_ih" + sfx, zeros), self._store.get("bias_hh" + sfx, zeros)
+
+    def _run(self, inp: np.ndarray, sfx: str, state: np.ndarray, lens: np.ndarray,
+             reverse: bool, out: np.ndarray, col: int) -> None:
+        """One layer and direction on prepared buffers: inp (T, B, K) C-contiguous float32
+        -> out[..., col:col + H] of out (T, B, W); state (B, H) holds h0 and ends holding
+        h_n."""
+        T, B, K = inp.shape
+        lbr = self.linear_before_reset
+        if B >= KERNEL_MAX_BATCH:
+            forward_into(inp, self._float_weights(sfx), state, lens, reverse, lbr, False,
+                         out, col)
+            return
+        name = "weight_hh" + sfx
+        w_hh = self._store[name]
+        G, H = w_hh.shape
+        # Input projections: W_ih widened for this call, one sgemm per chunk of steps
+        # (memory independent of T, as in the float kernels).
+        w_ih = self._dequantize("weight_ih" + sfx)
+        b_ih, b_hh = self._biases(sfx)
+        s_hh = self._scales(name)
+        chunk = max(1, min(T, INFERENCE_CHUNK_BYTES // max(1, B * G * 4)))
+        gates = np.empty((chunk, B, G), _F32)
+        gh, rh, scratch = (np.empty((B, G), _F32), np.empty((B, H), _F32),
+                           np.empty((2 * B, H), _F32))
+        done = 0
+        while done < T:
+            n = min(chunk, T - done)
+            first = T - done - n if reverse else done
+            g = gates[:n]
+            np.matmul(inp[first:first + n].reshape(n * B, K), w_ih.T, out=g.reshape(n * B, G))
+            _kernels.quantized_steps(g, first, reverse, w_hh, s_hh, b_ih, b_hh, lens, lbr, out,
+                                     col, state, gh, rh, scratch)
+            done += n
 
     def _float_state_dict(self) -> dict[str, np.ndarray]:
         return {name: (self._dequantize(name) if name in self._weight_names
@@ -311,13 +360,6 @@ class QuantizedGRU(_QuantizedParameters):
     # configuration, ``dtype`` and ``training`` and hands prepared buffers to _forward.
     __call__ = GRU.__call__
 
-    def _layer(self, inp: np.ndarray, sfx: str, state: np.ndarray, lens: np.ndarray,
-               reverse: bool, out: np.ndarray, col: int) -> None:
-        """One layer and direction: inp (T, B, K) -> out[..., col:col + H]; state (B, H)
-        holds h0 and ends holding h_n."""
-        forward_into(inp, self._float_weights(sfx), state, lens, reverse,
-                     self.linear_before_reset, False, out, col)
-
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
         D, H = self.num_directions, self.hidden_size
@@ -326,7 +368,7 @@ class QuantizedGRU(_QuantizedParameters):
         for k in range(self.num_layers):
             out = np.empty((T, B, D * H), _F32)
             for d, sfx in enumerate(self._suffixes(k)):
-                self._layer(inp, sfx, h_n[k * D + d], lens, d == 1, out, d * H)
+                self._run(inp, sfx, h_n[k * D + d], lens, d == 1, out, d * H)
             inp = out
         return inp, h_n
 
@@ -359,7 +401,7 @@ class QuantizedGRU(_QuantizedParameters):
         inp = x_t[None]
         for k in range(L):
             out = np.empty((1, B, H), _F32)
-            self._layer(inp, f"_l{k}", state[k], lens, False, out, 0)
+            self._run(inp, f"_l{k}", state[k], lens, False, out, 0)
             inp = out
         if unbatched:
             return inp[0, 0], state[:, 0]
@@ -410,7 +452,17 @@ class QuantizedGRUCell(_QuantizedParameters):
         m.load_state_dict(self._float_state_dict())
         return m
 
+    def _rebuild(self) -> None:
+        b_ih, b_hh = self._biases("")
+        self._plan = _kernels.QuantizedCellPlan(
+            self._store["weight_ih"], self._scales("weight_ih"), self._store["weight_hh"],
+            self._scales("weight_hh"), b_ih, b_hh, self.linear_before_reset)
+
     def __call__(self, x: ArrayLike, h: ArrayLike | None = None) -> np.ndarray:
+        # Streaming fast path: one sequence, C-contiguous float32 arrays.
+        out = self._plan.step(x, h)
+        if out is not None:
+            return out
         x, unbatched = _step_input("x", x, self.input_size, _F32)
         B, H = x.shape[0], self.hidden_size
         if h is None:
@@ -420,6 +472,5 @@ class QuantizedGRUCell(_QuantizedParameters):
             shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
             state = np.array(h.reshape(B, H), order="C")
         out = np.empty((1, B, H), _F32)
-        forward_into(x[None], self._float_weights(""), state, np.ones(B, dtype=np.intp),
-                     False, self.linear_before_reset, False, out, 0)
+        self._run(x[None], "", state, np.ones(B, dtype=np.intp), False, out, 0)
         return state[0] if unbatched else state
