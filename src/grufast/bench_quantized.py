@@ -115,26 +115,31 @@ def onnx_gru_runner(sd: dict[str, np.ndarray], x: np.ndarray, threads: int) -> C
 # -- timing ----------------------------------------------------------------------------------
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int, round_s: float,
-                   settle_s: float) -> dict[str, float]:
-    """Median ms per call of each function, over ``rounds`` interleaved rounds; a round
-    times each function over about ``round_s`` seconds of calls (at least one)."""
+                   settle_s: float) -> dict[str, dict[str, float]]:
+    """Median ms per call of each function over ``rounds`` interleaved rounds, as wall time
+    and as the process's CPU time (all its threads); a round times each function over about
+    ``round_s`` seconds of calls (at least one). On one pinned thread the CPU time leaves out
+    the time other processes held the core: the steadier figure on a loaded machine."""
     reps = {}
     for name, fn in fns.items():  # warm up, and size each round
         fn()
         t0 = time.perf_counter()
         fn()
         reps[name] = max(1, int(round_s / max(time.perf_counter() - t0, 1e-9)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             if settle_s:  # other libraries' worker threads spin for a while after a call
                 time.sleep(settle_s)
             n = reps[name]
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+            wall[name].append((time.perf_counter() - t0) / n)
+            cpu[name].append((time.process_time() - c0) / n)
+    return {name: {"wall": 1e3 * float(np.median(wall[name])),
+                   "cpu": 1e3 * float(np.median(cpu[name]))} for name in fns}
 
 
 def shape_candidates(T: int, B: int, I: int, H: int, threads: int) -> dict[str, Callable]:
@@ -198,22 +203,25 @@ def run(threads: int, quick: bool) -> dict:
             ms = interleaved_ms(shape_candidates(*shape, threads), rounds, round_s, settle)
             rows.append({"shape": list(shape), "ms": ms})
             print(format_row(shape, ms), flush=True)
-        us = {k: 1e3 * v for k, v in
+        us = {k: {c: 1e3 * v for c, v in t.items()} for k, t in
               interleaved_ms(stream_candidates(), rounds, round_s, settle).items()}
     print(format_stream(us), flush=True)
     return {"environment": environment(threads), "rows": rows, "streaming_us": us}
 
 
-def format_row(shape, ms: dict[str, float]) -> str:
-    head = f"T, B, I, H = {', '.join(map(str, shape))}: median ms per call"
-    times = ", ".join(f"{k} {v:.3g}" for k, v in ms.items())
-    ratios = ", ".join(f"{a.split()[1]}/{b} {ms[a] / ms[b]:.2f}" for a, b in RATIOS)
-    return f"{head}\n  {times}\n  ratios: {ratios}"
+def format_row(shape, ms: dict[str, dict[str, float]]) -> str:
+    lines = [f"T, B, I, H = {', '.join(map(str, shape))}: median ms per call"]
+    for clock in ("wall", "cpu"):
+        times = ", ".join(f"{k} {v[clock]:.3g}" for k, v in ms.items())
+        ratios = ", ".join(f"{a.split()[1]}/{b} {ms[a][clock] / ms[b][clock]:.2f}"
+                           for a, b in RATIOS)
+        lines += [f"  {clock:4}: {times}", f"        ratios: {ratios}"]
+    return "\n".join(lines)
 
 
-def format_stream(us: dict[str, float]) -> str:
-    return (f"streaming step (GRUCell, B=1, I=H={STREAM}): median us per call: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in us.items()))
+def format_stream(us: dict[str, dict[str, float]]) -> str:
+    return (f"streaming step (GRUCell, B=1, I=H={STREAM}): median us per call (wall / cpu): "
+            + ", ".join(f"{k} {v['wall']:.2f} / {v['cpu']:.2f}" for k, v in us.items()))
 
 
 def _in_subprocess(threads: int, quick: bool) -> dict:
