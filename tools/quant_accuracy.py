@@ -9,7 +9,8 @@ quantizes the activations, its float16 stores float16 weights.
 
 Part 2, a trained model: a GRU and a linear head trained on the adding problem (two marked
 numbers among T uniform ones; the target is their sum) with grufast's gradients and Adam;
-the test MSE of the float32 model and of its int8 and bf16 copies.
+the test MSE, R^2 and the fraction of sums predicted within 0.04 of the float32 model and
+of its int8 and bf16 copies.
 
     python tools/quant_accuracy.py [--quick] [--out docs/quant_accuracy.txt]
 """
@@ -123,24 +124,30 @@ def train_adding(T: int, H: int, steps: int, batch: int, seed: int):
     return gru.eval(), head
 
 
-def test_mse(model, head, x, y) -> float:
-    h = model(x)[1][-1]
-    return float(np.mean((h @ head["w"] + head["b"][0] - y) ** 2))
+def scores(model, head, x, y) -> tuple[float, float, float]:
+    """Test MSE, R^2 and the fraction of sums predicted within 0.04."""
+    err = model(x)[1][-1] @ head["w"] + head["b"][0] - y
+    mse = float(np.mean(err ** 2))
+    return mse, 1 - mse / float(np.var(y)), float(np.mean(np.abs(err) < 0.04))
 
 
-def trained_rows(T: int, H: int, steps: int, seed: int = 0) -> tuple[list[str], float]:
+def trained_rows(T: int, H: int, steps: int, seed: int = 0) -> tuple[list[str], tuple]:
     t0 = time.perf_counter()
     gru, head = train_adding(T, H, steps, 64, seed)
     seconds = time.perf_counter() - t0
     x, y = adding_batch(np.random.default_rng(seed + 1), T, 4000)
-    base = test_mse(gru, head, x, y)
+    base = scores(gru, head, x, y)
     lines = [f"adding problem, T = {T}, GRU(2, {H}) + linear head, {steps} Adam steps of 64 "
-             f"sequences ({seconds:.0f} s); test MSE over 4000 sequences "
-             f"(predicting the mean scores {float(np.var(y)):.3f}):",
-             f"  float32  {base:.5f}"]
+             f"sequences ({seconds:.0f} s); 4000 test sequences (predicting the mean: MSE "
+             f"{float(np.var(y)):.3f}):",
+             f"  {'':8} {'test MSE':>10} {'R^2':>9} {'within 0.04':>12}",
+             f"  {'float32':8} {base[0]:10.6f} {base[1]:9.5f} {base[2]:12.4f}"]
     for f in ("int8", "bf16"):
-        mse = test_mse(gru.quantized(f), head, x, y)
-        lines.append(f"  {f:8} {mse:.5f}  ({100 * (mse - base) / base:+.2f}% vs float32)")
+        m = scores(gru.quantized(f), head, x, y)
+        lines.append(f"  {f:8} {m[0]:10.6f} {m[1]:9.5f} {m[2]:12.4f}   (MSE "
+                     f"{100 * (m[0] - base[0]) / base[0]:+.1f}%, R^2 "
+                     f"{100 * (m[1] - base[1]) / base[1]:+.3f}%, within 0.04 "
+                     f"{100 * (m[2] - base[2]):+.2f} points vs float32)")
     return lines, base
 
 
