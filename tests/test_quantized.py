@@ -297,3 +297,18 @@ def test_kernels_match_the_float_kernels(kernels, fmt, I, H, lbr, monkeypatch):
     fc = qc.dequantized()
     h = np.random.default_rng(1).standard_normal(H).astype(np.float32)
     assert rel(qc(x[0, 0], h), fc(x[0, 0], h)) <= SAME
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("lbr", [True, False])
+def test_one_sequence_split_across_threads(fmt, lbr):
+    from threadpoolctl import threadpool_limits
+
+    g = grufast.GRU(8, 256, linear_before_reset=lbr, bidirectional=True, seed=2).eval()
+    q = g.quantized(fmt)
+    f = q.dequantized()
+    x = seq(7, 1, 8, 3)  # B = 1, H = 256: split by hidden units on two threads
+    with threadpool_limits(2):
+        for lengths in (None, [4]):
+            for a, b in zip(q(x, lengths=lengths), f(x, lengths=lengths)):
+                assert rel(a, b) <= SAME

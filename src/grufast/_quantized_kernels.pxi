@@ -164,6 +164,47 @@ cdef void _qsteps(Py_ssize_t n, Py_ssize_t first, bint reverse, Py_ssize_t B, Py
                      hp_t, hn_t)
 
 
+cdef void _qunit_steps(int p, int nt, barrier_t* bar, Py_ssize_t n, Py_ssize_t first,
+                       bint reverse, Py_ssize_t H, float* gates, int fmt, const void* w_hh,
+                       const float* s_hh, const float* b_ih, const float* b_hh,
+                       const Py_ssize_t* lengths, bint lbr, float* y, Py_ssize_t ldy,
+                       float* h, float* gh, float* rh, float* step_scratch) noexcept nogil:
+    """_qsteps for one sequence split across nt threads by hidden units, as the float
+    kernels split it: thread p computes the rows of its units j0 <= j < j1 in each gate
+    block (streaming 1/nt of the weights) and their gates; the threads meet at a spinning
+    barrier after each step (and once more without linear_before_reset). The state
+    alternates between h and a scratch row, so no thread writes what another still reads.
+    step_scratch holds 3H floats."""
+    cdef Py_ssize_t i, s, t, k
+    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    cdef float* states[2]
+    cdef float* gi
+    cdef float* hp_t = step_scratch
+    cdef float* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
+    states[0] = h
+    states[1] = step_scratch + 2 * H
+    for i in range(n):
+        s = n - 1 - i if reverse else i
+        t = first + s
+        gi = gates + s * 3 * H
+        if lbr:
+            for k in range(3):
+                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
+            _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                       states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+        else:
+            for k in range(2):
+                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
+            _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh, hn_t)
+            barrier_wait(bar, nt)
+            qmatvec(fmt, 2 * H + j0, w, H, w_hh, s_hh, rh, gh + 2 * H + j0)
+            _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                     states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+        barrier_wait(bar, nt)
+    if n % 2:
+        memcpy(h + j0, states[1] + j0, w * sizeof(float))
+
+
 def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
                     cnp.ndarray w_hh, const float[::1] s_hh, const float[::1] b_ih,
                     const float[::1] b_hh, const Py_ssize_t[::1] lengths,
@@ -176,16 +217,32 @@ def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
     gates (n, B, 3H) holds x W_ih^T for those steps (overwritten); w_hh (3H, H) is int8 with
     the per-row scales s_hh (3H,), or uint16 holding bfloat16 bits (s_hh unused). y (T, B, W)
     receives the outputs in columns [y_col, y_col + H); h (B, H) holds the state, updated in
-    place; gh (B, 3H), rh (B, H) and step_scratch (2B, H) are scratch. Callers check shapes,
+    place; gh (B, 3H), rh (B, H) and step_scratch (max(2B, 3), H) are scratch. One sequence
+    with enough work is split across OpenMP's threads by hidden units. Callers check shapes,
     dtypes and contiguity (grufast.quantized).
     """
     cdef Py_ssize_t n = gates.shape[0], B = gates.shape[1], H = h.shape[1]
     cdef int fmt = _qformat(w_hh)
     cdef const void* pw = cnp.PyArray_DATA(w_hh)
+    cdef int nt = _unit_threads(B, H)
+    cdef barrier_t bar
+    cdef barrier_t* barp = &bar
     if n == 0 or B == 0:
         return
     if not cnp.PyArray_IS_C_CONTIGUOUS(w_hh) or w_hh.shape[0] != 3 * H or w_hh.shape[1] != H:
         raise ValueError("w_hh must be a C-contiguous (3H, H) array")
+    if step_scratch.shape[0] < max(2 * B, 3):
+        raise ValueError("step_scratch must have max(2B, 3) rows")
+    if nt > 1:
+        bar.arrived = 0
+        bar.generation = 0
+        with nogil, parallel(num_threads=nt):
+            # The team may be smaller than asked for: split among the threads that came.
+            _qunit_steps(thread_id(), team_size(), barp, n, first, reverse, H,
+                         &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0], &b_hh[0], &lengths[0],
+                         linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0],
+                         &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
+        return
     with nogil:
         _qsteps(n, first, reverse, B, H, &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0],
                 &b_hh[0], &lengths[0], linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],

@@ -203,7 +203,7 @@ class _QuantizedParameters:
         chunk = max(1, min(T, INFERENCE_CHUNK_BYTES // max(1, B * G * 4)))
         gates = np.empty((chunk, B, G), _F32)
         gh, rh, scratch = (np.empty((B, G), _F32), np.empty((B, H), _F32),
-                           np.empty((2 * B, H), _F32))
+                           np.empty((max(2 * B, 3), H), _F32))
         done = 0
         while done < T:
             n = min(chunk, T - done)
