@@ -357,8 +357,11 @@ class QuantizedGRU(_QuantizedParameters):
         return m.eval()
 
     # The float model's input checks and layouts, unchanged: GRU.__call__ reads only the
-    # configuration, ``dtype`` and ``training`` and hands prepared buffers to _forward.
+    # configuration, ``dtype`` and ``training`` and hands prepared buffers to _forward
+    # (through GRU._sequence_inputs where GRU has factored its checks into it).
     __call__ = GRU.__call__
+    if hasattr(GRU, "_sequence_inputs"):
+        _sequence_inputs = GRU._sequence_inputs
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
