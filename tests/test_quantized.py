@@ -312,3 +312,19 @@ def test_one_sequence_split_across_threads(fmt, lbr):
         for lengths in (None, [4]):
             for a, b in zip(q(x, lengths=lengths), f(x, lengths=lengths)):
                 assert rel(a, b) <= SAME
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gates_where_the_float_models_have_them(fmt):
+    g = grufast.GRU(6, 10, num_layers=2, bidirectional=True, batch_first=True, seed=0)
+    c = grufast.GRUCell(6, 10, seed=0)
+    q, qc = g.quantized(fmt), c.quantized(fmt)
+    assert hasattr(q, "gates") == hasattr(g, "gates")
+    assert hasattr(qc, "gates") == hasattr(c, "gates")
+    if hasattr(g, "gates"):
+        x = seq(4, 7, 6)
+        for a, b in zip(q.gates(x, lengths=[7, 3, 0, 1]),
+                        q.dequantized().gates(x, lengths=[7, 3, 0, 1])):
+            assert a.shape == (4, 4, 7, 10) and rel(a, b) <= SAME
+        for a, b in zip(qc.gates(x[0]), qc.dequantized().gates(x[0])):
+            assert a.shape == (7, 10) and rel(a, b) <= SAME

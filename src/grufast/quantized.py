@@ -362,6 +362,9 @@ class QuantizedGRU(_QuantizedParameters):
     __call__ = GRU.__call__
     if hasattr(GRU, "_sequence_inputs"):
         _sequence_inputs = GRU._sequence_inputs
+    if hasattr(GRU, "gates"):  # GRU.gates, on this model's weights widened for the call
+        gates = GRU.gates
+        _layer_weights = _QuantizedParameters._float_weights
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
@@ -454,6 +457,10 @@ class QuantizedGRUCell(_QuantizedParameters):
         m = GRUCell(**c, dtype=np.float32)
         m.load_state_dict(self._float_state_dict())
         return m
+
+    if hasattr(GRUCell, "gates"):  # GRUCell.gates, on the weights widened for the call
+        gates = GRUCell.gates
+        _layer_weights = _QuantizedParameters._float_weights
 
     def _rebuild(self) -> None:
         b_ih, b_hh = self._biases("")
