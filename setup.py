@@ -96,7 +96,7 @@ extensions = [
     Extension(
         f"grufast.{name}",
         [f"src/grufast/{name}.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "src/grufast"],  # _threads.h
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
         + ISA_MACROS.get(name, []),
     )

@@ -1,29 +1,40 @@
 """pytest-benchmark suites (run with ``pytest bench/ --benchmark-only``); separate from the
-tests. Peers that are not installed are skipped here: benchmarks are not tests."""
+tests. They build every peer with the same helpers as ``python -m grufast bench``
+(grufast._bench_peers) and apply the same thread limits (grufast._bench_env.ThreadLimits)
+once the peers are imported, so PyTorch runs with the threads it is told.
 
-import numpy as np
+Threads: GRUFAST_BENCH_THREADS (default 1). For the bench's one-core mode, pin the run as
+well, before anything loads: ``OMP_NUM_THREADS=1 taskset -c 0 pytest bench/ --benchmark-only``.
+Peers that are not installed are skipped here: benchmarks are not tests.
+"""
+
+import os
+
 import pytest
-from threadpoolctl import threadpool_limits
 
-from grufast.bench import GRID, _weights
+from grufast import _bench_peers as P
+from grufast._bench_env import ThreadLimits, available_peers
+from grufast.bench import GRID
 
+THREADS = int(os.environ.get("GRUFAST_BENCH_THREADS", "1"))
 SHAPES = [pytest.param(s, id="T{}-B{}-I{}-H{}".format(*s)) for s in GRID]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_blas_thread():
-    """Like the bench's one-thread mode: set GRUFAST_BENCH_THREADS to change."""
-    import os
-
-    with threadpool_limits(int(os.environ.get("GRUFAST_BENCH_THREADS", "1"))):
-        yield
+def thread_limits():
+    limits = ThreadLimits(THREADS, available_peers(), "float32")
+    yield limits
 
 
 @pytest.fixture
 def problem(request):
-    T, B, I, H = request.param
-    rng = np.random.default_rng(0)
-    sd = _weights(rng, I, H)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    dy = rng.standard_normal((T, B, H)).astype(np.float32)
-    return sd, x, dy
+    return P.make_problem(P.Case(*request.param))
+
+
+def prepare(benchmark, kind, problem, peer):
+    """Skip a peer that is not installed, group by shape; the peer's PeerRun."""
+    for module in P.MODULES.get(peer, ()):
+        pytest.importorskip(module)
+    c = problem.case
+    benchmark.group = f"{kind} T, B, I, H = {c.T}, {c.B}, {c.I}, {c.H}"
+    return P.make_peer(peer, problem, THREADS)

@@ -1,27 +1,25 @@
-"""Streaming: one GRUCell step (B = 1, I = H = 128) per call, from Python."""
+"""Streaming: one step per call from Python, B = 1, I = H = 128, 1 and 2 layers; each
+benchmarked call is one sample of STREAM_STEPS steps (divide by it for a step)."""
 
-import numpy as np
 import pytest
 
-import grufast
+from grufast import _bench_peers as P
 from grufast.bench import STREAM_H
 
+from .conftest import THREADS
 
-def test_streaming_grufast(benchmark):
-    benchmark.group = "streaming"
-    cell = grufast.GRUCell(STREAM_H, STREAM_H, seed=0)
-    x, h = np.ones(STREAM_H, np.float32), np.zeros(STREAM_H, np.float32)
-    benchmark(cell, x, h)
+NAMES = ["grufast GRUCell (1, H)", "grufast GRUCell (H,)", "grufast GRU.step (1, H)",
+         "grufast GRU.step (H,)", "torch", "onnxruntime", "jax"]
 
 
-def test_streaming_torch(benchmark):
-    torch = pytest.importorskip("torch")
-    benchmark.group = "streaming"
-    cell = torch.nn.GRUCell(STREAM_H, STREAM_H)
-    x, h = torch.ones(1, STREAM_H), torch.zeros(1, STREAM_H)
-
-    def step():
-        with torch.inference_mode():
-            cell(x, h)
-
-    benchmark(step)
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_streaming(benchmark, name, layers):
+    for module in P.MODULES.get(name, ()):
+        pytest.importorskip(module)
+    benchmark.group = f"streaming, {layers} layer(s), {P.STREAM_STEPS} steps per call"
+    peers = [name] if name in P.PEERS else []
+    sample = P.stream_peers(P.Case(1, 1, STREAM_H, STREAM_H, layers), THREADS, peers)[name]
+    if isinstance(sample, str):
+        pytest.skip(sample)
+    benchmark(sample)

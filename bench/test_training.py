@@ -1,13 +1,15 @@
-"""Training step (forward + backward of all inputs and parameters) over the standard grid."""
+"""Training step (forward + backward of all inputs and parameters) over the standard grid;
+grufast's step includes the refresh of what it caches from the weights."""
 
 import pytest
 
-from .conftest import SHAPES
-from .test_inference import PEERS, prepare
+from grufast._bench_peers import PEERS
+
+from .conftest import SHAPES, prepare
 
 
 @pytest.mark.parametrize("problem", SHAPES, indirect=True)
-@pytest.mark.parametrize("peer", [p for p in PEERS if p != "onnxruntime"])
+@pytest.mark.parametrize("peer", ["grufast", *[p for p in PEERS if p != "onnxruntime"]])
 def test_training(benchmark, problem, peer):
-    _, train = prepare(benchmark, "training", problem, peer)
-    benchmark(train)
+    run = prepare(benchmark, "training", problem, peer)
+    benchmark(run.train)

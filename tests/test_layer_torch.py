@@ -188,7 +188,8 @@ def test_state_dict_names_and_strictness():
         gru.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l1"})
     with pytest.raises(ValueError, match=r"unexpected keys \['extra'\]"):
         gru.load_state_dict(dict(sd, extra=np.zeros(1)))
-    with pytest.raises(ValueError, match=r"state_dict\['weight_ih_l0'\] must have shape"):
+    with pytest.raises(ValueError, match=r"state_dict\['weight_ih_l0'\] has shape \(12, 4\), "
+                                         r"i\.e\. input_size 4, .* input_size 3"):
         gru.load_state_dict(dict(sd, weight_ih_l0=np.zeros((12, 4))))
     before = gru.state_dict()
     with pytest.raises(TypeError, match=r"state_dict\['bias_ih_l0'\] must hold real"):

@@ -88,10 +88,10 @@ def test_gru_call_rejects(gru, change, exc, match):
 
 def test_backward_step_and_cell_reject(gru):
     y, h = gru(np.zeros((5, 2, 3)))
-    with pytest.raises(ValueError, match=r"dy must have shape the shape of y = \(5, 2, 4\)"):
+    with pytest.raises(ValueError, match=r"dy must have the shape of y, \(5, 2, 4\), got"):
         gru.backward(np.zeros((5, 2, 5)))
     y, h = gru(np.zeros((5, 2, 3)))
-    with pytest.raises(ValueError, match=r"dh_n must have shape the shape of h_n"):
+    with pytest.raises(ValueError, match=r"dh_n must have the shape of h_n, "):
         gru.backward(None, np.zeros((2, 4)))
     with pytest.raises(TypeError, match="dy must hold real numbers"):
         gru.backward(np.zeros((5, 2, 4), complex))

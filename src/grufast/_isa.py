@@ -1,9 +1,11 @@
 """Choose the kernels' build for this CPU at import: AVX-512 where the CPU has it, else AVX2 +
-FMA, else the baseline x86-64 (or other platform) build. GRUFAST_ISA=baseline|avx2 caps it."""
+FMA, else the baseline x86-64 (or other platform) build. GRUFAST_ISA=baseline|avx2|avx512 caps
+it (docs/design.md section 6)."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
 
 
@@ -20,6 +22,24 @@ def cpu_features() -> dict[str, bool]:
 
 # Builds from the most to the least capable, with the CPU features each needs (NumPy's names).
 BUILDS = [("avx512", ("AVX512_SKX", "FMA3")), ("avx2", ("AVX2", "FMA3"))]
+# The values GRUFAST_ISA accepts (case-insensitive); unset or empty means no cap.
+ISA_CAPS = ("baseline", "avx2", "avx512")
+
+
+def isa_cap() -> str:
+    """GRUFAST_ISA, lower-cased; an unknown value warns (naming the valid ones) and counts
+    as unset, so a typo never stops the package from loading."""
+    value = os.environ.get("GRUFAST_ISA", "")
+    cap = value.strip().lower()
+    if cap and cap not in ISA_CAPS:
+        warnings.warn(
+            f"GRUFAST_ISA={value!r} is not one of {', '.join(ISA_CAPS)} (or unset); "
+            "ignoring it: grufast uses the most capable build this CPU supports",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return ""
+    return cap
 
 
 def select() -> ModuleType:
@@ -28,7 +48,7 @@ def select() -> ModuleType:
 
     from grufast import _kernels
 
-    cap = os.environ.get("GRUFAST_ISA", "").lower()
+    cap = isa_cap()
     if cap == "baseline":
         return _kernels
     names = [name for name, _ in BUILDS]

@@ -4,6 +4,7 @@ was expected and what came."""
 from __future__ import annotations
 
 import numbers
+import re
 
 import numpy as np
 
@@ -23,13 +24,26 @@ def describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
+def detached(value):
+    """A torch tensor as a plain CPU tensor NumPy can read: detached from autograd (an input
+    is data here, as in ``tensor.numpy()`` after ``detach()``) and moved off any device.
+    Anything else is returned as it is."""
+    if hasattr(value, "requires_grad") and callable(getattr(value, "detach", None)):
+        value = value.detach()
+        if callable(getattr(value, "cpu", None)):
+            value = value.cpu()
+    return value
+
+
 def real_values(name: str, value) -> np.ndarray:
     """``np.asarray(value)`` if it holds real numbers (float or integer), without copying.
 
-    Refuses None, complex, bool, string, object and other non-real data.
+    Refuses None, complex, bool, string, object and other non-real data. Torch tensors are
+    accepted, also when they require grad (see :func:`detached`).
     """
     if value is None:
         raise TypeError(f"{name} must be an array of real numbers, got None")
+    value = detached(value)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -66,6 +80,50 @@ def shaped(name: str, arr: np.ndarray, shape: tuple, what: str) -> np.ndarray:
     return arr
 
 
+def shaped_like(name: str, arr: np.ndarray, shape: tuple, of: str) -> np.ndarray:
+    """Check that a gradient has the shape of the value ``of`` names (e.g. dy and y)."""
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have the shape of {of}, {tuple(shape)}, got "
+                         f"{arr.shape}")
+    return arr
+
+
+def state_dict_shape(key: str, arr: np.ndarray, want: tuple, *, input_size: int,
+                     hidden_size: int) -> np.ndarray:
+    """Check a state-dict entry's shape; on a mismatch, say which sizes the entry implies
+    and which the model has (a dict saved from another configuration is the usual cause)."""
+    want, got = tuple(want), arr.shape
+    if got == want:
+        return arr
+    name = f"state_dict[{key!r}]"
+    if len(got) != len(want):
+        raise ValueError(f"{name} must be {len(want)}-D with shape {want}, got shape {got}")
+    implied: list[str] = []
+    model: list[str] = []
+
+    def differs(says: str, has: str) -> None:
+        if says not in implied:
+            implied.append(says)
+        if has not in model:
+            model.append(has)
+
+    if got[0] != want[0]:  # every entry stacks the three gates: 3 * hidden_size rows
+        says = (f"hidden_size {got[0] // 3}" if got[0] % 3 == 0 else
+                f"{got[0]} gate rows, which is not 3 * hidden_size for any hidden_size")
+        differs(says, f"hidden_size {hidden_size}")
+    if len(got) == 2 and got[1] != want[1]:
+        layer = re.search(r"_l(\d+)", key)
+        if key.startswith("weight_hh"):
+            differs(f"hidden_size {got[1]}", f"hidden_size {hidden_size}")
+        elif layer is None or layer.group(1) == "0":
+            differs(f"input_size {got[1]}", f"input_size {input_size}")
+        else:  # a deeper layer reads the previous layer's output
+            what = f"layer {layer.group(1)}'s input size (num_directions * hidden_size)"
+            differs(f"{what} {got[1]}", f"{what} {want[1]}")
+    raise ValueError(f"{name} has shape {got}, i.e. {' and '.join(implied)}, but this model "
+                     f"has {' and '.join(model)}: shape {want} expected")
+
+
 def ndim(name: str, arr: np.ndarray, n: int, what: str) -> np.ndarray:
     if arr.ndim != n:
         raise ValueError(f"{name} must be {n}-D {what}, got {arr.ndim}-D shape {arr.shape}")
@@ -74,6 +132,7 @@ def ndim(name: str, arr: np.ndarray, n: int, what: str) -> np.ndarray:
 
 def lengths_array(value, batch: int, steps: int) -> np.ndarray:
     """Per-sequence lengths: B integers in [0, T], as a C-contiguous intp array."""
+    value = detached(value)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:

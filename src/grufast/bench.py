@@ -1,10 +1,11 @@
-"""``python -m grufast bench``: grufast side by side with the NumPy reference and whichever of
-PyTorch, ONNX Runtime and JAX are installed, on the standard grid of DESIGN.md section 6.
+"""python -m grufast bench: grufast side by side with its NumPy reference and whichever of
+PyTorch, ONNX Runtime and JAX are installed, on the standard grid or on your own shapes.
 
-Every peer gets the same weights, inputs and thread count; each cell is the median of
-repeated runs after a warm-up, in one process, so ratios between columns are what to read
-(absolute times drift on shared machines). The "sgemm" column is one float32 GEMM with the
-FLOP count of the GRU forward: a ceiling no GRU can beat by much.
+Every peer gets the same weights and inputs, runs in the configuration its maintainers would
+choose (docs/bench_method.md lists them), and is timed interleaved with the others, round by
+round. Each thread count runs in its own worker process, pinned and thread-limited before any
+library loads. Read the ratios between columns: they compare peers measured in the same
+rounds; absolute times drift on shared machines. The JSON's fields: docs/bench_json.md.
 """
 
 from __future__ import annotations
@@ -12,384 +13,395 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import time
-from collections.abc import Callable
-from functools import partial
+import sys
+from typing import Any
 
 import numpy as np
 
+from grufast._bench_timing import interleaved, median_ms  # noqa: F401  (median_ms: the CLI's)
+
 GRID = [(100, 1, 64, 64), (100, 1, 256, 256), (100, 1, 512, 512), (100, 16, 128, 128),
         (100, 64, 256, 256), (100, 64, 512, 512), (1000, 1, 32, 32), (50, 256, 128, 256)]
+QUICK_GRID = [GRID[0], GRID[3]]
 STREAM_H = 128
+SGEMM_MIN_BATCH = 16  # below it T sequential GEMVs cannot reach one big GEMM's speed
+SGEMM_NAME = "one GEMM of equal FLOPs, no gate work"
+REFERENCE_ROUNDS = 3  # the NumPy reference is the specification, shown for scale only
 
 
-def median_ms(fn: Callable[[], object], budget_s: float, min_repeats: int = 5,
-              settle_s: float = 0.3) -> float:
-    """Median wall time of ``fn`` in ms: one warm-up, then repeats filling ``budget_s``.
+# -- arguments -------------------------------------------------------------------------------
 
-    It first sleeps ``settle_s``: OpenBLAS, OpenMP (PyTorch) and ONNX Runtime threads spin
-    for a while after their work, and on two cores a previous peer's spinning threads would
-    steal the core from the one being measured.
-    """
-    time.sleep(settle_s)
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    repeats = int(min(200, max(min_repeats, budget_s / max(once, 1e-9))))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
-def _weights(rng, I, H):
-    k = 1 / np.sqrt(H)
-    return {name: rng.uniform(-k, k, shape).astype(np.float32) for name, shape in [
-        ("weight_ih_l0", (3 * H, I)), ("weight_hh_l0", (3 * H, H)),
-        ("bias_ih_l0", (3 * H,)), ("bias_hh_l0", (3 * H,))]}
-
-
-# -- peers: each returns (inference fn, training fn or None) for one shape ------------------
-
-def _grufast(sd, x, dy):
-    import grufast
-
-    T, B, I = x.shape
-    H = sd["weight_hh_l0"].shape[1]
-    inf = grufast.GRU(I, H).eval()
-    inf.load_state_dict(sd)
-    tr = grufast.GRU(I, H).train()
-    tr.load_state_dict(sd)
-
-    def train():
-        tr(x)
-        tr.backward(dy)
-
-    return (lambda: inf(x)), train
-
-
-def _reference(sd, x, dy):
-    from grufast import reference as R
-
-    w = [sd[k] for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-
-    def train():
-        _, _, cache = R.gru_forward(x, None, *w, training=True)
-        R.gru_backward(dy, None, cache)
-
-    return (lambda: R.gru_forward(x, None, *w)), train
-
-
-def _torch(sd, x, dy):
-    import torch
-
-    T, B, I = x.shape
-    H = sd["weight_hh_l0"].shape[1]
-    m = torch.nn.GRU(I, H)
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
-    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-
-    def infer():
-        with torch.inference_mode():
-            m(xt)
-
-    def train():
-        xg = xt.clone().requires_grad_()
-        y, _ = m(xg)
-        y.backward(dyt)
-
-    return infer, train
-
-
-def _onnxruntime(sd, x, dy, threads):
-    import tempfile
-
-    import onnxruntime as ort
-
-    import grufast
-
-    T, B, I = x.shape
-    H = sd["weight_hh_l0"].shape[1]
-    gru = grufast.GRU(I, H).eval()
-    gru.load_state_dict(sd)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "gru.onnx")
-        gru.to_onnx(path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feeds = {"x": x, "h0": np.zeros((1, B, H), np.float32)}
-    return (lambda: sess.run(None, feeds)), None
-
-
-def _jax(sd, x, dy):
-    import jax
-    import jax.numpy as jnp
-
-    H = sd["weight_hh_l0"].shape[1]
-    params = {k: jnp.asarray(v) for k, v in sd.items()}
-
-    def gru(p, xs):
-        gi = xs @ p["weight_ih_l0"].T + p["bias_ih_l0"]
-
-        def step(h, g):
-            gh = h @ p["weight_hh_l0"].T + p["bias_hh_l0"]
-            r = jax.nn.sigmoid(g[:, :H] + gh[:, :H])
-            z = jax.nn.sigmoid(g[:, H:2 * H] + gh[:, H:2 * H])
-            n = jnp.tanh(g[:, 2 * H:] + r * gh[:, 2 * H:])
-            h = (1 - z) * n + z * h
-            return h, h
-
-        h0 = jnp.zeros((xs.shape[1], H), xs.dtype)
-        _, ys = jax.lax.scan(step, h0, gi)
-        return ys
-
-    fwd = jax.jit(gru)
-    grad = jax.jit(jax.grad(lambda p, xs, d: jnp.sum(gru(p, xs) * d), argnums=(0, 1)))
-    xj, dyj = jnp.asarray(x), jnp.asarray(dy)
-    return (lambda: fwd(params, xj).block_until_ready(),
-            lambda: jax.block_until_ready(grad(params, xj, dyj)))
-
-
-def _sgemm(x, H):
-    T, B, I = x.shape
-    a = np.ones((T * B, I + H), np.float32)
-    b = np.ones((I + H, 3 * H), np.float32)
-    return lambda: a @ b
-
-
-# -- streaming ------------------------------------------------------------------------------
-
-def streaming(threads: int, budget: float, peers: list[str]) -> dict[str, float]:
-    """Microseconds per GRUCell call, B = 1, I = H = STREAM_H."""
-    import grufast
-
-    H = STREAM_H
-    rng = np.random.default_rng(1)
-    cell = grufast.GRUCell(H, H, seed=0)
-    x, h = rng.standard_normal(H).astype(np.float32), np.zeros(H, np.float32)
-    out = {"grufast": 1e3 * median_ms(lambda: cell(x, h), budget, 50)}
-    if "torch" in peers:
-        import torch
-
-        tc = torch.nn.GRUCell(H, H)
-        xt, ht = torch.from_numpy(x)[None], torch.from_numpy(h)[None]
-
-        def tstep():
-            with torch.inference_mode():
-                tc(xt, ht)
-
-        out["torch"] = 1e3 * median_ms(tstep, budget, 50)
-    if "onnxruntime" in peers:
-        sd = {k + "_l0": v for k, v in cell.state_dict().items()}
-        run, _ = _onnxruntime(sd, x[None, None], None, threads)
-        out["onnxruntime"] = 1e3 * median_ms(run, budget, 50)
-    return out
-
-
-# -- driver ---------------------------------------------------------------------------------
-
-def available_peers() -> list[str]:
-    import importlib.util
-
-    return [p for p in ("torch", "onnxruntime", "jax") if importlib.util.find_spec(p)]
-
-
-def environment(threads: int) -> dict:
-    from threadpoolctl import threadpool_info
-
-    import grufast
-
-    cpu = platform.processor()
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    parts = text.replace(" ", "").split(",")
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    versions = {"grufast": grufast.__version__, "numpy": np.__version__}
-    for mod in ("scipy", "torch", "onnxruntime", "jax"):
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--shape must be four positive integers T,B,I,H (e.g. 100,16,128,128), "
+            f"got {text!r}")
+    return dims  # type: ignore[return-value]
+
+
+def parse_peers(text: str) -> list[str]:
+    from grufast._bench_peers import PEERS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--peers takes a comma-separated list of {', '.join(PEERS)} "
+            f"(grufast always runs), got unknown {', '.join(unknown) or 'nothing'} "
+            f"in {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def _positive_int(option: str):
+    def parse(text: str) -> int:
         try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    from grufast._isa import kernels
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{option} takes a positive integer, got {text!r}")
+        return n
 
-    return {"cpu": cpu, "cores_visible": len(os.sched_getaffinity(0)), "threads": threads,
-            "kernels": kernels.__name__, "openmp_threads": kernels.openmp_threads(),
-            "python": platform.python_version(), "versions": versions,
-            "blas": [{k: i.get(k) for k in ("internal_api", "version", "num_threads",
-                                            "architecture", "filepath")}
-                     for i in threadpool_info()]}
+    return parse
 
 
-def run(threads: int, budget: float, shapes=GRID, with_reference: bool = True) -> dict:
-    from threadpoolctl import threadpool_limits
-
-    peers = available_peers()
-    if "torch" in peers:
-        import torch
-
-        torch.set_num_threads(threads)
+def _seconds(text: str) -> float:
     try:
-        from tqdm import tqdm
-    except ImportError:  # the progress bar is optional
-        def tqdm(it, **_):
-            return it
-    rows = []
-    with threadpool_limits(threads):
-        for shape in tqdm(shapes, desc=f"bench, {threads} thread(s)", unit="shape"):
-            T, B, I, H = shape
-            rng = np.random.default_rng(0)
-            sd = _weights(rng, I, H)
-            x = rng.standard_normal((T, B, I)).astype(np.float32)
-            dy = rng.standard_normal((T, B, H)).astype(np.float32)
-            makers = {"grufast": _grufast}
-            if with_reference:
-                makers["numpy-reference"] = _reference
-            if "torch" in peers:
-                makers["torch"] = _torch
-            if "onnxruntime" in peers:
-                makers["onnxruntime"] = partial(_onnxruntime, threads=threads)
-            if "jax" in peers:
-                makers["jax"] = _jax
-            row = {"shape": shape, "inference_ms": {}, "training_ms": {},
-                   "sgemm_ms": median_ms(_sgemm(x, H), budget)}
-            for name, make in makers.items():
-                infer, train = make(sd, x, dy)
-                row["inference_ms"][name] = median_ms(infer, budget)
-                if train is not None:
-                    row["training_ms"][name] = median_ms(train, budget)
-            rows.append(row)
-        stream = streaming(threads, budget, peers)
-    return {"environment": environment(threads), "rows": rows, "streaming_us": stream}
-
-
-def _fastest_peer(times: dict) -> tuple[str, float]:
-    peers = {k: v for k, v in times.items() if k not in ("grufast", "numpy-reference")}
-    if not peers:
-        return "-", float("nan")
-    name = min(peers, key=peers.get)
-    return name, peers[name]
-
-
-def format_table(result: dict) -> str:
-    env = result["environment"]
-    lines = [f"CPU: {env['cpu']}; threads: {env['threads']}; "
-             + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
-    for kind in ("inference_ms", "training_ms"):
-        names = list(result["rows"][0][kind])
-        head = f"{'T, B, I, H':18}" + "".join(f"{n:>16}" for n in names)
-        if kind == "inference_ms":
-            head += f"{'sgemm':>9}{'vs sgemm':>9}"
-        head += f"{'vs best peer':>14}"
-        lines += [kind.replace("_ms", " (median ms)"), head]
-        ratios = []
-        for row in result["rows"]:
-            t = row[kind]
-            line = f"{', '.join(map(str, row['shape'])):18}" + "".join(
-                f"{t.get(n, float('nan')):16.3f}" for n in names)
-            if kind == "inference_ms":
-                line += f"{row['sgemm_ms']:9.3f}{t['grufast'] / row['sgemm_ms']:9.2f}"
-            peer, best = _fastest_peer(t)
-            ratio = t["grufast"] / best
-            ratios.append(ratio)
-            line += f"{ratio:8.2f} ({peer})"
-            lines.append(line)
-        finite = [r for r in ratios if np.isfinite(r)]
-        if finite:
-            lines.append(f"geometric mean of grufast / best peer: "
-                         f"{float(np.exp(np.mean(np.log(finite)))):.2f}")
-        lines.append("")
-    s = result["streaming_us"]
-    lines.append(f"streaming step (GRUCell, B=1, I=H={STREAM_H}, median us per call): "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in s.items()))
-    return "\n".join(lines)
-
-
-def plot(results: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(results), 2, figsize=(13, 4.2 * len(results)), squeeze=False)
-    for row_axes, result in zip(axes, results):
-        for ax, kind in zip(row_axes, ("inference_ms", "training_ms")):
-            rows = result["rows"]
-            names = list(rows[0][kind])
-            labels = ["\n".join(map(str, r["shape"])) for r in rows]
-            width = 0.8 / len(names)
-            for i, n in enumerate(names):
-                rel = [r[kind].get(n, np.nan) / r[kind]["grufast"] for r in rows]
-                ax.bar(np.arange(len(rows)) + i * width, rel, width, label=n)
-            ax.set_yscale("log")
-            ax.axhline(1, color="k", lw=0.8)
-            ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, labels, fontsize=7)
-            ax.set_ylabel("time / grufast's time")
-            ax.set_title(f"{kind.split('_')[0]}, {result['environment']['threads']} thread(s)"
-                         " (T, B, I, H)")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def _in_subprocess(args: argparse.Namespace, threads: int) -> dict:
-    """One thread count per process: JAX fixes its thread pool when it is first imported."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "result.json")
-        cmd = [sys.executable, "-m", "grufast", "bench", "--budget", str(args.budget),
-               "--json", out]
-        # One thread means one core: pinned, so that no library's helpers use another.
-        cmd += ["--one-core"] if threads == 1 else ["--threads", str(threads)]
-        cmd += ["--quick"] * args.quick + ["--no-reference"] * args.no_reference
-        subprocess.run(cmd, check=True)
-        with open(out) as f:
-            return json.load(f)[0]
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.one_core:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-        thread_counts = [1]
-    else:
-        thread_counts = args.threads or [1, len(os.sched_getaffinity(0))]
-    shapes = GRID if not args.quick else GRID[:1] + GRID[3:4]
-    results = []
-    if len(thread_counts) > 1:
-        results = [_in_subprocess(args, n) for n in thread_counts]
-    else:
-        if thread_counts[0] == 1:  # before JAX is imported
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_"
-                                       "thread_eigen=false intra_op_parallelism_threads=1")
-        result = run(thread_counts[0], args.budget, shapes, not args.no_reference)
-        results.append(result)
-        print(format_table(result), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    if args.plot:
-        plot(results, args.plot)
-    return 0
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"--budget takes seconds >= 0, got {text!r}")
+    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, nargs="+",
-                   help="thread counts to run (default: 1, on one pinned core, and all "
-                        "visible cores)")
-    p.add_argument("--one-core", action="store_true",
-                   help="pin the process to one core and run with one thread")
-    p.add_argument("--budget", type=float, default=0.4,
-                   help="seconds of repeats per measurement (default 0.4)")
+    from grufast._bench_peers import PEERS
+
+    p.add_argument("--threads", type=_positive_int("--threads"), nargs="+", metavar="N",
+                   help="thread counts to run, each in its own process (default: 1, pinned "
+                        "to one core, and all visible cores)")
+    p.add_argument("--one-core", action="store_true", help="same as --threads 1")
+    p.add_argument("--shape", type=parse_shape, action="append", metavar="T,B,I,H",
+                   help="a shape to bench instead of the standard grid (repeatable)")
+    p.add_argument("--peers", type=parse_peers, metavar="NAMES",
+                   help=f"comma-separated peers among {', '.join(PEERS)} (default: all "
+                        "installed; grufast always runs)")
+    p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
+    p.add_argument("--layers", type=_positive_int("--layers"), default=1, metavar="N",
+                   help="stacked layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
+    p.add_argument("--no-linear-before-reset", action="store_true",
+                   help="the original GRU (reset applied before the recurrent product)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
+                   help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
+    p.add_argument("--jax-unroll", type=_positive_int("--jax-unroll"), metavar="N",
+                   help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
-    p.add_argument("--quick", action="store_true", help="two shapes only, for a smoke test")
-    p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
+    p.add_argument("--quick", action="store_true",
+                   help="two small shapes and short budgets: a smoke test")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one thread count, inside
+    p.add_argument("--worker-settings", help=argparse.SUPPRESS)
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """What the workers run, from the command line (validated there)."""
+    from grufast._bench_env import available_peers
+
+    installed = available_peers()
+    wanted = args.peers if args.peers else list(installed)
+    if args.no_reference and "numpy-reference" in wanted:
+        wanted.remove("numpy-reference")
+    shapes = args.shape or (QUICK_GRID if args.quick else GRID)
+    budget = args.budget if args.budget is not None else (0.3 if args.quick else 2.0)
+    return {"shapes": [list(s) for s in shapes], "requested": wanted,
+            "peers": [p for p in wanted if p in installed], "layers": args.layers,
+            "bidirectional": args.bidirectional,
+            "linear_before_reset": not args.no_linear_before_reset, "dtype": args.dtype,
+            "budget_s": budget, "min_rounds": 3 if args.quick else 7,
+            "jax_unroll_sweep_s": 0.05 if args.quick else 0.2, "jax_unroll": args.jax_unroll,
+            "quick": args.quick}
+
+
+# -- one worker: one thread count ------------------------------------------------------------
+
+def _progress(items, desc):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="shape", file=sys.stderr)
+
+
+def _cells(runs: dict, kind: str) -> tuple[dict, dict, dict]:
+    calls, contexts, na = {}, {}, {}
+    for name, r in runs.items():
+        fn = getattr(r, kind)
+        if fn is None:
+            na[name] = r.na.get(kind, "cannot run this kind")
+        else:
+            calls[name] = fn
+            if kind in r.context:
+                contexts[name] = r.context[kind]
+    return calls, contexts, na
+
+
+def run(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Measure every shape and the streaming step with ``threads`` threads, in this process
+    (whose pinning and thread environment the caller set up)."""
+    from grufast import _bench_env as E
+    from grufast import _bench_peers as P
+
+    peers = settings["peers"]
+    limits = E.ThreadLimits(threads, peers, settings["dtype"])  # before any peer does work
+    variant = dict(layers=settings["layers"], bidirectional=settings["bidirectional"],
+                   linear_before_reset=settings["linear_before_reset"],
+                   dtype=settings["dtype"])
+    timing = dict(budget_s=settings["budget_s"], min_rounds=settings["min_rounds"],
+                  threaded=threads > 1)
+    cache = settings.get("jax_unroll_cache")
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            P.unroll_cache.update(json.load(f))
+    rows = []
+    for shape in _progress(settings["shapes"], f"bench, {threads} thread(s)"):
+        case = P.Case(*shape, **variant)
+        prob = P.make_problem(case)
+        runs = {"grufast": P.make_peer("grufast", prob, threads)}
+        for name in peers:
+            kw = {}
+            if name == "jax":
+                u = settings.get("jax_unroll")
+                kw = {"sweep_s": settings["jax_unroll_sweep_s"],
+                      "unroll": {"infer": u, "train": u} if u else None}
+            runs[name] = P.make_peer(name, prob, threads, **kw)
+        row: dict[str, Any] = {"shape": list(shape), "config": {
+            n: r.config for n, r in runs.items() if r.config}}
+        for kind, key in (("infer", "inference"), ("train", "training")):
+            calls, contexts, na = _cells(runs, kind)
+            if kind == "infer" and case.B >= SGEMM_MIN_BATCH:
+                calls["sgemm"] = P.sgemm_call(case)
+            res = interleaved(calls, contexts=contexts, **timing,
+                              round_caps={"numpy-reference": REFERENCE_ROUNDS})
+            if kind == "infer":
+                row["sgemm"] = res.pop("sgemm", None)
+            row[key] = {**res, **{n: {"na": why} for n, why in na.items()}}
+        rows.append(row)
+        del runs, prob
+    if cache:
+        with open(cache, "w") as f:
+            json.dump(P.unroll_cache, f)
+    settings = {k: v for k, v in settings.items() if k != "jax_unroll_cache"}
+    result = {"environment": E.environment(threads, peers), "settings": settings,
+              "rows": rows, "streaming": streaming(threads, settings)}
+    del limits  # held (with threadpoolctl's limits) until everything is measured and recorded
+    return result
+
+
+def streaming(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Microseconds per step, B = 1, I = H = STREAM_H, for 1 and 2 layers (and --layers)."""
+    from grufast import _bench_peers as P
+
+    out: dict[str, Any] = {"I": STREAM_H, "H": STREAM_H, "steps_per_sample": P.STREAM_STEPS,
+                           "layers": {}}
+    if settings["bidirectional"]:
+        out["na"] = "streaming needs a unidirectional GRU"
+        return out
+    for L in sorted({1, 2, settings["layers"]}):
+        case = P.Case(1, 1, STREAM_H, STREAM_H, L, False, settings["linear_before_reset"],
+                      settings["dtype"])
+        samples = P.stream_peers(case, threads, settings["peers"])
+        calls = {n: f for n, f in samples.items() if not isinstance(f, str)}
+        res = interleaved(calls, budget_s=settings["budget_s"] / 2,
+                          min_rounds=settings["min_rounds"], threaded=threads > 1,
+                          scale=1e6 / P.STREAM_STEPS)
+        res.update({n: {"na": why} for n, why in samples.items() if isinstance(why, str)})
+        out["layers"][str(L)] = res
+    return out
+
+
+# -- the printed table -----------------------------------------------------------------------
+
+def fastest_peer(cells: dict) -> tuple[str, float]:
+    """The fastest of the peers (not grufast, the reference or the GEMM) by median."""
+    from grufast._bench_peers import PEERS
+
+    times = {k: v["median"] for k, v in cells.items()
+             if k in PEERS and k != "numpy-reference" and "median" in v}
+    if not times:
+        return "-", float("nan")
+    name = min(times, key=times.get)
+    return name, times[name]
+
+
+def _cell(s: dict | None, width: int) -> str:
+    if not s:
+        return f"{'':>{width}}"
+    if "na" in s:
+        return f"{'n/a':>{width}}"
+    m = s["median"]
+    spread = f"({100 * (s['q3'] - s['q1']) / m:.0f}%/{100 * (s['max'] - s['min']) / m:.0f}%)"
+    return f"{f'{m:.4g} {spread}':>{width}}"
+
+
+def _na_notes(cells_by_row: list[dict]) -> list[str]:
+    notes = {}
+    for cells in cells_by_row:
+        for n, s in cells.items():
+            if "na" in s:
+                notes[n] = s["na"]
+    return [f"  n/a: cannot compute this variant or kind -- {n}: {why}"
+            for n, why in notes.items()]
+
+
+def format_table(result: dict) -> str:
+    from grufast._bench_env import describe
+
+    env, st = result["environment"], result["settings"]
+    variant = (f"{st['dtype']}, {st['layers']} layer(s), "
+               f"{'bidirectional' if st['bidirectional'] else 'unidirectional'}, "
+               f"linear_before_reset={st['linear_before_reset']}")
+    lines = [describe(env),
+             "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+             f"model: {variant}; each cell: median (IQR / min-max range, in % of the median) "
+             f"of calls interleaved round by round, {st['budget_s']:g} s per cell", ""]
+    W = 22
+    for key, unit in (("inference", "ms"), ("training", "ms")):
+        rows = result["rows"]
+        names = [n for n in rows[0][key] if not all(
+            "na" in r[key][n] and "inference only" in r[key][n]["na"] for r in rows)]
+        dropped = [n for n in rows[0][key] if n not in names]
+        show_gemm = key == "inference" and any(r["sgemm"] for r in rows)
+        head = f"{'T, B, I, H':18}" + "".join(f"{n:>{W}}" for n in names)
+        if show_gemm:
+            head += f"{'GEMM':>{W}}{'vs GEMM':>9}"
+        head += f"{'vs best peer':>22}"
+        lines += [f"{key} (median {unit} per call)", head]
+        ratios = []
+        for r in rows:
+            t = r[key]
+            line = f"{', '.join(map(str, r['shape'])):18}" + "".join(
+                _cell(t[n], W) for n in names)
+            if show_gemm:
+                g = r["sgemm"]
+                line += _cell(g, W) + (f"{t['grufast']['median'] / g['median']:9.2f}"
+                                       if g else f"{'':9}")
+            peer, best = fastest_peer(t)
+            ratio = t["grufast"]["median"] / best
+            if np.isfinite(ratio):
+                ratios.append(ratio)
+                line += f"{ratio:8.2f} ({peer})"
+            lines.append(line)
+        if ratios:
+            lines.append(f"geometric mean of grufast / best peer: "
+                         f"{float(np.exp(np.mean(np.log(ratios)))):.2f}")
+        if show_gemm:
+            lines.append(f"  GEMM: {SGEMM_NAME} (SciPy's BLAS, the one grufast calls); "
+                         f"shown for B >= {SGEMM_MIN_BATCH} only")
+        lines += _na_notes([r[key] for r in rows])
+        lines += [f"  {n}: inference only (not in this table)" for n in dropped]
+        lines.append("")
+    lines += format_streaming(result["streaming"])
+    return "\n".join(lines)
+
+
+def format_streaming(s: dict) -> list[str]:
+    head = (f"streaming step (B=1, I=H={s['H']}, median us per step, one call from Python "
+            f"per step, {s['steps_per_sample']} steps per timed sample)")
+    if "na" in s:
+        return [f"{head}: n/a, {s['na']}"]
+    layers = list(s["layers"])
+    names = list(dict.fromkeys(n for L in layers for n in s["layers"][L]))
+    lines = [head, f"{'':26}" + "".join(f"{L + ' layer' + ('s' if L != '1' else ''):>22}"
+                                        for L in layers)]
+    for n in names:
+        lines.append(f"{n:26}" + "".join(_cell(s["layers"][L].get(n), 22) for L in layers))
+    lines += _na_notes([s["layers"][L] for L in layers])
+    return lines
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+def _worker_main(args: argparse.Namespace) -> int:
+    with open(args.worker_settings) as f:
+        settings = json.load(f)
+    result = run(args.worker, settings)
+    print(format_table(result), flush=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
+    """Run one thread count in a fresh process: pinned (before exec, so every thread of every
+    library inherits it) and with the thread variables set before anything loads."""
+    import subprocess
+
+    from grufast._bench_env import cpus_for, visible_cpus, worker_env
+
+    cpus = cpus_for(threads)
+    env = worker_env(threads)
+    env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(visible_cpus()))
+    settings = {**settings, "jax_unroll_cache": os.path.join(tmp, "jax_unroll.json")}
+    settings_path = os.path.join(tmp, "settings.json")
+    out = os.path.join(tmp, f"result_{threads}.json")
+    with open(settings_path, "w") as f:
+        json.dump(settings, f)
+    cmd = [sys.executable, "-m", "grufast", "bench", "--worker", str(threads),
+           "--worker-settings", settings_path, "--json", out]
+
+    def pin():
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    proc = subprocess.run(cmd, env=env, preexec_fn=pin, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"the bench's worker for {threads} thread(s) failed "
+                         f"(exit status {proc.returncode}); its error is printed above")
+    with open(out) as f:
+        return json.load(f)
+
+
+def main(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from grufast._bench_env import installed, missing_note, visible_cpus
+
+    if args.worker is not None:
+        return _worker_main(args)
+    settings = settings_from(args)
+    missing = [p for p in settings["requested"] if p not in settings["peers"]]
+    from grufast._bench_peers import PEERS
+
+    for line in missing_note(args.peers or list(PEERS)):
+        print(line, file=sys.stderr)
+    if args.peers and missing:  # asked for by name: not a silent skip
+        print(f"error: --peers names {', '.join(missing)}, which cannot be imported here",
+              file=sys.stderr)
+        return 2
+    plot_path = args.plot
+    if plot_path and not installed("matplotlib"):
+        print("matplotlib: not installed; --plot skipped (`pip install matplotlib`).",
+              file=sys.stderr)
+        plot_path = None
+    if args.one_core:
+        thread_counts = [1]
+    else:
+        thread_counts = args.threads or sorted({1, len(visible_cpus())})
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [_in_worker(n, settings, tmp) for n in thread_counts]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if plot_path:
+        from grufast._bench_plot import plot
+
+        plot(results, plot_path)
+    return 0

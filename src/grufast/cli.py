@@ -1,9 +1,11 @@
 """``python -m grufast``: a self-check of the kernels against the NumPy reference;
-``python -m grufast bench``: the side-by-side benchmark (grufast.bench)."""
+``python -m grufast bench``: the side-by-side benchmark (grufast.bench);
+``python -m grufast demo``: a GRU and a plain RNN on the adding problem (grufast.demo)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 
@@ -28,7 +30,9 @@ def check(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     limits = {np.float32: (5e-5, 5e-4), np.float64: (1e-10, 1e-10)}
     ok = True
-    print(f"{'dtype':8} {'variant':22} {'direction':9} {'forward err':>12} {'grad err':>12}")
+    # One format for the header and the rows, so the columns stay aligned.
+    row = "{:<8} {:<25} {:<9} {:>12} {:>12}{}"
+    print(row.format("dtype", "variant", "direction", "forward err", "grad err", ""))
     for dtype in (np.float32, np.float64):
         for lbr in (True, False):
             for reverse in (False, True):
@@ -45,9 +49,9 @@ def check(args: argparse.Namespace) -> int:
                 grad = max(_rel(a, b) for a, b in zip(g, gr))
                 passed = fwd <= limits[dtype][0] and grad <= limits[dtype][1]
                 ok &= passed
-                print(f"{np.dtype(dtype).name:8} {'linear_before_reset=' + str(lbr):22} "
-                      f"{'reverse' if reverse else 'forward':9} {fwd:12.2e} {grad:12.2e}"
-                      f"{'' if passed else '  FAIL'}")
+                print(row.format(np.dtype(dtype).name, f"linear_before_reset={lbr}",
+                                 "reverse" if reverse else "forward", f"{fwd:.2e}",
+                                 f"{grad:.2e}", "" if passed else "  FAIL"))
     T, B, I, H = 100, 64, 256, 256
     x, h0, w = _problem(rng, T, B, I, H, np.float32)
     kern = median_ms(lambda: functional.gru_forward(x, h0, *w), 0, args.repeats, 0)
@@ -64,21 +68,50 @@ def check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _plain(doc: str | None) -> str:
+    """A docstring as help text: reStructuredText literals and roles without their markup."""
+    doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc or "")
+    return re.sub(r"``([^`]+)``", r"\1", doc).strip()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grufast", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m grufast", description=_plain(__doc__),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("check", help="kernels vs the NumPy reference, with timings (default)")
+    p = sub.add_parser("check", help="kernels vs the NumPy reference, with timings (default)",
+                       description=_plain(check.__doc__))
     for q in (parser, p):
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--repeats", type=int, default=9)
+        # SUPPRESS in the subcommand, so "--seed 3 check" keeps the 3 given before it.
+        default = {"seed": 0, "repeats": 9} if q is parser else dict.fromkeys(
+            ("seed", "repeats"), argparse.SUPPRESS)
+        q.add_argument("--seed", type=int, default=default["seed"],
+                       help="seed of the random test problems (default 0)")
+        q.add_argument("--repeats", type=_positive_int, default=default["repeats"],
+                       help="timed runs per measurement; the median is printed (default 9)")
     from grufast import bench
 
     b = sub.add_parser("bench", help="grufast vs the reference, PyTorch, ONNX Runtime, JAX",
-                       description=bench.__doc__)
+                       description=_plain(bench.__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(b)
+    from grufast import demo
+
+    d = sub.add_parser("demo", help="a GRU and a plain RNN on the adding problem "
+                       "(needs the [demo] extra: tqdm, matplotlib)", description=demo.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(d)
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench.main(args)
+    if args.command == "demo":
+        return demo.main(args)
     return check(args)
 
 

@@ -1,4 +1,4 @@
-"""Validated pure functions over one GRU layer in one direction (DESIGN.md section 3).
+"""Validated pure functions over one GRU layer in one direction (docs/design.md section 2).
 
 Inputs are checked and converted once, to C-contiguous arrays of the weights' dtype
 (float32 or float64); callers' arrays are never written. The loops run in

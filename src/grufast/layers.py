@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
 from grufast._validate import (
     FLOAT_DTYPES,
@@ -23,6 +24,8 @@ from grufast._validate import (
     real_array,
     real_values,
     shaped,
+    shaped_like,
+    state_dict_shape,
 )
 from grufast.functional import GRUCache, Weights, backward_into, forward_into
 
@@ -56,6 +59,25 @@ def _step_input(name: str, value, input_size: int, dtype: np.dtype) -> tuple[np.
         raise ValueError(f"{name} must have shape (B, input_size) or (input_size,) with "
                          f"input_size = {input_size}, got {x.shape}")
     return x, unbatched
+
+
+def _mask_array(value, batch: int, steps: int, unbatched: bool) -> np.ndarray:
+    """A call's mask as a (B, T) bool array."""
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"mask must be an array of bools, got {describe(arr)}")
+    want = (steps,) if unbatched else (batch, steps)
+    if arr.shape != want:
+        raise ValueError(f"mask must have shape {'(T,)' if unbatched else '(B, T)'} = {want}, "
+                         f"got {arr.shape}")
+    return arr.reshape(batch, steps)
+
+
+def _unpack(y: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Put packed steps (T, B, F) back at their own steps: y[t, b] goes to order[t, b]."""
+    out = np.empty_like(y)
+    out[order, np.arange(y.shape[1])] = y
+    return out
 
 
 class _Parameters:
@@ -96,15 +118,38 @@ class _Parameters:
             if hasattr(value, "detach"):  # a torch tensor, possibly requiring grad
                 value = value.detach().cpu()
             arr = real_array(f"state_dict[{name!r}]", value, self.dtype)
-            converted[name] = shaped(f"state_dict[{name!r}]", arr, target.shape,
-                                     str(target.shape))
+            converted[name] = self._entry_shape(name, arr, target.shape)
         for name, arr in converted.items():  # all checked before anything changes
             np.copyto(self._params[name], arr)
         self._weights_changed()
 
+    def _entry_shape(self, name: str, arr: np.ndarray, want: tuple) -> np.ndarray:
+        """Check a state-dict entry's shape, naming the sizes it implies on a mismatch."""
+        return state_dict_shape(name, arr, want, input_size=self.input_size,
+                                hidden_size=self.hidden_size)
+
     def _weights_changed(self) -> None:
         """Drop what was prepared from the old weights (transposed copies, plans)."""
         self._prepared.clear()
+
+    # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
+    # derived from the weights (prepared copies, the cell's plan) is rebuilt on arrival, and
+    # what a train-mode forward recorded for backward (GRU's tape, Linear's input) is left
+    # behind: a copy never holds stale weights or a tape of another object's activations.
+    _TRANSIENT = ("_tape", "_x", "_lead")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_prepared"] = {}
+        state.pop("_plan", None)
+        for name in self._TRANSIENT:
+            if name in state:
+                state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._weights_changed()
 
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""
@@ -142,6 +187,25 @@ class GRU(_Parameters):
     dtype : float32 or float64
     seed : int, optional
         Seeds the initialisation and the dropout masks.
+    reverse : bool
+        A reverse-only layer (needs bidirectional=False): every layer runs t = L_b-1 ... 0
+        and writes each output at its own step, like ONNX ``direction="reverse"`` and Keras
+        ``go_backwards=True`` followed by a flip of the outputs. PyTorch has no such layer;
+        it exists so those models import. ``step`` refuses it (it needs the whole sequence).
+        A keyword of its own rather than a ``direction`` argument, so that torch's
+        ``bidirectional`` keeps its meaning.
+
+    Attributes
+    ----------
+    default_h0 : ndarray (num_layers * D, B0, hidden_size) or None
+        The initial state used when a call passes ``h0=None`` (zeros when None). B0 = 1
+        broadcasts over any batch; another B0 needs calls of that batch. A constant, not a
+        parameter: nothing accumulates a gradient for it. ``from_onnx`` sets it from a
+        constant ``initial_h``; ``state_dict``, ``save`` and ``to_onnx`` carry it.
+    default_lengths : ndarray (B0,) of int or None
+        The lengths used when a call passes ``lengths=None`` (every step valid when None);
+        calls must then have batch B0. ``from_onnx`` sets it from a constant
+        ``sequence_lens``; carried like ``default_h0``.
 
     A new model is in train mode, as in PyTorch: forward keeps what ``backward`` needs.
     Call ``eval()`` for inference.
@@ -150,7 +214,8 @@ class GRU(_Parameters):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, linear_before_reset: bool = True,
-                 dtype: DTypeLike = np.float32, seed: int | None = None) -> None:
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 reverse: bool = False) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -163,9 +228,15 @@ class GRU(_Parameters):
         self.dropout = float(dropout)
         self.bidirectional = _bool("bidirectional", bidirectional)
         self.linear_before_reset = _bool("linear_before_reset", linear_before_reset)
+        self.reverse = _bool("reverse", reverse)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True makes a reverse-only layer and needs "
+                             "bidirectional=False, got bidirectional=True")
         self.dtype = _model_dtype(dtype)
         self.training = True
         self._tape: dict | None = None
+        self._default_h0: np.ndarray | None = None
+        self._default_lengths: np.ndarray | None = None
         H, D = self.hidden_size, self.num_directions
         shapes = {}
         for k in range(self.num_layers):
@@ -190,11 +261,97 @@ class GRU(_Parameters):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                     dropout=self.dropout, bidirectional=self.bidirectional,
-                    linear_before_reset=self.linear_before_reset, dtype=self.dtype.name)
+                    linear_before_reset=self.linear_before_reset, dtype=self.dtype.name,
+                    reverse=self.reverse)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"GRU({args})"
+
+    # -- default initial state and lengths (constants of imported models) ---------------
+    @property
+    def default_h0(self) -> np.ndarray | None:
+        return None if self._default_h0 is None else self._default_h0.copy()
+
+    @default_h0.setter
+    def default_h0(self, value: ArrayLike | None) -> None:
+        self._default_h0 = self._checked_default_h0(value)
+
+    def _checked_default_h0(self, value) -> np.ndarray | None:
+        if value is None:
+            return None
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu()
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        h = real_array("default_h0", value, self.dtype)
+        if h.ndim != 3 or h.shape[0] != LD or h.shape[2] != H or h.shape[1] < 1:
+            raise ValueError(f"default_h0 must have shape (num_layers * num_directions, B0, "
+                             f"hidden_size) = ({LD}, B0, {H}), got {h.shape}")
+        return h.copy()
+
+    @property
+    def default_lengths(self) -> np.ndarray | None:
+        return None if self._default_lengths is None else self._default_lengths.copy()
+
+    @default_lengths.setter
+    def default_lengths(self, value: ArrayLike | None) -> None:
+        self._default_lengths = self._checked_default_lengths(value)
+
+    @staticmethod
+    def _checked_default_lengths(value) -> np.ndarray | None:
+        if value is None:
+            return None
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu()
+        arr = np.asarray(value)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"default_lengths must be 1-D (B0,) with B0 >= 1, got shape "
+                             f"{arr.shape}")
+        # The checks of a call's lengths; the bound T is checked at each call.
+        return lengths_array(arr, arr.shape[0], np.iinfo(np.intp).max).copy()
+
+    def _initial_state(self, B: int) -> np.ndarray:
+        """h0 for a call that passed none: default_h0 (broadcast from B0 = 1) or zeros."""
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        d = self._default_h0
+        if d is None:
+            return np.zeros((LD, B, H), self.dtype)
+        if d.shape[1] not in (1, B):
+            raise ValueError(f"h0 is None, so the model's default_h0 of shape {d.shape} is "
+                             f"used, and its batch {d.shape[1]} cannot serve a batch of {B}; "
+                             "pass h0, or set default_h0 = None for zeros")
+        return np.array(np.broadcast_to(d, (LD, B, H)), order="C")
+
+    _EXTRAS = ("default_h0", "default_lengths")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters under PyTorch's names, plus ``default_h0`` and
+        ``default_lengths`` when the model has them (constants that torch.nn.GRU cannot
+        hold: a torch module refuses them as unexpected keys rather than dropping them)."""
+        d = super().state_dict()
+        for name in self._EXTRAS:
+            value = getattr(self, "_" + name)
+            if value is not None:
+                d[name] = value.copy()
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load parameters by name, strictly (see ``state_dict``); ``default_h0`` and
+        ``default_lengths`` are loaded when present and must be present when the model has
+        them (set them to None first to load a plain PyTorch state dict)."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
+        extras = {k: state_dict[k] for k in self._EXTRAS if k in state_dict}
+        missing = [k for k in self._EXTRAS
+                   if getattr(self, "_" + k) is not None and k not in extras]
+        if missing:
+            raise ValueError(f"state_dict does not match the model: missing keys {missing} "
+                             "(the model has them; set them to None to drop them)")
+        # Everything is checked before anything changes.
+        h0 = self._checked_default_h0(extras.get("default_h0"))
+        lengths = self._checked_default_lengths(extras.get("default_lengths"))
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
+        self._default_h0, self._default_lengths = h0, lengths
 
     def train(self, mode: bool = True) -> GRU:
         self.training = _bool("mode", mode)
@@ -206,7 +363,8 @@ class GRU(_Parameters):
 
     # -- forward ------------------------------------------------------------------------
     def __call__(self, x: ArrayLike, h0: ArrayLike | None = None, *,
-                 lengths: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 lengths: ArrayLike | None = None,
+                 mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Run the GRU over a sequence.
 
         Parameters
@@ -214,16 +372,46 @@ class GRU(_Parameters):
         x : array_like, shape (T, B, input_size), (B, T, input_size) if batch_first, or
             (T, input_size) unbatched
         h0 : array_like, shape (num_layers * D, B, hidden_size) ((num_layers * D,
-            hidden_size) unbatched), or None for zeros; D = 2 if bidirectional else 1
+            hidden_size) unbatched), or None for ``default_h0`` (zeros when that is None);
+            D = 2 if bidirectional else 1
         lengths : array_like of int, shape (B,), optional
             Valid steps per sequence (packed-sequence semantics): outputs past a sequence's
-            length are zero and h_n holds its state at its last valid step.
+            length are zero and h_n holds its state at its last valid step. None: the
+            model's ``default_lengths``, or every step when that is None.
+        mask : array_like of bool, shape (B, T) ((T,) unbatched), optional
+            Keras's masking: steps where the mask is False are skipped by every layer and
+            direction (the state is kept), wherever they are, and output zeros (Keras's
+            ``zero_output_for_mask=True``; by default Keras repeats the last output
+            instead). Given instead of ``lengths``; ``mask[b, t] = t < lengths[b]`` is the
+            same computation.
 
         Returns
         -------
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
+        x, h0, lens, unbatched, order = self._sequence_inputs(x, h0, lengths, mask)
+        T = x.shape[0]
+        if self.training and np.any(lens < T):
+            # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
+            x = x.copy()
+            x[np.arange(T)[:, None] >= lens[None, :]] = 0
+        y, h_n = self._forward(x, h0, lens, unbatched)
+        if order is not None:
+            y = _unpack(y, order)
+            if self.training:
+                self._tape["order"] = order
+        if unbatched:
+            return y[:, 0], h_n[:, 0]
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n
+
+    def _sequence_inputs(self, x, h0, lengths, mask=None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray | None]:
+        """Validate a whole-sequence call's inputs: x time-major (T, B, I) in the model's
+        dtype, h0 (num_layers * D, B, H), lengths (B,), whether x came unbatched, and for a
+        mask the (T, B) source step of each packed step (None without a mask)."""
         x = real_values("x", x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D (T, B, input_size) or 2-D unbatched (T, "
@@ -241,27 +429,36 @@ class GRU(_Parameters):
         blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H})
         x = np.ascontiguousarray(x, self.dtype)  # one conversion, time-major
         if h0 is None:
-            h0 = np.zeros((LD, B, H), self.dtype)
+            h0 = self._initial_state(B)
         else:
             h0 = real_array("h0", h0, self.dtype)
             if unbatched:
                 h0 = shaped("h0", h0, (LD, H), "(num_layers * num_directions, hidden_size)")
                 h0 = h0[:, None, :]
             shaped("h0", h0, (LD, B, H), "(num_layers * num_directions, B, hidden_size)")
+        order = None
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("pass lengths or mask, not both: got both")
+            keep = _mask_array(mask, B, T, unbatched)
+            # Skipping a step keeps the state, so each sequence's valid steps can run packed
+            # at its start (lengths = their count); each output then goes back to its step.
+            order = np.argsort(~keep, axis=1, kind="stable").T  # (T, B) source step
+            x = x[order, np.arange(B)]
+            lengths = keep.sum(axis=1)
+        if lengths is None and self._default_lengths is not None:
+            d = self._default_lengths
+            if d.shape[0] != B or d.max() > T:
+                raise ValueError(f"lengths is None, so the model's default_lengths "
+                                 f"{d.tolist()[:8]} (batch {d.shape[0]}) are used; they need "
+                                 f"a batch of {d.shape[0]} and T >= {d.max()}, got B = {B} "
+                                 f"and T = {T}; pass lengths, or set default_lengths = None")
+            lengths = d
         if lengths is None:
             lens = np.full(B, T, dtype=np.intp)
         else:
             lens = lengths_array(lengths, B, T)
-            if self.training and np.any(lens < T):
-                # Padding never reaches the outputs, but 0 * NaN would reach the gradients.
-                x = x.copy()
-                x[np.arange(T)[:, None] >= lens[None, :]] = 0
-        y, h_n = self._forward(x, h0, lens, unbatched)
-        if unbatched:
-            return y[:, 0], h_n[:, 0]
-        if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n
+        return x, h0, lens, unbatched, order
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
@@ -276,7 +473,7 @@ class GRU(_Parameters):
             for d, sfx in enumerate(self._suffixes(k)):
                 state = h_n[k * D + d]
                 caches[k].append(forward_into(inp, self._layer_weights(sfx), state, lens,
-                                              d == 1, self.linear_before_reset,
+                                              d == 1 or self.reverse, self.linear_before_reset,
                                               self.training, out, d * H))
             mask = None
             if self.training and self.dropout > 0 and k < self.num_layers - 1:
@@ -321,16 +518,18 @@ class GRU(_Parameters):
         else:
             y_shape, h_shape = (T, B, D * H), (LD, B, H)
         if dy is not None:
-            dy = shaped("dy", real_array("dy", dy, self.dtype), y_shape, "the shape of y")
+            dy = shaped_like("dy", real_array("dy", dy, self.dtype), y_shape, "y")
             if unbatched:
                 dy = dy[:, None, :]
             elif self.batch_first:
                 dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        order = tape.get("order")
+        if order is not None and dy is not None:  # a masked forward ran packed steps
+            dy = dy[order, np.arange(B)]
         if dh_n is None:
             dh = np.zeros((LD, B, H), self.dtype)
         else:
-            dh = shaped("dh_n", real_array("dh_n", dh_n, self.dtype), h_shape,
-                        "the shape of h_n")
+            dh = shaped_like("dh_n", real_array("dh_n", dh_n, self.dtype), h_shape, "h_n")
             dh = np.array(dh.reshape(LD, B, H), order="C")
         self._tape = None
         g = self.grads
@@ -344,11 +543,46 @@ class GRU(_Parameters):
             if k > 0 and tape["masks"][k - 1] is not None:
                 dx *= tape["masks"][k - 1]
             dy = dx
+        if order is not None:
+            dy = _unpack(dy, order)
         if unbatched:
             return dy[:, 0], dh[:, 0]
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         return dy, dh
+
+    # -- introspection ------------------------------------------------------------------
+    def gates(self, x: ArrayLike, h0: ArrayLike | None = None, *,
+              lengths: ArrayLike | None = None) -> GRUGates:
+        """The gates of every layer, direction and step for the input x.
+
+        Inputs as for calling the model. Runs as in eval mode whatever the mode (no dropout)
+        and records nothing for backward.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each of shape (num_layers * D, T, B, hidden_size) ((..., B, T,
+        hidden_size) if batch_first, (..., T, hidden_size) for unbatched x); layer k and
+        direction d at index k * D + d, as in h_n. Steps past a sequence's length are zero.
+        """
+        x, h0, lens, unbatched, _ = self._sequence_inputs(x, h0, lengths)
+        T, B, _ = x.shape
+        D, H = self.num_directions, self.hidden_size
+        buf = np.empty((self.num_layers * D, T, B, 3 * H), self.dtype)
+        h = np.array(h0, order="C")
+        inp = x
+        for k in range(self.num_layers):
+            out = np.empty((T, B, D * H), self.dtype)
+            for d, sfx in enumerate(self._suffixes(k)):
+                gates_into(inp, self._layer_weights(sfx), h[k * D + d], lens,
+                           d == 1 or self.reverse,
+                           self.linear_before_reset, out, d * H, buf[k * D + d])
+            inp = out
+        if unbatched:
+            buf = buf[:, :, 0]
+        elif self.batch_first:
+            buf = buf.transpose(0, 2, 1, 3)
+        return GRUGates(*(np.ascontiguousarray(buf[..., i * H:(i + 1) * H]) for i in range(3)))
 
     # -- streaming ----------------------------------------------------------------------
     def step(self, x_t: ArrayLike, h: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -359,20 +593,21 @@ class GRU(_Parameters):
         ----------
         x_t : array_like, shape (B, input_size) or (input_size,)
         h : array_like, shape (num_layers, B, hidden_size) ((num_layers, hidden_size) for
-            1-D x_t), or None for zeros
+            1-D x_t), or None for ``default_h0`` (zeros when that is None)
 
         Returns
         -------
         y_t : ndarray, shape (B, hidden_size) (or (hidden_size,))
         h : ndarray, new state shaped like the given one
         """
-        if self.bidirectional:
-            raise ValueError("step needs a unidirectional GRU: a bidirectional one must see "
-                             "the whole sequence (got bidirectional=True)")
+        if self.bidirectional or self.reverse:
+            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
+                             "reverse one must see the whole sequence (got bidirectional="
+                             f"{self.bidirectional}, reverse={self.reverse})")
         x_t, unbatched = _step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
-            state = np.zeros((L, B, H), self.dtype)
+            state = self._initial_state(B)
         else:
             h = real_array("h", h, self.dtype)
             want = (L, H) if unbatched else (L, B, H)
@@ -399,21 +634,28 @@ class GRU(_Parameters):
 
     @classmethod
     def from_onnx(cls, path) -> GRU:
-        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export)."""
+        """Read a model of ONNX GRU nodes (as written by ``to_onnx`` or torch.onnx.export):
+        every input and attribute of a GRU node is honoured or the model is refused with an
+        error naming it. See grufast.interop.onnx."""
         from grufast.interop.onnx import gru_from_onnx
 
         return gru_from_onnx(cls, path)
 
     def to_onnx(self, path, *, lengths: bool = False, opset: int = 14) -> None:
         """Write the model as standard ONNX GRU nodes. Inputs: ``x`` (the layer's layout)
-        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``."""
+        and ``h0``, plus ``lengths`` (int32, B) when asked; outputs ``y`` and ``h_n``.
+        ``default_h0`` becomes h0's default value (an initializer of the same name, expanded
+        to the batch when it has batch 1); ``default_lengths`` becomes lengths' default, or
+        a constant of the file without ``lengths``; ``reverse`` writes direction="reverse"."""
         from grufast.interop.onnx import gru_to_onnx
 
         gru_to_onnx(self, path, lengths=lengths, opset=opset)
 
     @classmethod
     def from_keras(cls, layer) -> GRU:
-        """A GRU from a keras.layers.GRU (either reset_after), batch_first like Keras."""
+        """A GRU from a keras.layers.GRU (either reset_after; go_backwards gives a reverse
+        layer), a Bidirectional(GRU) with merge_mode="concat", or a Sequential/functional
+        model stacking them; batch_first like Keras. See grufast.interop.keras."""
         from grufast.interop.keras import gru_from_keras
 
         return gru_from_keras(cls, layer)
@@ -481,6 +723,27 @@ class GRUCell(_Parameters):
         forward_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp),
                      False, self.linear_before_reset, False, out, 0)
         return state[0] if unbatched else state
+
+    def gates(self, x: ArrayLike, h: ArrayLike | None = None) -> GRUGates:
+        """The gates of one step: x and h as for calling the cell.
+
+        Returns
+        -------
+        GRUGates(r, z, n), each (B, hidden_size), or (hidden_size,) for 1-D x.
+        """
+        x, unbatched = _step_input("x", x, self.input_size, self.dtype)
+        B, H = x.shape[0], self.hidden_size
+        if h is None:
+            state = np.zeros((B, H), self.dtype)
+        else:
+            h = real_array("h", h, self.dtype)
+            shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
+            state = np.array(h.reshape(B, H), order="C")
+        buf = np.empty((1, B, 3 * H), self.dtype)
+        gates_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp), False,
+                   self.linear_before_reset, np.empty((1, B, H), self.dtype), 0, buf)
+        g = buf[0, 0] if unbatched else buf[0]
+        return GRUGates(*(np.ascontiguousarray(g[..., i * H:(i + 1) * H]) for i in range(3)))
 
     @classmethod
     def from_torch(cls, module) -> GRUCell:

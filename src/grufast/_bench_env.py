@@ -1,0 +1,236 @@
+"""Where the bench runs: thread limits applied the same way to every peer, and the record of
+the machine, the libraries and the limits as they stand once applied.
+
+Thread limits, for a run with ``n`` threads (one worker process per thread count):
+
+- the worker process is pinned before it starts (``sched_setaffinity`` in the child before
+  ``exec``, so every thread any library creates inherits it): to one core for ``n = 1``, to
+  ``n`` cores when fewer than all; with ``n`` = all visible cores it is left unpinned.
+  Pinning is the only cap XLA (JAX) honours for its own thread pools: it sizes them from the
+  cores the process may use;
+- ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` = n in the worker's
+  environment, read by OpenBLAS (NumPy, SciPy: grufast's BLAS) and OpenMP (grufast, PyTorch)
+  when they load; threadpoolctl, when installed, sets the same limits again at run time;
+- ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` for n = 1 (XLA's Eigen products on the
+  calling thread); XLA has no thread-count flag (``intra_op_parallelism_threads`` is
+  TensorFlow's session option, not an XLA flag), hence the pinning;
+- PyTorch: ``torch.set_num_threads(n)`` and ``torch.set_num_interop_threads(n)`` right after
+  import, before any work; ONNX Runtime: ``intra_op_num_threads = n`` per session.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import platform
+
+import numpy as np
+
+from grufast._bench_peers import INSTALL, MODULES, PEERS
+
+LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules (None) or broken
+        return False
+
+
+def missing_modules(peer: str) -> list[str]:
+    return [m for m in MODULES[peer] if not installed(m)]
+
+
+def available_peers() -> list[str]:
+    return [p for p in PEERS if not missing_modules(p)]
+
+
+def missing_note(peers: list[str]) -> list[str]:
+    """One line per requested peer or helper that is not installed, with how to install it."""
+    lines = []
+    for p in peers:
+        miss = missing_modules(p)
+        if miss:
+            lines.append(f"{p}: not installed (no module {', '.join(miss)}); skipped. "
+                         f"Install it with `{INSTALL[p]}` or `pip install \"grufast[bench]\"`.")
+    if not installed("threadpoolctl"):
+        lines.append("threadpoolctl: not installed; thread limits come from OMP_NUM_THREADS/"
+                     "OPENBLAS_NUM_THREADS set in the worker processes and from pinning "
+                     "(`pip install threadpoolctl` adds run-time limits and the BLAS record).")
+    return lines
+
+
+def visible_cpus() -> list[int]:
+    """The cpus this process may run on (all of them where affinity is not available)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpus_for(threads: int) -> set[int] | None:
+    """The cores a worker with ``threads`` threads is pinned to (None: unpinned, also where
+    the platform cannot pin)."""
+    visible = visible_cpus()
+    if threads >= len(visible) or not hasattr(os, "sched_setaffinity"):
+        return None
+    return set(visible[:threads])
+
+
+def thread_mode(threads: int, pinned: set[int] | None, visible: int) -> str:
+    t = f"{threads} thread{'s' if threads > 1 else ''}"
+    if pinned is None:
+        return f"{t}, unpinned (all {visible} cores)"
+    if len(pinned) == 1:
+        return f"{t}, pinned to one core (cpu {min(pinned)})"
+    return f"{t}, pinned to {len(pinned)} of {visible} cores"
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a worker process with ``threads`` threads."""
+    env = dict(os.environ)
+    for v in LIMIT_VARS:
+        env[v] = str(threads)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_cpu_multi_thread_eigen")]
+    if threads == 1:
+        flags.append("--xla_cpu_multi_thread_eigen=false")
+    env["XLA_FLAGS"] = " ".join(flags)
+    return env
+
+
+class ThreadLimits:
+    """Apply the run-time limits inside the worker (the env and pinning came with it)."""
+
+    def __init__(self, threads: int, peers: list[str], dtype: str) -> None:
+        self.threads = threads
+        self._limiter = None
+        if installed("threadpoolctl"):
+            from threadpoolctl import threadpool_limits
+
+            self._limiter = threadpool_limits(threads)  # held for the process's life
+        if "torch" in peers:
+            import torch
+
+            torch.set_num_threads(threads)
+            try:
+                torch.set_num_interop_threads(threads)
+            except RuntimeError:  # already set (or inter-op work started) in this process
+                pass
+        if "jax" in peers:
+            import jax
+
+            if dtype == "float64":
+                jax.config.update("jax_enable_x64", True)
+
+
+def _cpu() -> dict:
+    info = {"model": platform.processor() or platform.machine(), "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["model"] in ("", platform.processor(),
+                                                             platform.machine()):
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            have = set(value.split())
+            info["flags"] = [f for f in ("avx2", "fma", "avx512f") if f in have]
+            break
+    return info
+
+
+def _l2() -> str:
+    """L2 size of cpu0 and how many cpus share it (sysfs)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            if not idx.startswith("index"):
+                continue
+            with open(os.path.join(d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(d, "size")) as f:
+                size = f.read().strip()
+            with open(os.path.join(d, "shared_cpu_list")) as f:
+                shared = f.read().strip()
+            n = sum(len(range(int(a), int(b) + 1)) if "-" in part else 1
+                    for part in shared.split(",") for a, _, b in [part.partition("-")])
+            return f"{size} per core" if n == 1 else f"{size} shared by {n} cpus"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def _blas() -> dict:
+    """The BLAS SciPy (hence grufast) calls, and every loaded BLAS/OpenMP, as threadpoolctl
+    sees them now (after the limits)."""
+    import scipy
+
+    scipy_libs = os.path.dirname(scipy.__file__) + ".libs"
+    if not installed("threadpoolctl"):
+        dep = scipy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return {"grufast": {"internal_api": dep.get("name"), "version": dep.get("version"),
+                            "architecture": "unknown (threadpoolctl not installed)"},
+                "all": []}
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
+    libs = [{k: i.get(k) for k in keys} for i in threadpool_info()]
+    ours = next((lib for lib in libs if lib["filepath"].startswith(scipy_libs)),
+                next((lib for lib in libs if lib["internal_api"] != "openmp"), {}))
+    return {"grufast": ours, "all": libs}
+
+
+def isa_build() -> str:
+    from grufast._isa import kernels
+
+    return kernels.__name__.rsplit(".", 1)[-1].replace("_kernels", "").lstrip("_") \
+        or "baseline"
+
+
+def environment(threads: int, peers: list[str]) -> dict:
+    """The record of this worker once its limits are applied."""
+    import scipy
+
+    import grufast
+    from grufast._isa import kernels
+
+    versions = {"python": platform.python_version(), "grufast": grufast.__version__,
+                "numpy": np.__version__, "scipy": scipy.__version__}
+    for peer, mods in (("torch", ["torch"]), ("onnxruntime", ["onnxruntime", "onnx"]),
+                       ("jax", ["jax", "jaxlib"])):
+        if peer in peers:
+            versions.update({m: __import__(m).__version__ for m in mods})
+    affinity = visible_cpus()
+    visible = int(os.environ.get("GRUFAST_BENCH_VISIBLE_CPUS", len(affinity)))
+    pinned = set(affinity) if len(affinity) < visible else None
+    limits = {"affinity": affinity, "grufast_openmp_threads": kernels.openmp_threads(),
+              "env": {v: os.environ.get(v) for v in LIMIT_VARS + ("XLA_FLAGS",)}}
+    if "torch" in peers:
+        import torch
+
+        limits["torch_num_threads"] = torch.get_num_threads()
+        limits["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    if "onnxruntime" in peers:
+        limits["onnxruntime_intra_op_num_threads"] = threads
+    blas = _blas()
+    return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "blas": blas,
+            "threads": threads, "thread_mode": thread_mode(threads, pinned, visible),
+            "limits": limits, "versions": versions,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def describe(env: dict) -> str:
+    """One line naming the machine, the build, the BLAS, the thread mode and the date."""
+    cpu = env["cpu"]
+    b = env["blas"]["grufast"]
+    blas = f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels)"
+    return (f"{cpu['model']} [{', '.join(cpu['flags']) or 'no avx2'}]; grufast "
+            f"{env['isa_build']} build; L2 {env['l2']}; BLAS {blas}; {env['thread_mode']}; "
+            f"{env['date']}")

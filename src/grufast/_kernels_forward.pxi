@@ -1,0 +1,243 @@
+# The forward recurrence: input projections by chunks of steps, then per step the recurrent
+# product and the fused gate pass; serial, split by sequences, or split by hidden units as
+# plan_threads decides. See docs/design.md sections 4 (Kernels) and 5 (Threads).
+
+
+cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
+                 Py_ssize_t s1, Py_ssize_t first, Py_ssize_t b0, Py_ssize_t b1,
+                 bint project, bint tiled) noexcept nogil:
+    """Steps s0 <= s < s1 (in visiting order) for the sequences b0 <= b < b1, whose input
+    projections for time steps first, first + 1, ... are in gates, or are computed here step
+    by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
+    ``tiled``: the recurrent products in the register-tiled GEMM, else OpenBLAS's GEMV (one
+    sequence) or GEMM. Sequences never interact, so disjoint row ranges run on different
+    threads without any synchronisation."""
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
+    cdef bint reverse = d.reverse, lbr = d.lbr
+    cdef const real* x = <const real*>a.x
+    cdef const real* w_ih_t = <const real*>a.w_ih_t
+    cdef const real* w_hh = <const real*>a.w_hh
+    cdef const real* w_hh_t = <const real*>a.w_hh_t
+    cdef const real* b_ih = <const real*>a.b_ih
+    cdef const real* b_hh = <const real*>a.b_hh
+    cdef real* gates = <real*>a.gates
+    cdef real* hprev = <real*>a.hprev
+    cdef real* ghn = <real*>a.ghn
+    cdef real* step_scratch = <real*>a.step_scratch
+    cdef Py_ssize_t s, t, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef real* gi
+    cdef real* hp_t = step_scratch + b0 * H
+    cdef real* hn_t = step_scratch + BH + b0 * H  # lbr: the recurrent n term; else exp(-a_z)
+    cdef real* y_t
+    cdef real* hr = h + b0 * H
+    cdef real* ghr = <real*>a.gh + b0 * G
+    cdef real* rhr = <real*>a.rh + b0 * H
+    cdef const Py_ssize_t* lr = a.lengths + b0
+    for s in range(s0, s1):
+        t = T - 1 - s if reverse else s
+        gi = gates + (t - first) * BG + b0 * G
+        y_t = <real*>a.y + (t * B + b0) * ldy
+        if hprev != NULL:
+            hp_t = hprev + t * BH + b0 * H
+        if ghn != NULL:
+            hn_t = ghn + t * BH + b0 * H
+        if project:
+            small_gemm(n, G, I, x + (t * B + b0) * I, I, w_ih_t, G, gi, G, False)
+        if lbr:
+            if tiled:
+                small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
+            elif n == 1:
+                _gemv_t(G, H, w_hh_t, G, hr, ghr)
+            else:
+                gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
+            _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
+        else:
+            if tiled:
+                small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
+            elif n == 1:
+                _gemv_t(2 * H, H, w_hh_t, G, hr, ghr)
+            else:
+                gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
+            _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
+            if tiled:
+                small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
+            elif n == 1:
+                _gemv_t(H, H, w_hh_t + 2 * H, G, rhr, ghr + 2 * H)
+            else:
+                gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
+                        G)
+            _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
+
+
+cdef void _unit_forward(int p, int nt, barrier_t* bar, const Dims* d,
+                        const ForwardArrays* a, real* h) noexcept nogil:
+    """Thread p of nt runs one sequence (B = 1) for its hidden units j0 <= j < j1: their
+    columns of x W_ih^T, of h W_hh^T (so each thread streams a 1/nt slice of the weights,
+    which stays in its own cache) and of the gates. The threads meet at a barrier after each
+    step, where the new state is complete (and once more without linear_before_reset, where
+    r * h is). The state alternates between h and a scratch row, so that no thread writes
+    the state another one is still reading."""
+    cdef Py_ssize_t T = d.T, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
+    cdef bint reverse = d.reverse, lbr = d.lbr
+    cdef const real* x = <const real*>a.x
+    cdef const real* w_ih_t = <const real*>a.w_ih_t
+    cdef const real* w_hh_t = <const real*>a.w_hh_t
+    cdef const real* b_ih = <const real*>a.b_ih
+    cdef const real* b_hh = <const real*>a.b_hh
+    cdef const Py_ssize_t* lengths = a.lengths
+    cdef real* y = <real*>a.y
+    cdef real* gates = <real*>a.gates
+    cdef real* hprev = <real*>a.hprev
+    cdef real* ghn = <real*>a.ghn
+    cdef real* gh = <real*>a.gh
+    cdef real* rh = <real*>a.rh
+    cdef real* step_scratch = <real*>a.step_scratch
+    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H
+    cdef bint backwards  # this step walks the weights' strips last to first
+    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    cdef real* states[2]
+    cdef real* gi
+    cdef real* hp_t = step_scratch
+    cdef real* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
+    states[0] = h
+    states[1] = step_scratch + 2 * H
+    while s < T:
+        n = min(chunk, T - s)
+        first = T - s - n if reverse else s
+        for k in range(3):
+            small_gemm(n, w, I, x + first * I, I, w_ih_t + k * H + j0, G,
+                       gates + k * H + j0, G, False)
+        for q in range(s, s + n):
+            t = T - 1 - q if reverse else q
+            gi = gates + (t - first) * G
+            if hprev != NULL:
+                hp_t = hprev + t * H
+            if ghn != NULL:
+                hn_t = ghn + t * H
+            # Alternate directions through the weights each step (gates and strips): what
+            # was read last is read first, from cache (a thread's slice may exceed L2).
+            backwards = q % 2 == 1
+            if lbr:
+                for kk in range(3):
+                    k = 2 - kk if backwards else kk
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
+                             False, backwards)
+                _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                           states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            else:
+                for kk in range(2):
+                    k = 1 - kk if backwards else kk
+                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
+                             False, backwards)
+                _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2], rh,
+                          hn_t)
+                barrier_wait(bar, nt)
+                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False, backwards)
+                _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                         states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            barrier_wait(bar, nt)
+        s += n
+    if T % 2:
+        memcpy(h + j0, states[1] + j0, w * sizeof(real))
+
+
+cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogil:
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, G = 3 * d.H
+    cdef const real* x = <const real*>a.x
+    cdef real* gates = <real*>a.gates
+    cdef Py_ssize_t s = 0, n, first
+    cdef ThreadPlan plan = plan_threads(B, d.H)
+    cdef int p, nt = plan.threads
+    cdef barrier_t bar
+    cdef barrier_t* barp = &bar
+    if plan.split == BY_UNITS:
+        bar.arrived = 0
+        bar.generation = 0
+        with parallel(num_threads=nt):
+            # The team may be smaller than asked for: split among the threads that came.
+            _unit_forward(thread_id(), team_size(), barp, d, a, h)
+        return
+    # Split by sequences, each thread also projects its own sequences' inputs, step by
+    # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
+    # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
+    cdef bint project = plan.split == BY_SEQUENCES
+    while s < T:
+        # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
+        # Training passes chunk = T (backward reads them all); inference keeps memory
+        # independent of T.
+        n = min(a.chunk, T - s)
+        first = T - s - n if d.reverse else s
+        if not project:
+            if n * B * G * I < SMALL_GEMM_MACS:
+                # Small projections in the tiled GEMM: OpenBLAS would start its threads
+                # for them, for less work than waking them costs.
+                small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G, gates,
+                           G, False)
+            else:
+                gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I,
+                        <const real*>a.w_ih, I, 0, gates, G)
+        if plan.split == SERIAL:
+            _steps(d, a, h, s, s + n, first, 0, B, False, plan.tiled_recurrence)
+        else:
+            # By sequences: each thread runs its own sequences through the whole chunk, in
+            # whole register tiles of 4 rows.
+            for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+                _steps(d, a, h, s, s + n, first, _share(B, nt, p, 4), _share(B, nt, p + 1, 4),
+                       True, plan.tiled_recurrence)
+        s += n
+
+
+def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
+            const real[:, ::1] w_hh, const real[:, ::1] w_hh_t, const real[::1] b_ih,
+            const real[::1] b_hh, const Py_ssize_t[::1] lengths, bint reverse,
+            bint linear_before_reset,
+            real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
+            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
+            real[:, ::1] step_scratch):
+    """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
+
+    w_ih_t (I, 3H) and w_hh_t (H, 3H) are the weights transposed, read by the register-tiled
+    GEMM of small batches.
+
+    y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
+    a bidirectional layer write side by side into one buffer.
+
+    h (B, H) holds h0 on entry and h_n on exit. gates (C, B, 3H) holds the input projections
+    of C steps at a time (C = T in training, where it ends holding every step's r, z, n).
+    hprev (T, B, H) and ghn (T, B, H) are None in inference; in training they receive the
+    state entering each step and the recurrent n term (h W_hn^T + b_hn, linear_before_reset
+    only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch (3B, H) are per-step
+    scratch.
+    """
+    cdef Dims d
+    cdef ForwardArrays a
+    d.T, d.B, d.n_in, d.H = x.shape[0], x.shape[1], x.shape[2], h.shape[1]
+    d.ldy = y.shape[2]
+    d.reverse = reverse
+    d.lbr = linear_before_reset
+    d.accumulate = False
+    d.dx_accumulate = False
+    if d.T == 0 or d.B == 0:
+        return
+    a.x = &x[0, 0, 0]
+    a.w_ih = &w_ih[0, 0]
+    a.w_ih_t = &w_ih_t[0, 0]
+    a.w_hh = &w_hh[0, 0]
+    a.w_hh_t = &w_hh_t[0, 0]
+    a.b_ih = &b_ih[0]
+    a.b_hh = &b_hh[0]
+    a.lengths = &lengths[0]
+    a.y = &y[0, 0, 0] + y_col
+    a.chunk = gates.shape[0]
+    a.gates = &gates[0, 0, 0]
+    a.hprev = NULL
+    a.ghn = NULL
+    if hprev is not None:
+        a.hprev = &hprev[0, 0, 0]
+    if ghn is not None:
+        a.ghn = &ghn[0, 0, 0]
+    a.gh = &gh[0, 0]
+    a.rh = &rh[0, 0]
+    a.step_scratch = &step_scratch[0, 0]
+    with nogil:
+        _forward(&d, &a, &h[0, 0])

@@ -1,0 +1,197 @@
+# The gate passes: elementwise, fused, vectorisable loops over a step's rows for the hidden
+# units j0 <= j < j1 (all of them, or one thread's slice). Forward: the activations and the
+# new state; backward: the gates' gradients. The recurrent products around them live in the
+# forward and backward loops. See docs/design.md sections 1 (equations) and 4 (Kernels).
+
+cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1
+                             ) noexcept nogil:
+    """Zero the units j0 <= j < j1 of the three gate blocks of a row of g (3H)."""
+    cdef Py_ssize_t k
+    for k in range(3):
+        fill(g + k * H + j0, j1 - j0, <real>0)
+
+
+cdef inline void _masked(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* y, real* g,
+                         const real* h, real* h_out, real* hprev) noexcept nogil:
+    """A step past the sequence's length, units j0 <= j < j1: output zeros, keep the state;
+    the gates and the recorded state are zeroed so that backward's products over all rows
+    stay finite."""
+    cdef Py_ssize_t n = j1 - j0
+    fill(y + j0, n, <real>0)
+    _zero_units(g, H, j0, j1)
+    fill(hprev + j0, n, <real>0)
+    if h_out != h:
+        memcpy(h_out + j0, h + j0, n * sizeof(real))
+
+
+cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                     const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                     const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
+                     real* hprev, real* ghn) noexcept nogil:
+    """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)), units j0 <= j < j1.
+
+    gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
+    The new state goes to h_out (B, H), which may be h. hprev and ghn (B, H) receive h and
+    the recurrent n term (scratch in inference: storing unconditionally keeps the loop
+    branch-free, hence vectorisable).
+    """
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r, z, ez, n, hn, hp
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            _masked(H, j0, j1, y + b * ldy, g, h + b * H, h_out + b * H, hprev + b * H)
+            fill(ghn + b * H + j0, j1 - j0, <real>0)
+            continue
+        for j in range(j0, j1):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            z = <real>1 / (<real>1 + ez)
+            hn = q[2 * H + j] + b_hh[2 * H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
+            hp = h[b * H + j]
+            g[j] = r
+            g[H + j] = z
+            g[2 * H + j] = n
+            hprev[b * H + j] = hp
+            ghn[b * H + j] = hn
+            # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
+            hn = z * (hp + ez * n)
+            h_out[b * H + j] = hn
+            y[b * ldy + j] = hn
+
+
+cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                    const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                    const real* b_hh, const real* h, real* rh, real* ez) noexcept nogil:
+    """linear_before_reset=False, first half, units j0 <= j < j1: r and z into gi, r * h
+    into rh (B, H), exp(-a_z) into ez (B, H) for the second half."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r, e
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            fill(rh + b * H + j0, j1 - j0, <real>0)
+            continue
+        for j in range(j0, j1):
+            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+            g[j] = r
+            e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+            g[H + j] = <real>1 / (<real>1 + e)
+            ez[b * H + j] = e
+            rh[b * H + j] = r * h[b * H + j]
+
+
+cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                   const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
+                   const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
+                   real* hprev, const real* ez) noexcept nogil:
+    """linear_before_reset=False, second half, units j0 <= j < j1:
+    n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn); the new state goes to h_out."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real z, n, hp
+    cdef real* g
+    cdef const real* q
+    for b in range(B):
+        g = gi + b * G
+        q = gh + b * G
+        if t >= lengths[b]:
+            _masked(H, j0, j1, y + b * ldy, g, h + b * H, h_out + b * H, hprev + b * H)
+            continue
+        for j in range(j0, j1):
+            z = g[H + j]
+            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
+            hp = h[b * H + j]
+            g[2 * H + j] = n
+            hprev[b * H + j] = hp
+            n = z * (hp + ez[b * H + j] * n)
+            h_out[b * H + j] = n
+            y[b * ldy + j] = n
+
+
+# With d = dL/dh' (carried gradient plus dy_t) and the stored r, z, n, h, hn = h W_hn^T + b_hn:
+#   dn  = d (1 - z)            dz = d (h - n)            dh  = d z  (+ the recurrent terms)
+#   dan = dn (1 - n^2)         daz = dz z (1 - z)        (pre-activation gradients)
+#   lbr:     dar = dan hn r (1 - r);  dgh = [dar, daz, dan r];  dh += dgh W_hh
+#   not lbr: ds = dan W_hn;  dar = ds h r (1 - r);  dh += ds r + [dar, daz] W_h[rz]
+#   dgi = [dar, daz, dan] for both; it is stored for all steps in dG (T, B, G) so that
+#   dx, dW_ih and dW_hh become large GEMMs after the loop.
+
+cdef void _dgates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                      const Py_ssize_t* lengths, const real* g, const real* hprev,
+                      const real* ghn, const real* dy, Py_ssize_t ldy, real* dh, real* dg,
+                      real* dgh) noexcept nogil:
+    """Units j0 <= j < j1: the gates' gradients into dg (dgi) and dgh, dh <- d z."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, r, z, n, dan, daz, dar
+    for b in range(B):
+        if t >= lengths[b]:
+            _zero_units(dg + b * G, H, j0, j1)
+            _zero_units(dgh + b * G, H, j0, j1)
+            continue
+        for j in range(j0, j1):
+            d = dh[b * H + j] + dy[b * ldy + j]
+            r = g[b * G + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dan = d * (<real>1 - z) * (<real>1 - n * n)
+            daz = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dar = dan * ghn[b * H + j] * r * (<real>1 - r)
+            dg[b * G + j] = dar
+            dg[b * G + H + j] = daz
+            dg[b * G + 2 * H + j] = dan
+            dgh[b * G + j] = dar
+            dgh[b * G + H + j] = daz
+            dgh[b * G + 2 * H + j] = dan * r
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_zn(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                     const Py_ssize_t* lengths, const real* g, const real* hprev,
+                     const real* dy, Py_ssize_t ldy, real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, first half, units j0 <= j < j1: daz, dan and the direct
+    dh = d z."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real d, z, n
+    for b in range(B):
+        if t >= lengths[b]:
+            _zero_units(dg + b * G, H, j0, j1)
+            continue
+        for j in range(j0, j1):
+            d = dh[b * H + j] + dy[b * ldy + j]
+            z = g[b * G + H + j]
+            n = g[b * G + 2 * H + j]
+            dg[b * G + H + j] = d * (hprev[b * H + j] - n) * z * (<real>1 - z)
+            dg[b * G + 2 * H + j] = d * (<real>1 - z) * (<real>1 - n * n)
+            dh[b * H + j] = d * z
+
+
+cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
+                    const Py_ssize_t* lengths, const real* g, const real* hprev,
+                    const real* ds, real* dh, real* dg) noexcept nogil:
+    """linear_before_reset=False, second half, units j0 <= j < j1: dar from ds = dan W_hn,
+    and dh += ds r."""
+    cdef Py_ssize_t b, j, G = 3 * H
+    cdef real r
+    for b in range(B):
+        if t >= lengths[b]:
+            continue
+        for j in range(j0, j1):
+            r = g[b * G + j]
+            dg[b * G + j] = ds[b * H + j] * hprev[b * H + j] * r * (<real>1 - r)
+            dh[b * H + j] = dh[b * H + j] + ds[b * H + j] * r
+
+
+def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
+    """Apply the kernels' sigmoid and tanh elementwise (exposed to test their error bound)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(x.shape[0]):
+            sig[i] = sigmoid(x[i])
+            tanh[i] = tanh_approx(x[i])
