@@ -328,3 +328,24 @@ def test_gates_where_the_float_models_have_them(fmt):
             assert a.shape == (4, 4, 7, 10) and rel(a, b) <= SAME
         for a, b in zip(qc.gates(x[0]), qc.dequantized().gates(x[0])):
             assert a.shape == (7, 10) and rel(a, b) <= SAME
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reverse_mask_and_default_state(fmt, tmp_path):
+    g = grufast.GRU(5, 8, num_layers=2, reverse=True, seed=4).eval()
+    g.default_h0 = np.full((2, 1, 8), 0.3, np.float32)
+    q = g.quantized(fmt)
+    f = q.dequantized()
+    assert q.reverse and np.array_equal(q.default_h0, g.default_h0)
+    x = seq(6, 3, 5, 1)
+    mask = np.array([[1, 0, 1, 1, 0, 1], [1] * 6, [0] * 6], bool)
+    for kw in ({}, {"lengths": [6, 2, 0]}, {"mask": mask}):
+        for a, b in zip(q(x, **kw), f(x, **kw)):
+            assert rel(a, b) <= SAME
+        assert rel(q(x, **kw)[0], g(x, **kw)[0]) <= TARGET[fmt]
+    with pytest.raises(ValueError, match="reverse"):
+        q.step(x[0])
+    grufast.save(q, tmp_path / "r.npz")
+    r = grufast.load(tmp_path / "r.npz")
+    assert r.reverse and np.array_equal(r.default_h0, g.default_h0)
+    assert np.array_equal(r(x)[0], q(x)[0])

@@ -298,7 +298,8 @@ class QuantizedGRU(_QuantizedParameters):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, bidirectional: bool = False, *,
-                 linear_before_reset: bool = True, weight_format: str = "int8") -> None:
+                 linear_before_reset: bool = True, reverse: bool = False,
+                 weight_format: str = "int8") -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -306,6 +307,12 @@ class QuantizedGRU(_QuantizedParameters):
         self.batch_first = _bool("batch_first", batch_first)
         self.bidirectional = _bool("bidirectional", bidirectional)
         self.linear_before_reset = _bool("linear_before_reset", linear_before_reset)
+        self.reverse = _bool("reverse", reverse)
+        if self.reverse and self.bidirectional:
+            raise ValueError("reverse=True needs bidirectional=False (a bidirectional GRU "
+                             "already runs both directions)")
+        self._default_h0: np.ndarray | None = None
+        self._default_lengths: np.ndarray | None = None
         H, D = self.hidden_size, self.num_directions
         shapes = {}
         for k in range(self.num_layers):
@@ -327,8 +334,11 @@ class QuantizedGRU(_QuantizedParameters):
         c = model.config()
         q = cls(c["input_size"], c["hidden_size"], c["num_layers"], c["bias"],
                 c["batch_first"], c["bidirectional"],
-                linear_before_reset=c["linear_before_reset"], weight_format=weight_format)
+                linear_before_reset=c["linear_before_reset"], reverse=c.get("reverse", False),
+                weight_format=weight_format)
         q._quantize_from(model.state_dict())
+        q._default_h0 = getattr(model, "default_h0", None)  # copies
+        q._default_lengths = getattr(model, "default_lengths", None)
         return q
 
     @property
@@ -343,7 +353,8 @@ class QuantizedGRU(_QuantizedParameters):
         return dict(input_size=self.input_size, hidden_size=self.hidden_size,
                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                     bidirectional=self.bidirectional,
-                    linear_before_reset=self.linear_before_reset, weight_format=self.weight_format)
+                    linear_before_reset=self.linear_before_reset, reverse=self.reverse,
+                    weight_format=self.weight_format)
 
     def __repr__(self) -> str:
         return "QuantizedGRU(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
@@ -354,7 +365,40 @@ class QuantizedGRU(_QuantizedParameters):
         c = {k: v for k, v in self.config().items() if k != "weight_format"}
         m = GRU(**c, dtype=np.float32)
         m.load_state_dict(self._float_state_dict())
+        m.default_h0, m.default_lengths = self._default_h0, self._default_lengths
         return m.eval()
+
+    # default_h0 / default_lengths (constants an ONNX model may carry), as GRU's
+    _EXTRAS = ("default_h0", "default_lengths")
+    for _name in ("default_h0", "default_lengths", "_checked_default_h0",
+                  "_checked_default_lengths", "_initial_state"):
+        locals()[_name] = vars(GRU)[_name]  # the float model's descriptors, unchanged
+    del _name
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The stored arrays (see ``_QuantizedParameters.state_dict``), plus ``default_h0``
+        and ``default_lengths`` when the model has them."""
+        d = super().state_dict()
+        for name in self._EXTRAS:
+            value = getattr(self, "_" + name)
+            if value is not None:
+                d[name] = value.copy()
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load stored arrays strictly; ``default_h0`` and ``default_lengths`` as GRU's."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
+        extras = {k: state_dict[k] for k in self._EXTRAS if k in state_dict}
+        missing = [k for k in self._EXTRAS
+                   if getattr(self, "_" + k) is not None and k not in extras]
+        if missing:
+            raise ValueError(f"state_dict does not match the model: missing keys {missing} "
+                             "(the model has them; set them to None to drop them)")
+        h0 = self._checked_default_h0(extras.get("default_h0"))
+        lengths = self._checked_default_lengths(extras.get("default_lengths"))
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
+        self._default_h0, self._default_lengths = h0, lengths
 
     # The float model's input checks and layouts, unchanged: GRU.__call__ reads only the
     # configuration, ``dtype`` and ``training`` and hands prepared buffers to _forward
@@ -374,7 +418,7 @@ class QuantizedGRU(_QuantizedParameters):
         for k in range(self.num_layers):
             out = np.empty((T, B, D * H), _F32)
             for d, sfx in enumerate(self._suffixes(k)):
-                self._run(inp, sfx, h_n[k * D + d], lens, d == 1, out, d * H)
+                self._run(inp, sfx, h_n[k * D + d], lens, d == 1 or self.reverse, out, d * H)
             inp = out
         return inp, h_n
 
@@ -392,13 +436,14 @@ class QuantizedGRU(_QuantizedParameters):
         y_t : ndarray, shape (B, hidden_size) (or (hidden_size,))
         h : ndarray, the new state shaped like the given one
         """
-        if self.bidirectional:
-            raise ValueError("step needs a unidirectional GRU: a bidirectional one must see "
-                             "the whole sequence (got bidirectional=True)")
+        if self.bidirectional or self.reverse:
+            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
+                             "reverse one must see the whole sequence (got bidirectional="
+                             f"{self.bidirectional}, reverse={self.reverse})")
         x_t, unbatched = _step_input("x_t", x_t, self.input_size, _F32)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
-            state = np.zeros((L, B, H), _F32)
+            state = self._initial_state(B)
         else:
             h = real_array("h", h, _F32)
             shaped("h", h, (L, H) if unbatched else (L, B, H), "(num_layers, B, hidden_size)")
