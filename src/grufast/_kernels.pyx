@@ -11,4 +11,3 @@ the state unchanged (packed-sequence semantics, both directions).
 """
 
 include "_kernels_impl.pxi"
-include "_quantized_kernels.pxi"

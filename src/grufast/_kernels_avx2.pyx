@@ -3,4 +3,3 @@
 by grufast._isa only on CPUs that have these instructions. See grufast._kernels."""
 
 include "_kernels_impl.pxi"
-include "_quantized_kernels.pxi"

@@ -4,4 +4,3 @@
 See grufast._kernels."""
 
 include "_kernels_impl.pxi"
-include "_quantized_kernels.pxi"

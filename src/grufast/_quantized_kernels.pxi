@@ -224,7 +224,8 @@ def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
     cdef Py_ssize_t n = gates.shape[0], B = gates.shape[1], H = h.shape[1]
     cdef int fmt = _qformat(w_hh)
     cdef const void* pw = cnp.PyArray_DATA(w_hh)
-    cdef int nt = _unit_threads(B, H)
+    cdef ThreadPlan plan = plan_threads(B, H)
+    cdef int nt = plan.threads if plan.split == BY_UNITS else 1
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     if n == 0 or B == 0:

@@ -192,13 +192,15 @@ def run(threads: int, quick: bool) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from grufast.bench import environment
+    from grufast._bench_env import describe, environment
 
     torch.set_num_threads(threads)
     rounds, round_s = (5, 0.02) if quick else (15, 0.05)
     settle = 0.0 if threads == 1 else 0.05
     rows = []
     with threadpool_limits(threads), torch.inference_mode():
+        env = environment(threads, ["torch", "onnxruntime"])  # once the limits apply
+        print(describe(env), flush=True)
         for shape in SHAPES:
             ms = interleaved_ms(shape_candidates(*shape, threads), rounds, round_s, settle)
             rows.append({"shape": list(shape), "ms": ms})
@@ -206,7 +208,7 @@ def run(threads: int, quick: bool) -> dict:
         us = {k: {c: 1e3 * v for c, v in t.items()} for k, t in
               interleaved_ms(stream_candidates(), rounds, round_s, settle).items()}
     print(format_stream(us), flush=True)
-    return {"environment": environment(threads), "rows": rows, "streaming_us": us}
+    return {"environment": env, "rows": rows, "streaming_us": us}
 
 
 def format_row(shape, ms: dict[str, dict[str, float]]) -> str:
