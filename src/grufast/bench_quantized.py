@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = args.threads or [1, 2]
     if len(counts) == 1:
         if counts[0] == 1:  # one thread means one core: pinned before any pool starts
-            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            cpus = os.sched_getaffinity(0)
+            os.environ.setdefault("GRUFAST_BENCH_VISIBLE_CPUS", str(len(cpus)))  # "pinned"
+            os.sched_setaffinity(0, {min(cpus)})
         print(f"-- {counts[0]} thread(s)", flush=True)
         results = [run(counts[0], args.quick)]
     else:
