@@ -400,15 +400,13 @@ class QuantizedGRU(_QuantizedParameters):
         super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
         self._default_h0, self._default_lengths = h0, lengths
 
-    # The float model's input checks and layouts, unchanged: GRU.__call__ reads only the
-    # configuration, ``dtype`` and ``training`` and hands prepared buffers to _forward
-    # (through GRU._sequence_inputs where GRU has factored its checks into it).
+    # The float model's input checks, layouts, masks and default state, unchanged: they read
+    # the configuration, ``dtype`` and ``training`` and hand prepared buffers to _forward.
+    # GRU.gates runs the float gate kernels on this model's weights widened for the call.
     __call__ = GRU.__call__
-    if hasattr(GRU, "_sequence_inputs"):
-        _sequence_inputs = GRU._sequence_inputs
-    if hasattr(GRU, "gates"):  # GRU.gates, on this model's weights widened for the call
-        gates = GRU.gates
-        _layer_weights = _QuantizedParameters._float_weights
+    _sequence_inputs = GRU._sequence_inputs
+    gates = GRU.gates
+    _layer_weights = _QuantizedParameters._float_weights
 
     def _forward(self, x: np.ndarray, h0: np.ndarray, lens: np.ndarray, unbatched: bool):
         T, B, _ = x.shape
@@ -503,9 +501,8 @@ class QuantizedGRUCell(_QuantizedParameters):
         m.load_state_dict(self._float_state_dict())
         return m
 
-    if hasattr(GRUCell, "gates"):  # GRUCell.gates, on the weights widened for the call
-        gates = GRUCell.gates
-        _layer_weights = _QuantizedParameters._float_weights
+    gates = GRUCell.gates  # on the weights widened for the call
+    _layer_weights = _QuantizedParameters._float_weights
 
     def _rebuild(self) -> None:
         b_ih, b_hh = self._biases("")
