@@ -7,6 +7,7 @@
 #   _kernels_backward.pxi      the backward loops and ``backward``
 #   _kernels_weight_grads.pxi  dx and the weight gradients, after the backward recurrence
 #   _kernels_cell.pxi          CellPlan, one step for one sequence (GRUCell)
+#   _quantized_kernels.pxi     int8 / bf16 recurrent products (grufast.quantized)
 # See docs/design.md section 4 (Kernels).
 
 
@@ -91,3 +92,4 @@ include "_kernels_forward.pxi"
 include "_kernels_weight_grads.pxi"
 include "_kernels_backward.pxi"
 include "_kernels_cell.pxi"
+include "_quantized_kernels.pxi"

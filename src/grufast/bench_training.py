@@ -36,20 +36,33 @@ GRID = [(100, 1, 64, 64), (100, 1, 256, 256), (100, 1, 512, 512), (100, 16, 128,
 
 @contextmanager
 def threads_limited(threads: int):
-    """grufast's and PyTorch's threads limited to ``threads``; one thread: pinned to a core."""
-    import torch
-    from threadpoolctl import threadpool_limits
+    """grufast's and PyTorch's threads limited to ``threads``; one thread: pinned to a core.
+    PyTorch and threadpoolctl are optional here (``gates`` needs neither): whichever is
+    missing is left alone, and the caller's process settings apply."""
+    from contextlib import nullcontext
 
-    before_torch = torch.get_num_threads()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        def threadpool_limits(_):
+            return nullcontext()
+
+    before_torch = torch.get_num_threads() if torch is not None else None
     affinity = os.sched_getaffinity(0)
-    torch.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
     if threads == 1:
         os.sched_setaffinity(0, {min(affinity)})
     try:
         with threadpool_limits(threads):
             yield
     finally:
-        torch.set_num_threads(before_torch)
+        if torch is not None:
+            torch.set_num_threads(before_torch)
         os.sched_setaffinity(0, affinity)
 
 

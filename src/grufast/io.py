@@ -13,15 +13,21 @@ import numpy as np
 from grufast._validate import describe
 from grufast.layers import GRU, GRUCell
 from grufast.linear import Linear
+from grufast.quantized import QuantizedGRU, QuantizedGRUCell
+
+# The model classes save/load know; quantized models keep their storage dtypes (int8, or
+# bfloat16 bits as uint16) in the file.
+_MODELS = (GRU, GRUCell, Linear, QuantizedGRU, QuantizedGRUCell)
 
 CONFIG_KEY = "__grufast_config__"
 FORMAT = 1
 
 
-def save(model: GRU | GRUCell | Linear, path) -> None:
+def save(model: GRU | GRUCell | Linear | QuantizedGRU | QuantizedGRUCell, path) -> None:
     """Write ``model`` to ``path`` (.npz): its configuration and its parameters."""
-    if not isinstance(model, (GRU, GRUCell, Linear)):
-        raise TypeError(f"model must be a grufast GRU, GRUCell or Linear, got "
+    if not isinstance(model, _MODELS):
+        raise TypeError(f"model must be a grufast GRU, GRUCell or Linear (or a quantized GRU "
+                        f"or GRUCell), got "
                         f"{describe(model)}")
     config = dict(model.config(), **{"class": type(model).__name__, "format": FORMAT})
     arrays = model.state_dict()
@@ -66,7 +72,7 @@ def _read_arrays(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load(path) -> GRU | GRUCell | Linear:
+def load(path) -> GRU | GRUCell | Linear | QuantizedGRU | QuantizedGRUCell:
     """Read a model written by :func:`save`; the model comes back in eval mode (GRU,
     Linear; a GRUCell has no modes).
 
@@ -89,7 +95,7 @@ def load(path) -> GRU | GRUCell | Linear:
         fmt = config.pop("format")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _not_a_model(path, f"malformed configuration ({exc})") from None
-    classes = {"GRU": GRU, "GRUCell": GRUCell, "Linear": Linear}
+    classes = {cls.__name__: cls for cls in _MODELS}
     if kind not in classes or fmt != FORMAT:
         raise ValueError(f"{path!r}: unknown model class {kind!r} or format {fmt!r} "
                          f"(expected one of {sorted(classes)}, format {FORMAT})")
@@ -98,4 +104,4 @@ def load(path) -> GRU | GRUCell | Linear:
     except TypeError as exc:
         raise ValueError(f"{path!r}: the configuration does not fit {kind}: {exc}") from None
     model.load_state_dict(arrays)
-    return model.eval() if isinstance(model, (GRU, Linear)) else model
+    return model.eval() if isinstance(model, (GRU, Linear, QuantizedGRU)) else model

@@ -9,7 +9,7 @@ prepared buffers (grufast.functional.forward_into / backward_into).
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -31,6 +31,9 @@ from grufast._validate import (
     shaped_like,
 )
 from grufast.functional import GRUCache, backward_into, forward_into
+
+if TYPE_CHECKING:
+    from grufast.quantized import QuantizedGRU, QuantizedGRUCell
 
 
 class GRU(_Parameters):
@@ -502,6 +505,16 @@ class GRU(_Parameters):
 
         return gru_from_keras(cls, layer)
 
+    # -- reduced precision --------------------------------------------------------------
+    def quantized(self, weight_format: str) -> QuantizedGRU:
+        """An inference-only copy whose weight matrices are stored in ``weight_format``: "int8"
+        (symmetric, one float32 scale per output row) or "bf16" (bfloat16); biases,
+        activations, the state and accumulation stay float32. This model is unchanged; it
+        must be float32. See grufast.quantized."""
+        from grufast.quantized import QuantizedGRU
+
+        return QuantizedGRU.from_float(self, weight_format)
+
 
 class GRUCell(_Parameters):
     """One GRU step with torch.nn.GRUCell's semantics and state-dict names.
@@ -583,3 +596,10 @@ class GRUCell(_Parameters):
         from grufast.interop.torch import cell_from_torch
 
         return cell_from_torch(cls, module)
+
+    def quantized(self, weight_format: str) -> QuantizedGRUCell:
+        """An inference-only copy with "int8" or "bf16" weight matrices (see
+        ``GRU.quantized``); this cell is unchanged; it must be float32."""
+        from grufast.quantized import QuantizedGRUCell
+
+        return QuantizedGRUCell.from_float(self, weight_format)

@@ -1,0 +1,338 @@
+# Kernels of the quantized inference models (grufast.quantized), float32 only: the recurrent
+# products read int8 or bfloat16 weights and widen them in registers; the gate passes are the
+# float kernels' own (_gates_lbr, _gates_rz, _gates_n). Included by the three ISA builds
+# after the float kernels.
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__AVX512F__) || defined(__AVX2__)
+    #include <immintrin.h>
+    #endif
+
+    /* out[r] = scale[r] * sum_k w[r, k] v[k] for rows r0 <= r < r0 + R of a row-major
+       (rows, K) matrix of int8 (fmt 0, scaled per row) or bfloat16 bits (fmt 1, scale
+       unused). Four rows at a time share each load of v; each weight is widened to float32
+       in registers (gcc scalarises this widening when written as a plain or vector-extension
+       loop, hence the intrinsics) and accumulated with an FMA into float32 lanes, which are
+       summed at the end: a fixed order, independent of the data. */
+    #if defined(__AVX512F__)
+    #define GQ_VF 16
+    typedef __m512 gq_vf;
+    #define GQ_ZERO() _mm512_setzero_ps()
+    #define GQ_LDF(p) _mm512_loadu_ps(p)
+    #define GQ_LDI8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32( \
+        _mm_loadu_si128((const __m128i*)(p))))
+    #define GQ_LDBF(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+        _mm256_loadu_si256((const __m256i*)(p))), 16))
+    #define GQ_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+    #define GQ_HSUM(a) _mm512_reduce_add_ps(a)
+    #elif defined(__AVX2__)
+    #define GQ_VF 8
+    typedef __m256 gq_vf;
+    #define GQ_ZERO() _mm256_setzero_ps()
+    #define GQ_LDF(p) _mm256_loadu_ps(p)
+    #define GQ_LDI8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32( \
+        _mm_loadl_epi64((const __m128i*)(p))))
+    #define GQ_LDBF(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+        _mm_loadu_si128((const __m128i*)(p))), 16))
+    #define GQ_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+    static inline float gq_hsum8(__m256 a) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+    #define GQ_HSUM(a) gq_hsum8(a)
+    #endif
+
+    static inline float gq_i8(int8_t q) { return (float)q; }
+    static inline float gq_bf(uint16_t u) {
+        uint32_t b = (uint32_t)u << 16; float f; memcpy(&f, &b, 4); return f;
+    }
+
+    #ifdef GQ_VF
+    #define GQ_ROWS(NAME, TYPE, LOADV, WIDEN) \
+    static void NAME(ptrdiff_t R, ptrdiff_t K, const TYPE* w, const float* v, float* out) { \
+        ptrdiff_t r = 0, k; \
+        for (; r + 4 <= R; r += 4) { \
+            const TYPE *w0 = w + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K; \
+            gq_vf a0 = GQ_ZERO(), a1 = GQ_ZERO(), a2 = GQ_ZERO(), a3 = GQ_ZERO(); \
+            float s0, s1, s2, s3, x; \
+            for (k = 0; k + GQ_VF <= K; k += GQ_VF) { \
+                gq_vf xv = GQ_LDF(v + k); \
+                a0 = GQ_FMA(LOADV(w0 + k), xv, a0); a1 = GQ_FMA(LOADV(w1 + k), xv, a1); \
+                a2 = GQ_FMA(LOADV(w2 + k), xv, a2); a3 = GQ_FMA(LOADV(w3 + k), xv, a3); \
+            } \
+            s0 = GQ_HSUM(a0); s1 = GQ_HSUM(a1); s2 = GQ_HSUM(a2); s3 = GQ_HSUM(a3); \
+            for (; k < K; k++) { \
+                x = v[k]; \
+                s0 += WIDEN(w0[k]) * x; s1 += WIDEN(w1[k]) * x; \
+                s2 += WIDEN(w2[k]) * x; s3 += WIDEN(w3[k]) * x; \
+            } \
+            out[r] = s0; out[r + 1] = s1; out[r + 2] = s2; out[r + 3] = s3; \
+        } \
+        for (; r < R; r++) { \
+            const TYPE *w0 = w + r * K; \
+            gq_vf a0 = GQ_ZERO(); \
+            float s0; \
+            for (k = 0; k + GQ_VF <= K; k += GQ_VF) a0 = GQ_FMA(LOADV(w0 + k), GQ_LDF(v + k), a0); \
+            s0 = GQ_HSUM(a0); \
+            for (; k < K; k++) s0 += WIDEN(w0[k]) * v[k]; \
+            out[r] = s0; \
+        } \
+    }
+    GQ_ROWS(gq_rows_i8, int8_t, GQ_LDI8, gq_i8)
+    GQ_ROWS(gq_rows_bf, uint16_t, GQ_LDBF, gq_bf)
+    #else
+    /* Portable baseline: eight independent partial sums per row. */
+    #define GQ_ROWS(NAME, TYPE, WIDEN) \
+    static void NAME(ptrdiff_t R, ptrdiff_t K, const TYPE* w, const float* v, float* out) { \
+        ptrdiff_t r, k, l; \
+        for (r = 0; r < R; r++) { \
+            const TYPE *w0 = w + r * K; \
+            float a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, s = 0; \
+            for (k = 0; k + 8 <= K; k += 8) \
+                for (l = 0; l < 8; l++) a[l] += WIDEN(w0[k + l]) * v[k + l]; \
+            for (l = 0; l < 8; l++) s += a[l]; \
+            for (; k < K; k++) s += WIDEN(w0[k]) * v[k]; \
+            out[r] = s; \
+        } \
+    }
+    GQ_ROWS(gq_rows_i8, int8_t, gq_i8)
+    GQ_ROWS(gq_rows_bf, uint16_t, gq_bf)
+    #endif
+
+    static void grufast_qmatvec(int fmt, ptrdiff_t r0, ptrdiff_t R, ptrdiff_t K,
+                                const void* w, const float* scale, const float* v,
+                                float* out) {
+        ptrdiff_t r;
+        if (fmt == 0) {
+            gq_rows_i8(R, K, (const int8_t*)w + r0 * K, v, out);
+            for (r = 0; r < R; r++) out[r] *= scale[r0 + r];
+        } else {
+            gq_rows_bf(R, K, (const uint16_t*)w + r0 * K, v, out);
+        }
+    }
+    """
+    void qmatvec "grufast_qmatvec"(int fmt, Py_ssize_t r0, Py_ssize_t R, Py_ssize_t K,
+                                   const void* w, const float* scale, const float* v,
+                                   float* out) noexcept nogil
+
+
+cdef enum:
+    Q_INT8 = 0
+    Q_BF16 = 1
+
+
+cdef int _qformat(cnp.ndarray w) except -1:
+    if cnp.PyArray_TYPE(w) == cnp.NPY_INT8:
+        return Q_INT8
+    if cnp.PyArray_TYPE(w) == cnp.NPY_UINT16:
+        return Q_BF16
+    raise TypeError(f"quantized weights must be int8 or uint16 (bfloat16 bits), got {w.dtype}")
+
+
+cdef void _qsteps(Py_ssize_t n, Py_ssize_t first, bint reverse, Py_ssize_t B, Py_ssize_t H,
+                  float* gates, int fmt, const void* w_hh, const float* s_hh,
+                  const float* b_ih, const float* b_hh, const Py_ssize_t* lengths, bint lbr,
+                  float* y, Py_ssize_t ldy, float* h, float* gh, float* rh,
+                  float* step_scratch) noexcept nogil:
+    """Steps t = first ... first + n - 1 (backwards when ``reverse``) of B sequences whose
+    input projections x W_ih^T are in gates (n, B, 3H); the recurrent products read the
+    quantized w_hh (3H, H) once per sequence and step."""
+    cdef Py_ssize_t i, s, t, b, G = 3 * H
+    cdef float* hp_t = step_scratch
+    cdef float* hn_t = step_scratch + B * H  # lbr: the recurrent n term; else exp(-a_z)
+    cdef float* gi
+    for i in range(n):
+        s = n - 1 - i if reverse else i
+        t = first + s
+        gi = gates + s * B * G
+        if lbr:
+            for b in range(B):
+                qmatvec(fmt, 0, G, H, w_hh, s_hh, h + b * H, gh + b * G)
+            _gates_lbr(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, h, y + t * B * ldy, ldy,
+                       hp_t, hn_t)
+        else:
+            for b in range(B):
+                qmatvec(fmt, 0, 2 * H, H, w_hh, s_hh, h + b * H, gh + b * G)
+            _gates_rz(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
+            for b in range(B):
+                qmatvec(fmt, 2 * H, H, H, w_hh, s_hh, rh + b * H, gh + b * G + 2 * H)
+            _gates_n(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, h, y + t * B * ldy, ldy,
+                     hp_t, hn_t)
+
+
+cdef void _qunit_steps(int p, int nt, barrier_t* bar, Py_ssize_t n, Py_ssize_t first,
+                       bint reverse, Py_ssize_t H, float* gates, int fmt, const void* w_hh,
+                       const float* s_hh, const float* b_ih, const float* b_hh,
+                       const Py_ssize_t* lengths, bint lbr, float* y, Py_ssize_t ldy,
+                       float* h, float* gh, float* rh, float* step_scratch) noexcept nogil:
+    """_qsteps for one sequence split across nt threads by hidden units, as the float
+    kernels split it: thread p computes the rows of its units j0 <= j < j1 in each gate
+    block (streaming 1/nt of the weights) and their gates; the threads meet at a spinning
+    barrier after each step (and once more without linear_before_reset). The state
+    alternates between h and a scratch row, so no thread writes what another still reads.
+    step_scratch holds 3H floats."""
+    cdef Py_ssize_t i, s, t, k
+    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    cdef float* states[2]
+    cdef float* gi
+    cdef float* hp_t = step_scratch
+    cdef float* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
+    states[0] = h
+    states[1] = step_scratch + 2 * H
+    for i in range(n):
+        s = n - 1 - i if reverse else i
+        t = first + s
+        gi = gates + s * 3 * H
+        if lbr:
+            for k in range(3):
+                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
+            _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                       states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+        else:
+            for k in range(2):
+                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
+            _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh, hn_t)
+            barrier_wait(bar, nt)
+            qmatvec(fmt, 2 * H + j0, w, H, w_hh, s_hh, rh, gh + 2 * H + j0)
+            _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                     states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+        barrier_wait(bar, nt)
+    if n % 2:
+        memcpy(h + j0, states[1] + j0, w * sizeof(float))
+
+
+def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
+                    cnp.ndarray w_hh, const float[::1] s_hh, const float[::1] b_ih,
+                    const float[::1] b_hh, const Py_ssize_t[::1] lengths,
+                    bint linear_before_reset, float[:, :, ::1] y, Py_ssize_t y_col,
+                    float[:, ::1] h, float[:, ::1] gh, float[:, ::1] rh,
+                    float[:, ::1] step_scratch):
+    """Run time steps first ... first + n - 1 (n = gates.shape[0]; in reverse order when
+    ``reverse``) of one layer and direction for B sequences.
+
+    gates (n, B, 3H) holds x W_ih^T for those steps (overwritten); w_hh (3H, H) is int8 with
+    the per-row scales s_hh (3H,), or uint16 holding bfloat16 bits (s_hh unused). y (T, B, W)
+    receives the outputs in columns [y_col, y_col + H); h (B, H) holds the state, updated in
+    place; gh (B, 3H), rh (B, H) and step_scratch (max(2B, 3), H) are scratch. One sequence
+    with enough work is split across OpenMP's threads by hidden units. Callers check shapes,
+    dtypes and contiguity (grufast.quantized).
+    """
+    cdef Py_ssize_t n = gates.shape[0], B = gates.shape[1], H = h.shape[1]
+    cdef int fmt = _qformat(w_hh)
+    cdef const void* pw = cnp.PyArray_DATA(w_hh)
+    cdef ThreadPlan plan = plan_threads(B, H)
+    cdef int nt = plan.threads if plan.split == BY_UNITS else 1
+    cdef barrier_t bar
+    cdef barrier_t* barp = &bar
+    if n == 0 or B == 0:
+        return
+    if not cnp.PyArray_IS_C_CONTIGUOUS(w_hh) or w_hh.shape[0] != 3 * H or w_hh.shape[1] != H:
+        raise ValueError("w_hh must be a C-contiguous (3H, H) array")
+    if step_scratch.shape[0] < max(2 * B, 3):
+        raise ValueError("step_scratch must have max(2B, 3) rows")
+    if nt > 1:
+        bar.arrived = 0
+        bar.generation = 0
+        with nogil, parallel(num_threads=nt):
+            # The team may be smaller than asked for: split among the threads that came.
+            _qunit_steps(thread_id(), team_size(), barp, n, first, reverse, H,
+                         &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0], &b_hh[0], &lengths[0],
+                         linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0],
+                         &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
+        return
+    with nogil:
+        _qsteps(n, first, reverse, B, H, &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0],
+                &b_hh[0], &lengths[0], linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
+                &h[0, 0], &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# one step for one sequence from Python (QuantizedGRUCell's streaming path)
+
+cdef void _qstep1(Py_ssize_t I, Py_ssize_t H, int fmt, const float* x, float* h,
+                  const void* w_ih, const float* s_ih, const void* w_hh, const float* s_hh,
+                  const float* b_ih, const float* b_hh, bint lbr, float* work) noexcept nogil:
+    """h (H,) <- one GRU step from x (I,) with quantized w_ih (3H, I) and w_hh (3H, H);
+    work holds 9H floats."""
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t one = 1
+    cdef float* gi = work
+    cdef float* gh = work + G
+    cdef float* rh = work + 2 * G
+    cdef float* s1 = rh + H
+    cdef float* s2 = s1 + H
+    qmatvec(fmt, 0, G, I, w_ih, s_ih, x, gi)
+    if lbr:
+        qmatvec(fmt, 0, G, H, w_hh, s_hh, h, gh)
+        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+    else:
+        qmatvec(fmt, 0, 2 * H, H, w_hh, s_hh, h, gh)
+        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
+        qmatvec(fmt, 2 * H, H, H, w_hh, s_hh, rh, gh + 2 * H)
+        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+
+
+cdef class QuantizedCellPlan:
+    """A quantized GRU cell's stored arrays held for one-sequence steps from Python.
+
+    ``step(x, h)`` takes x (I,) and h (H,) or None as C-contiguous float32 arrays and
+    returns the new state (H,); for anything else it returns None and the caller takes the
+    general path. w_ih (3H, I) and w_hh (3H, H) are int8 with per-row scales s_ih, s_hh
+    (3H,), or uint16 bfloat16 bits with the scales unused. Scratch is allocated per call:
+    nothing mutable is shared.
+    """
+
+    cdef cnp.ndarray w_ih, s_ih, w_hh, s_hh, b_ih, b_hh
+    cdef Py_ssize_t n_in, n_hidden
+    cdef bint lbr
+    cdef int fmt
+
+    def __init__(self, cnp.ndarray w_ih, cnp.ndarray s_ih, cnp.ndarray w_hh, cnp.ndarray s_hh,
+                 cnp.ndarray b_ih, cnp.ndarray b_hh, bint linear_before_reset):
+        self.fmt = _qformat(w_ih)
+        if _qformat(w_hh) != self.fmt:
+            raise TypeError("w_ih and w_hh must have one dtype")
+        H = w_hh.shape[1]
+        for a, shape in ((w_ih, (3 * H, w_ih.shape[1])), (w_hh, (3 * H, H)), (s_ih, (3 * H,)),
+                         (s_hh, (3 * H,)), (b_ih, (3 * H,)), (b_hh, (3 * H,))):
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a) or (<object>a).shape != shape:
+                raise ValueError(f"QuantizedCellPlan needs C-contiguous arrays of shape {shape}")
+        for a in (s_ih, s_hh, b_ih, b_hh):
+            if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32:
+                raise TypeError("scales and biases must be float32")
+        self.w_ih, self.s_ih, self.w_hh, self.s_hh = w_ih, s_ih, w_hh, s_hh
+        self.b_ih, self.b_hh = b_ih, b_hh
+        self.n_in = w_ih.shape[1]
+        self.n_hidden = H
+        self.lbr = linear_before_reset
+
+    def step(self, x, h):
+        cdef cnp.npy_intp dim = self.n_hidden
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden
+        cdef cnp.ndarray out
+        cdef float* work
+        if not _is_vector(x, cnp.NPY_FLOAT32, I):
+            return None
+        if h is not None and not _is_vector(h, cnp.NPY_FLOAT32, H):
+            return None
+        out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT32, 0)
+        if h is None:
+            memset(cnp.PyArray_DATA(out), 0, H * sizeof(float))
+        else:
+            memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(<cnp.ndarray>h), H * sizeof(float))
+        work = <float*>malloc(9 * H * sizeof(float))
+        if work == NULL:
+            raise MemoryError()
+        with nogil:
+            _qstep1(I, H, self.fmt, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                    <float*>cnp.PyArray_DATA(out), cnp.PyArray_DATA(self.w_ih),
+                    <const float*>cnp.PyArray_DATA(self.s_ih), cnp.PyArray_DATA(self.w_hh),
+                    <const float*>cnp.PyArray_DATA(self.s_hh),
+                    <const float*>cnp.PyArray_DATA(self.b_ih),
+                    <const float*>cnp.PyArray_DATA(self.b_hh), self.lbr, work)
+        free(work)
+        return out
