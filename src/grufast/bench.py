@@ -243,6 +243,13 @@ def training_extras(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
                                                   threads=threads, rounds=rounds)}
     if "torch" in settings["peers"]:
         out["training_iteration"] = BT.iteration(threads=threads, rounds=rounds)
+    if {"torch", "onnxruntime"} <= set(settings["peers"]):
+        from grufast import bench_quantized as BQ
+
+        # int8 / bf16 beside grufast float32, ONNX Runtime float32 and PyTorch's dynamically
+        # quantized GRU, interleaved in this process (it prints its own lines as it goes)
+        print("\nreduced precision (grufast.bench_quantized):", flush=True)
+        out["quantized"] = BQ.run(threads, settings["quick"])
     return out
 
 
