@@ -26,6 +26,7 @@ from grufast._validate import (
 )
 
 INFERENCE_CHUNK_BYTES = 8 << 20  # per direction: a few steps of projections, cache-sized
+FLUSH_ROWS = 64  # backward: rows of gates' gradients per weight-gradient flush (K of its GEMMs)
 
 
 class GRUGrads(NamedTuple):
@@ -245,15 +246,24 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     """Kernel call on prepared buffers (no validation): dy (T, B, W) or None, this
     direction's gradient in columns [dy_col, dy_col + H); dh holds dh_n and ends holding dh0;
     dx and the parameter gradients are overwritten, or added to when asked."""
-    T, B, _ = c.x.shape
+    T, B, I = c.x.shape
     H = c.w_hh.shape[1]
     dtype = c.w_ih.dtype
+    lbr = c.linear_before_reset
+    # Serial or split by sequences, the weight gradients accumulate during the recurrence, a
+    # flush of steps (FLUSH_ROWS rows of products) at a time: per-flush buffers, and one row
+    # of partial sums per thread that may share the call.
+    steps = max(1, min(T, -(-FLUSH_ROWS // max(B, 1))))
+    flush = np.empty((8 * H + I) * steps * B, dtype)
+    partials = np.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
+    # One sequence split by hidden units: dG of every step, weight gradients after the loop.
+    # np.empty: pages never touched (every other split) cost nothing.
     dG = np.empty((T, B, 3 * H), dtype)
-    dGt = np.empty((3 * H, T * B), dtype)  # multi-threaded backward only; np.empty: no pages
-    dgh = np.empty((max(B, 2), 3 * H), dtype)  # B = 1 split across threads uses two rows
-    ds = None if c.linear_before_reset else np.empty((B, H), dtype)
-    work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
-    _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
+    dGt = np.empty((3 * H, T * B), dtype)
+    dgh = np.empty((2, 3 * H), dtype)
+    ds = None if lbr else np.empty((B, H), dtype)
+    work = None if lbr else np.empty((T, B, H), dtype)
+    _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, lbr,
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
-                      np.zeros((B, H), dtype))
+                      np.zeros((B, H), dtype), steps, flush, partials)
