@@ -64,7 +64,11 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dhr, H)
         # dx_t = dgi_t W_ih: its own rows, no sum across steps.
-        small_gemm(n, I, G, dG_t, G, w_ih, I, dx + (t * B + b0) * I, I, dx_accumulate)
+        if I < DOT_INPUTS:
+            _dx_dots(n, I, G, dG_t, <const real*>f.w_ih_t, dx + (t * B + b0) * I,
+                     dx_accumulate)
+        else:
+            small_gemm(n, I, G, dG_t, G, w_ih, I, dx + (t * B + b0) * I, I, dx_accumulate)
         _gather_step(d, a, f, hprev, t, b0, n, i)
         i += 1
         if i == f.steps or s == T - 1:
@@ -161,7 +165,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
              real[:, :, ::1] dG, real[:, ::1] dG_transposed, real[:, ::1] dgh, real[:, ::1] ds,
              real[:, :, ::1] work, const real[:, ::1] dy_zero, Py_ssize_t flush_steps,
-             real[::1] flush, real[:, ::1] partials):
+             real[::1] flush, real[:, ::1] partials, const real[:, ::1] w_ih_t):
     """Back-propagate through the recurrence recorded by a training forward.
 
     dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
@@ -174,7 +178,8 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     Scratch of the weight gradients accumulated during the recurrence (serial, or split by
     sequences): flush holds (2 * 3H + 2 * H + I) * flush_steps * B reals, where flush_steps
     (at least 1, at most T) steps make a flush; partials (threads, (H + I + 2) * 3H), one
-    row per thread that may share the call (the OpenMP thread count).
+    row per thread that may share the call (the OpenMP thread count); w_ih_t (I, 3H) is
+    w_ih transposed, read with fewer than 8 inputs (else it may be None).
     Scratch of one sequence split by hidden units (B = 1, only touched there, so untouched
     pages cost nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, 3H), work
     (T, B, H, without linear_before_reset).
@@ -237,5 +242,6 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     f.rh_t = &flush[7 * d.H * rows]
     f.x_t = &flush[8 * d.H * rows]
     f.partials = &partials[0, 0]
+    f.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     with nogil:
         _backward(&d, &a, &f, &dh[0, 0])

@@ -7,8 +7,9 @@
 
 cdef struct StepGrads:
     # The buffers of the weight gradients accumulated during the recurrence. A flush gathers
-    # ``steps`` steps (functional.py: at least FLUSH_ROWS rows, or all T steps) and adds their products
-    # to each thread's partial sums; thread p, owning the sequences b0 <= b < b1 (n = b1 - b0),
+    # ``steps`` steps (functional.py: at least FLUSH_ROWS rows, or all T steps) and adds
+    # their products to each thread's partial sums; thread p, owning the sequences
+    # b0 <= b < b1 (n = b1 - b0),
     # owns the rows [steps * b0, steps * b1) of dg and dgh and the columns of the same range
     # of h_t, rh_t and x_t: a region of the buffers that is contiguous, with step i of the
     # flush in its rows [i * n, (i + 1) * n).
@@ -19,8 +20,10 @@ cdef struct StepGrads:
     void* h_t               # (H, steps * B): the state entering each step, transposed
     void* rh_t              # (H, steps * B): r * h transposed, without linear_before_reset
     void* x_t               # (I, steps * B): the inputs, transposed
-    void* partials          # (threads, (H + I + 2) * 3H): per thread, dW_hh^T (H, 3H),
-                            # dW_ih^T (I, 3H), db_ih (3H), db_hh (3H)
+    const void* w_ih_t      # (I, 3H): W_ih transposed, for I < DOT_INPUTS; else NULL
+    # partials (threads, (H + I + 2) * 3H): per thread, dW_hh^T (H, 3H), dW_ih^T (I, 3H),
+    # db_ih (3H), db_hh (3H)
+    void* partials
 
 
 cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
@@ -124,6 +127,36 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
     free(pack)
 
 
+cdef enum:
+    # Fewer inputs than this: dx as dot products and dW_ih as row updates, since the tiled
+    # GEMM would run edge tiles narrower than a vector (I = 2 in the demo: 12% of the
+    # backward in edge tiles before).
+    DOT_INPUTS = 8
+
+
+cdef void _dx_dots(Py_ssize_t n, Py_ssize_t I, Py_ssize_t G, const real* dg,
+                   const real* w_ih_t, real* dx, bint accumulate) noexcept nogil:
+    """dx (n, I) (+)= dg (n, G) @ W_ih (G, I), as dot products of dg's rows with W_ih^T's
+    (I, G), for few inputs. 16 partial sums per dot: a vector the compiler can keep without
+    reassociating the sum."""
+    cdef real acc[16]
+    cdef Py_ssize_t b, i, k, g, G16 = G - G % 16
+    cdef real v
+    for b in range(n):
+        for i in range(I):
+            for k in range(16):
+                acc[k] = 0
+            for g in range(0, G16, 16):
+                for k in range(16):
+                    acc[k] += dg[b * G + g + k] * w_ih_t[i * G + g + k]
+            v = 0
+            for g in range(G16, G):
+                v += dg[b * G + g] * w_ih_t[i * G + g]
+            for k in range(16):
+                v += acc[k]
+            dx[b * I + i] = dx[b * I + i] + v if accumulate else v
+
+
 cdef inline Py_ssize_t _partial_size(const Dims* d) noexcept nogil:
     return (d.H + d.n_in + 2) * 3 * d.H
 
@@ -165,7 +198,18 @@ cdef void _flush(const Dims* d, const StepGrads* f, Py_ssize_t b0, Py_ssize_t n,
     cdef real* acc_ih = acc + H * G
     cdef real* acc_bih = acc_ih + I * G
     cdef real* acc_bhh = acc_bih + G
-    small_gemm(I, G, K, <const real*>f.x_t + I * f.steps * b0, ld, dg, G, acc_ih, G, True)
+    cdef const real* x_t = <const real*>f.x_t + I * f.steps * b0
+    cdef Py_ssize_t k, i, g
+    cdef real v
+    if I < DOT_INPUTS:
+        # A row update per input and row: fewer rows than a register tile.
+        for k in range(K):
+            for i in range(I):
+                v = x_t[i * ld + k]
+                for g in range(G):
+                    acc_ih[i * G + g] += v * dg[k * G + g]
+    else:
+        small_gemm(I, G, K, x_t, ld, dg, G, acc_ih, G, True)
     _colsum(K, G, dg, acc_bih, True)
     if d.lbr:
         # dgh differs from dgi only in its n block, which is scaled by r.

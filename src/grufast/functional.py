@@ -27,6 +27,7 @@ from grufast._validate import (
 
 INFERENCE_CHUNK_BYTES = 8 << 20  # per direction: a few steps of projections, cache-sized
 FLUSH_ROWS = 64  # backward: rows of gates' gradients per weight-gradient flush (K of its GEMMs)
+DOT_INPUTS = 8  # backward: fewer inputs take dx as dot products with W_ih^T (the kernels' own)
 
 
 class GRUGrads(NamedTuple):
@@ -266,4 +267,5 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, lbr,
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
-                      np.zeros((B, H), dtype), steps, flush, partials)
+                      np.zeros((B, H), dtype), steps, flush, partials,
+                      np.ascontiguousarray(c.w_ih.T) if I < DOT_INPUTS else None)
