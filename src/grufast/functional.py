@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from grufast import _buffers
 from grufast._isa import kernels as _kernels
 from grufast._validate import (
     blas_sized,
@@ -188,10 +189,11 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     # Inference projects the inputs a chunk of steps at a time: memory independent of T.
     step_bytes = max(1, B * 3 * H * dtype.itemsize)
     chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // step_bytes))
-    gates = np.empty((chunk, B, 3 * H), dtype)
-    hprev = np.empty((T, B, H), dtype) if training else None
-    ghn = np.empty((T, B, H), dtype) if training and lbr else None
-    scratch = np.empty(7 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 3 x (B, H)
+    # Pooled: a training loop gets back the buffers of the cache its last backward dropped.
+    gates = _buffers.empty((chunk, B, 3 * H), dtype)
+    hprev = _buffers.empty((T, B, H), dtype) if training else None
+    ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
+    scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
     _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse,
                      lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
@@ -255,8 +257,8 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     # flush of steps (FLUSH_ROWS rows of products) at a time: per-flush buffers, and one row
     # of partial sums per thread that may share the call.
     steps = max(1, min(T, -(-FLUSH_ROWS // max(B, 1))))
-    flush = np.empty((8 * H + I) * steps * B, dtype)
-    partials = np.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
+    flush = _buffers.empty(((8 * H + I) * steps * B,), dtype)
+    partials = _buffers.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
     # One sequence split by hidden units: dG of every step, weight gradients after the loop.
     # np.empty: pages never touched (every other split) cost nothing.
     dG = np.empty((T, B, 3 * H), dtype)
