@@ -32,9 +32,9 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
     cdef real* dgh_t
     cdef const real* g_t
     cdef const real* hp_t
+    fill(acc, _partial_size(d), <real>0)  # even with no sequences: the reduction reads it
     if n <= 0:
         return
-    fill(acc, _partial_size(d), <real>0)
     for s in range(T):
         t = s if reverse else T - 1 - s
         if dy != NULL:
