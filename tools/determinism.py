@@ -20,7 +20,8 @@ def _train(gru: grufast.GRU, x: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
     gru.zero_grad()
     y, _ = gru(x)
     dx, _ = gru.backward(dy)
-    return [y, dx, *gru.grads.values()]
+    # Copies: the model's gradient arrays are zeroed and refilled in place by the next run.
+    return [y, dx, *(g.copy() for g in gru.grads.values())]
 
 
 def main() -> None:

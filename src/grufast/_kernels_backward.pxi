@@ -1,45 +1,56 @@
 # The backward recurrence: per step (last to first) the gates' gradients and dh through
-# W_hh, stored for every step in dG; then the weight gradients (_kernels_weight_grads.pxi).
+# W_hh; the weight gradients (_kernels_weight_grads.pxi) accumulate a flush of steps at a
+# time (serial, split by sequences) or follow from dG after the loop (split by hidden units).
 # Serial, split by sequences, or split by hidden units as plan_threads decides.
 # See docs/design.md sections 4 (Kernels) and 5 (Threads).
 
 
-cdef void _bsteps(const Dims* d, const BackwardArrays* a, real* dh, Py_ssize_t b0,
-                  Py_ssize_t b1, bint tiled) noexcept nogil:
+cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, real* dh,
+                  Py_ssize_t b0, Py_ssize_t b1, bint tiled, real* acc) noexcept nogil:
     """The backward recurrence for the sequences b0 <= b < b1 (rows never interact: disjoint
-    ranges run on different threads without synchronisation). ``tiled``: the products with
-    W_hh in the register-tiled GEMM, else in OpenBLAS."""
-    cdef Py_ssize_t T = d.T, B = d.B, H = d.H, ldy = d.ldy
+    ranges run on different threads without synchronisation), with their share of the weight
+    gradients: dx step by step, the products over the weights a flush of steps at a time
+    into this thread's partial sums acc (_kernels_weight_grads.pxi), while the gates'
+    gradients are still in cache. ``tiled``: dh's products with W_hh in the register-tiled
+    GEMM, else in OpenBLAS."""
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* w_hh = <const real*>a.w_hh
+    cdef const real* w_ih = <const real*>a.w_ih
     cdef const real* gates = <const real*>a.gates
     cdef const real* hprev = <const real*>a.hprev
     cdef const real* ghn = <const real*>a.ghn
     cdef const real* dy = <const real*>a.dy
-    cdef real* dG = <real*>a.dG
-    cdef Py_ssize_t s, t, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef real* dx = <real*>a.dx
+    cdef bint dx_accumulate = d.dx_accumulate
+    cdef Py_ssize_t s, t, i = 0, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
     cdef const real* dy_t = <const real*>a.dy_zero + b0 * ldy  # zeros for a missing dy
     cdef const Py_ssize_t* lr = a.lengths + b0
     cdef real* dhr = dh + b0 * H
-    cdef real* dghr = <real*>a.dgh + b0 * G
     cdef real* dsr = NULL if a.ds == NULL else <real*>a.ds + b0 * H
     cdef real* dG_t
+    cdef real* dgh_t
     cdef const real* g_t
     cdef const real* hp_t
+    fill(acc, _partial_size(d), <real>0)  # even with no sequences: the reduction reads it
+    if n <= 0:
+        return
     for s in range(T):
         t = s if reverse else T - 1 - s
         if dy != NULL:
             dy_t = dy + (t * B + b0) * ldy
-        dG_t = dG + t * BG + b0 * G
+        # This step's slot of the flush (see StepGrads).
+        dG_t = <real*>f.dg + (f.steps * b0 + i * n) * G
         g_t = gates + t * BG + b0 * G
         hp_t = hprev + t * BH + b0 * H
         if lbr:
+            dgh_t = <real*>f.dgh + (f.steps * b0 + i * n) * G
             _dgates_lbr(n, H, 0, H, t, lr, g_t, hp_t, ghn + t * BH + b0 * H, dy_t, ldy, dhr,
-                        dG_t, dghr)
+                        dG_t, dgh_t)
             if tiled:
-                small_gemm(n, H, G, dghr, G, w_hh, H, dhr, H, True)
+                small_gemm(n, H, G, dgh_t, G, w_hh, H, dhr, H, True)
             else:
-                gemm_rm(c'N', c'N', n, H, G, 1, dghr, G, w_hh, H, 1, dhr, H)
+                gemm_rm(c'N', c'N', n, H, G, 1, dgh_t, G, w_hh, H, 1, dhr, H)
         else:
             _dgates_zn(n, H, 0, H, t, lr, g_t, hp_t, dy_t, ldy, dhr, dG_t)
             if tiled:
@@ -52,6 +63,17 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, real* dh, Py_ssize_t b
                 small_gemm(n, H, 2 * H, dG_t, G, w_hh, H, dhr, H, True)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dhr, H)
+        # dx_t = dgi_t W_ih: its own rows, no sum across steps.
+        if I < DOT_INPUTS:
+            _dx_dots(n, I, G, dG_t, <const real*>f.w_ih_t, dx + (t * B + b0) * I,
+                     dx_accumulate)
+        else:
+            small_gemm(n, I, G, dG_t, G, w_ih, I, dx + (t * B + b0) * I, I, dx_accumulate)
+        _gather_step(d, a, f, hprev, t, b0, n, i)
+        i += 1
+        if i == f.steps or s == T - 1:
+            _flush(d, f, b0, n, i, acc)
+            i = 0
 
 
 cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
@@ -105,15 +127,18 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
 
 
 cdef void _backward_by_sequences(int p, int nt, barrier_t* bar, const Dims* d,
-                                 const BackwardArrays* a, real* dh) noexcept nogil:
-    """Thread p of nt: the backward recurrence of its own sequences, then its share of the
-    weight gradients."""
-    _bsteps(d, a, dh, _share(d.B, nt, p, 4), _share(d.B, nt, p + 1, 4), True)
-    barrier_wait(bar, nt)  # dG complete
-    _weight_grads(p, nt, bar, d, a, <const real*>a.dG)
+                                 const BackwardArrays* a, const StepGrads* f,
+                                 real* dh) noexcept nogil:
+    """Thread p of nt: the backward recurrence of its own sequences, with their partial sums
+    of the weight gradients; then, once every thread's are complete, its rows of the sums."""
+    _bsteps(d, a, f, dh, _share(d.B, nt, p, 4), _share(d.B, nt, p + 1, 4), True,
+            <real*>f.partials + p * _partial_size(d))
+    barrier_wait(bar, nt)  # every thread's partial sums complete
+    _reduce_partials(p, nt, d, a, <const real*>f.partials)
 
 
-cdef void _backward(const Dims* d, const BackwardArrays* a, real* dh) noexcept nogil:
+cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
+                    real* dh) noexcept nogil:
     cdef ThreadPlan plan = plan_threads(d.B, d.H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
@@ -122,12 +147,13 @@ cdef void _backward(const Dims* d, const BackwardArrays* a, real* dh) noexcept n
     if plan.split == BY_UNITS:
         with parallel(num_threads=plan.threads):
             _unit_backward(thread_id(), team_size(), barp, d, a, dh)
-    elif plan.split == BY_SEQUENCES:
-        with parallel(num_threads=plan.threads):
-            _backward_by_sequences(thread_id(), team_size(), barp, d, a, dh)
+    elif plan.split == BY_SEQUENCES and min(plan.threads, f.threads) > 1:
+        # (f.threads: the partial sums were sized for the thread count when the call began.)
+        with parallel(num_threads=min(plan.threads, f.threads)):
+            _backward_by_sequences(thread_id(), team_size(), barp, d, a, f, dh)
     else:
-        _bsteps(d, a, dh, 0, d.B, plan.tiled_recurrence)
-        _serial_weight_grads(d, a, <real*>a.dG)
+        _bsteps(d, a, f, dh, 0, d.B, plan.tiled_recurrence, <real*>f.partials)
+        _reduce_partials(0, 1, d, a, <const real*>f.partials)
 
 
 def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_hh,
@@ -138,20 +164,30 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
              real[:, ::1] dw_ih, real[:, ::1] dw_hh,
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
              real[:, :, ::1] dG, real[:, ::1] dG_transposed, real[:, ::1] dgh, real[:, ::1] ds,
-             real[:, :, ::1] work, const real[:, ::1] dy_zero):
+             real[:, :, ::1] work, const real[:, ::1] dy_zero, Py_ssize_t flush_steps,
+             real[::1] flush, real[:, ::1] partials, const real[:, ::1] w_ih_t):
     """Back-propagate through the recurrence recorded by a training forward.
 
     dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
     its columns [dy_col, dy_col + H) are this direction's. dx (T, B, I) is overwritten, or
     added to when dx_accumulate; the weight and bias gradients are overwritten, or added to
-    when accumulate is true; db_ih and db_hh may be None (no bias). dG (T, B, 3H),
-    dG_transposed (3H, T*B; only touched where the backward runs on several threads, so its
-    untouched pages cost nothing), dgh (max(B, 2), 3H), ds (B, H) and work (T, B, H) are
-    scratch; ghn is None unless linear_before_reset; ds and work are only touched when it is
-    false. dy_zero (B, H) holds zeros, read in place of a missing dy.
+    when accumulate is true; db_ih and db_hh may be None (no bias). ds (B, H) is scratch,
+    only touched without linear_before_reset; ghn is None unless linear_before_reset.
+    dy_zero (B, H) holds zeros, read in place of a missing dy.
+
+    Scratch of the weight gradients accumulated during the recurrence (serial, or split by
+    sequences): flush holds (2 * 3H + 2 * H + I) * flush_steps * B reals, where flush_steps
+    (at least 1, at most T) steps make a flush; partials (threads, (H + I + 2) * 3H), one
+    row per thread that may share the call (the OpenMP thread count); w_ih_t (I, 3H) is
+    w_ih transposed, read with fewer than 8 inputs (else it may be None).
+    Scratch of one sequence split by hidden units (B = 1, only touched there, so untouched
+    pages cost nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, 3H), work
+    (T, B, H, without linear_before_reset).
     """
     cdef Dims d
     cdef BackwardArrays a
+    cdef StepGrads f
+    cdef Py_ssize_t rows
     d.T, d.B, d.n_in, d.H = x.shape[0], x.shape[1], x.shape[2], dh.shape[1]
     d.ldy = d.H
     d.reverse = reverse
@@ -197,5 +233,15 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.dG = &dG[0, 0, 0]
     a.dG_transposed = &dG_transposed[0, 0]
     a.dgh = &dgh[0, 0]
+    rows = flush_steps * d.B
+    f.steps = flush_steps
+    f.threads = <int>partials.shape[0]
+    f.dg = &flush[0]
+    f.dgh = &flush[3 * d.H * rows]
+    f.h_t = &flush[6 * d.H * rows]
+    f.rh_t = &flush[7 * d.H * rows]
+    f.x_t = &flush[8 * d.H * rows]
+    f.partials = &partials[0, 0]
+    f.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     with nogil:
-        _backward(&d, &a, &dh[0, 0])
+        _backward(&d, &a, &f, &dh[0, 0])

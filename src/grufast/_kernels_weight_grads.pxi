@@ -1,7 +1,29 @@
-# After the backward recurrence: everything that does not feed it (dx, dW_ih, dW_hh and the
-# bias gradients) as large GEMMs over all T*B rows of the gates' gradients dG. Serial: in
-# OpenBLAS. Threaded: in the register-tiled GEMM, in the kernels' own threads.
+# Everything that does not feed the backward recurrence: dx, dW_ih, dW_hh and the bias
+# gradients. Serial and split by sequences: during the recurrence, a flush of steps at a time
+# (StepGrads), while the gates' gradients are still in cache. One sequence split by hidden
+# units: after it, as large GEMMs over all T rows of dG (_weight_grads).
 # See docs/design.md section 4 (Kernels).
+
+
+cdef struct StepGrads:
+    # The buffers of the weight gradients accumulated during the recurrence. A flush gathers
+    # ``steps`` steps (functional.py: at least FLUSH_ROWS rows, or all T steps) and adds
+    # their products to each thread's partial sums; thread p, owning the sequences
+    # b0 <= b < b1 (n = b1 - b0),
+    # owns the rows [steps * b0, steps * b1) of dg and dgh and the columns of the same range
+    # of h_t, rh_t and x_t: a region of the buffers that is contiguous, with step i of the
+    # flush in its rows [i * n, (i + 1) * n).
+    Py_ssize_t steps
+    int threads             # rows of partials: the most threads that may share the work
+    void* dg                # (steps * B, 3H): the gates' gradients dgi
+    void* dgh               # (steps * B, 3H): dgh, linear_before_reset only
+    void* h_t               # (H, steps * B): the state entering each step, transposed
+    void* rh_t              # (H, steps * B): r * h transposed, without linear_before_reset
+    void* x_t               # (I, steps * B): the inputs, transposed
+    const void* w_ih_t      # (I, 3H): W_ih transposed, for I < DOT_INPUTS; else NULL
+    # partials (threads, (H + I + 2) * 3H): per thread, dW_hh^T (H, 3H), dW_ih^T (I, 3H),
+    # db_ih (3H), db_hh (3H)
+    void* partials
 
 
 cdef void _colsum(Py_ssize_t rows, Py_ssize_t cols, const real* a, real* out,
@@ -105,36 +127,133 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
     free(pack)
 
 
-cdef void _serial_weight_grads(const Dims* d, const BackwardArrays* a, real* dG
-                               ) noexcept nogil:
-    """One thread, after the recurrence: OpenBLAS's packed GEMMs over all T*B rows, 10-20%
-    faster on one core than the tiled GEMM on these long sums. dG is ours to reuse."""
-    cdef Py_ssize_t i, j, TB = d.T * d.B, I = d.n_in, H = d.H, G = 3 * H
-    cdef bint accumulate = d.accumulate
-    cdef real beta = 1 if accumulate else 0
-    cdef const real* gates = <const real*>a.gates
-    cdef const real* hprev = <const real*>a.hprev
-    cdef real* dw_hh = <real*>a.dw_hh
-    cdef real* db_ih = <real*>a.db_ih
-    cdef real* db_hh = <real*>a.db_hh
-    cdef real* work = <real*>a.work
-    gemm_rm(c'N', c'N', TB, I, G, 1, dG, G, <const real*>a.w_ih, I,
-            1 if d.dx_accumulate else 0, <real*>a.dx, I)
-    gemm_rm(c'T', c'N', G, I, TB, 1, dG, G, <const real*>a.x, I, beta, <real*>a.dw_ih, I)
-    if db_ih != NULL:
-        _colsum(TB, G, dG, db_ih, accumulate)
+cdef enum:
+    # Fewer inputs than this: dx as dot products and dW_ih as row updates, since the tiled
+    # GEMM would run edge tiles narrower than a vector (I = 2 in the demo: 12% of the
+    # backward in edge tiles before).
+    DOT_INPUTS = 8
+
+
+cdef void _dx_dots(Py_ssize_t n, Py_ssize_t I, Py_ssize_t G, const real* dg,
+                   const real* w_ih_t, real* dx, bint accumulate) noexcept nogil:
+    """dx (n, I) (+)= dg (n, G) @ W_ih (G, I), as dot products of dg's rows with W_ih^T's
+    (I, G), for few inputs. 16 partial sums per dot: a vector the compiler can keep without
+    reassociating the sum."""
+    cdef real acc[16]
+    cdef Py_ssize_t b, i, k, g, G16 = G - G % 16
+    cdef real v
+    for b in range(n):
+        for i in range(I):
+            for k in range(16):
+                acc[k] = 0
+            for g in range(0, G16, 16):
+                for k in range(16):
+                    acc[k] += dg[b * G + g + k] * w_ih_t[i * G + g + k]
+            v = 0
+            for g in range(G16, G):
+                v += dg[b * G + g] * w_ih_t[i * G + g]
+            for k in range(16):
+                v += acc[k]
+            dx[b * I + i] = dx[b * I + i] + v if accumulate else v
+
+
+cdef inline Py_ssize_t _partial_size(const Dims* d) noexcept nogil:
+    return (d.H + d.n_in + 2) * 3 * d.H
+
+
+cdef void _gather_step(const Dims* d, const BackwardArrays* a, const StepGrads* f,
+                       const real* hprev, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t n,
+                       Py_ssize_t i) noexcept nogil:
+    """Slot i of the flush, for the sequences b0 <= b < b0 + n: the state entering step t
+    (and r * h without linear_before_reset) and the inputs, transposed, so that the flush's
+    GEMMs read them as row-major (H, K) and (I, K) left operands. hprev: a.hprev, typed."""
+    cdef Py_ssize_t B = d.B, H = d.H, I = d.n_in, G = 3 * H, K = f.steps * n, b, j, col
+    cdef const real* hp = hprev + (t * B + b0) * H
+    cdef const real* x = <const real*>a.x + (t * B + b0) * I
+    cdef const real* g = <const real*>a.gates + (t * B + b0) * G
+    cdef real* h_t = <real*>f.h_t + H * f.steps * b0
+    cdef real* x_t = <real*>f.x_t + I * f.steps * b0
+    cdef real* rh_t
+    for b in range(n):
+        col = i * n + b
+        for j in range(H):
+            h_t[j * K + col] = hp[b * H + j]
+        for j in range(I):
+            x_t[j * K + col] = x[b * I + j]
+    if not d.lbr:
+        rh_t = <real*>f.rh_t + H * f.steps * b0
+        for b in range(n):
+            col = i * n + b
+            for j in range(H):
+                rh_t[j * K + col] = g[b * G + j] * hp[b * H + j]
+
+
+cdef void _flush(const Dims* d, const StepGrads* f, Py_ssize_t b0, Py_ssize_t n,
+                 Py_ssize_t steps, real* acc) noexcept nogil:
+    """Add the products of the flush's first ``steps`` slots (K = steps * n rows) to this
+    thread's partial sums acc: dW_hh^T += h^T dgh, dW_ih^T += x^T dgi, the bias sums."""
+    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, K = steps * n, ld = f.steps * n
+    cdef const real* dg = <const real*>f.dg + f.steps * b0 * G
+    cdef const real* h_t = <const real*>f.h_t + H * f.steps * b0
+    cdef real* acc_ih = acc + H * G
+    cdef real* acc_bih = acc_ih + I * G
+    cdef real* acc_bhh = acc_bih + G
+    cdef const real* x_t = <const real*>f.x_t + I * f.steps * b0
+    cdef Py_ssize_t k, i, g
+    cdef real v
+    if I < DOT_INPUTS:
+        # A row update per input and row: fewer rows than a register tile.
+        for k in range(K):
+            for i in range(I):
+                v = x_t[i * ld + k]
+                for g in range(G):
+                    acc_ih[i * G + g] += v * dg[k * G + g]
+    else:
+        small_gemm(I, G, K, x_t, ld, dg, G, acc_ih, G, True)
+    _colsum(K, G, dg, acc_bih, True)
     if d.lbr:
         # dgh differs from dgi only in its n block, which is scaled by r.
-        for i in range(TB):
-            for j in range(H):
-                dG[i * G + 2 * H + j] = dG[i * G + 2 * H + j] * gates[i * G + j]
-        gemm_rm(c'T', c'N', G, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
-        if db_hh != NULL:
-            _colsum(TB, G, dG, db_hh, accumulate)
+        dg = <const real*>f.dgh + f.steps * b0 * G
+        small_gemm(H, G, K, h_t, ld, dg, G, acc, G, True)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
-        _r_times_h(0, TB, H, gates, hprev, work)
-        gemm_rm(c'T', c'N', 2 * H, H, TB, 1, dG, G, hprev, H, beta, dw_hh, H)
-        gemm_rm(c'T', c'N', H, H, TB, 1, dG + 2 * H, G, work, H, beta, dw_hh + 2 * H * H, H)
-        if db_hh != NULL:
-            _colsum(TB, G, dG, db_hh, accumulate)
+        small_gemm(H, 2 * H, K, h_t, ld, dg, G, acc, G, True)
+        small_gemm(H, H, K, <const real*>f.rh_t + H * f.steps * b0, ld, dg + 2 * H, G,
+                   acc + 2 * H, G, True)
+    _colsum(K, G, dg, acc_bhh, True)
+
+
+cdef void _reduce_partials(int p, int nt, const Dims* d, const BackwardArrays* a,
+                           const real* acc) noexcept nogil:
+    """Thread p of nt, once every thread's partial sums are complete: the gate rows
+    g0 <= g < g1 of dW_hh, dW_ih and the bias gradients, summing the nt partials (stored
+    transposed) in thread order, then adding to the gradients when accumulating. acc: the
+    partial sums, StepGrads.partials."""
+    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, P = _partial_size(d), q, g, j
+    cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
+    cdef bint accumulate = d.accumulate
+    cdef real* dw_hh = <real*>a.dw_hh
+    cdef real* dw_ih = <real*>a.dw_ih
+    cdef real* db_ih = <real*>a.db_ih
+    cdef real* db_hh = <real*>a.db_hh
+    cdef real v
+    for g in range(g0, g1):
+        for j in range(H):
+            v = acc[j * G + g]
+            for q in range(1, nt):
+                v = v + acc[q * P + j * G + g]
+            dw_hh[g * H + j] = dw_hh[g * H + j] + v if accumulate else v
+        for j in range(I):
+            v = acc[(H + j) * G + g]
+            for q in range(1, nt):
+                v = v + acc[q * P + (H + j) * G + g]
+            dw_ih[g * I + j] = dw_ih[g * I + j] + v if accumulate else v
+        if db_ih != NULL:
+            v = acc[(H + I) * G + g]
+            for q in range(1, nt):
+                v = v + acc[q * P + (H + I) * G + g]
+            db_ih[g] = db_ih[g] + v if accumulate else v
+            v = acc[(H + I + 1) * G + g]
+            for q in range(1, nt):
+                v = v + acc[q * P + (H + I + 1) * G + g]
+            db_hh[g] = db_hh[g] + v if accumulate else v

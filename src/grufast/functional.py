@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from grufast import _buffers
 from grufast._isa import kernels as _kernels
 from grufast._layout import zero_padding
 from grufast._validate import (
@@ -28,6 +29,8 @@ from grufast._validate import (
 )
 
 INFERENCE_CHUNK_BYTES = 8 << 20  # per direction: a few steps of projections, cache-sized
+FLUSH_ROWS = 64  # backward: rows of gates' gradients per weight-gradient flush (K of its GEMMs)
+DOT_INPUTS = 8  # backward: fewer inputs take dx as dot products with W_ih^T (the kernels' own)
 
 
 class GRUGrads(NamedTuple):
@@ -180,10 +183,11 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     # Inference projects the inputs a chunk of steps at a time: memory independent of T.
     step_bytes = max(1, B * 3 * H * dtype.itemsize)
     chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // step_bytes))
-    gates = np.empty((chunk, B, 3 * H), dtype)
-    hprev = np.empty((T, B, H), dtype) if training else None
-    ghn = np.empty((T, B, H), dtype) if training and lbr else None
-    scratch = np.empty(7 * B * H, dtype)  # per-step: gh (B, 3H), rh (B, H), 3 x (B, H)
+    # Pooled: a training loop gets back the buffers of the cache its last backward dropped.
+    gates = _buffers.empty((chunk, B, 3 * H), dtype)
+    hprev = _buffers.empty((T, B, H), dtype) if training else None
+    ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
+    scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
     _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_hh, w.w_hh_t, w.b_ih, w.b_hh, lens, reverse,
                      lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
@@ -239,15 +243,25 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     """Kernel call on prepared buffers (no validation): dy (T, B, W) or None, this
     direction's gradient in columns [dy_col, dy_col + H); dh holds dh_n and ends holding dh0;
     dx and the parameter gradients are overwritten, or added to when asked."""
-    T, B, _ = c.x.shape
+    T, B, I = c.x.shape
     H = c.w_hh.shape[1]
     dtype = c.w_ih.dtype
+    lbr = c.linear_before_reset
+    # Serial or split by sequences, the weight gradients accumulate during the recurrence, a
+    # flush of steps (FLUSH_ROWS rows of products) at a time: per-flush buffers, and one row
+    # of partial sums per thread that may share the call.
+    steps = max(1, min(T, -(-FLUSH_ROWS // max(B, 1))))
+    flush = _buffers.empty(((8 * H + I) * steps * B,), dtype)
+    partials = _buffers.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
+    # One sequence split by hidden units: dG of every step, weight gradients after the loop.
+    # np.empty: pages never touched (every other split) cost nothing.
     dG = np.empty((T, B, 3 * H), dtype)
-    dGt = np.empty((3 * H, T * B), dtype)  # multi-threaded backward only; np.empty: no pages
-    dgh = np.empty((max(B, 2), 3 * H), dtype)  # B = 1 split across threads uses two rows
-    ds = None if c.linear_before_reset else np.empty((B, H), dtype)
-    work = None if c.linear_before_reset else np.empty((T, B, H), dtype)
-    _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, c.linear_before_reset,
+    dGt = np.empty((3 * H, T * B), dtype)
+    dgh = np.empty((2, 3 * H), dtype)
+    ds = None if lbr else np.empty((B, H), dtype)
+    work = None if lbr else np.empty((T, B, H), dtype)
+    _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, lbr,
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
-                      np.zeros((B, H), dtype))
+                      np.zeros((B, H), dtype), steps, flush, partials,
+                      np.ascontiguousarray(c.w_ih.T) if I < DOT_INPUTS else None)
