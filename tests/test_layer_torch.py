@@ -58,12 +58,20 @@ def test_unbatched_input_matches_batch_of_one():
     x, h0 = rng.standard_normal((5, 3)), rng.standard_normal((4, 4))
     y, hn = gru(x, h0)
     dx, dh0 = gru.backward(np.ones_like(y), np.ones_like(hn))
-    ty, thn = m(torch.from_numpy(x), torch.from_numpy(h0))
+    xt = torch.tensor(x, requires_grad=True)
+    ht = torch.tensor(h0, requires_grad=True)
+    ty, thn = m(xt, ht)
+    (ty.sum() + thn.sum()).backward()
     assert y.shape == (5, 8) and hn.shape == (4, 4) and dx.shape == (5, 3) and dh0.shape == (4, 4)
     assert_close(y, ty.detach().numpy(), np.float64)
     assert_close(hn, thn.detach().numpy(), np.float64)
-    yb, _ = gru(x[:, None], h0[:, None])
+    assert_close(dx, xt.grad.numpy(), np.float64, "grad", "unbatched dx")
+    assert_close(dh0, ht.grad.numpy(), np.float64, "grad", "unbatched dh0")
+    yb, hb = gru(x[:, None], h0[:, None])
     np.testing.assert_array_equal(yb[:, 0], y)
+    dxb, dh0b = gru.backward(np.ones_like(yb), np.ones_like(hb))
+    np.testing.assert_array_equal(dxb[:, 0], dx)
+    np.testing.assert_array_equal(dh0b[:, 0], dh0)
 
 
 def test_dropout_matches_torch_with_the_same_masks():

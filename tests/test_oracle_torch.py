@@ -43,8 +43,9 @@ def test_matches_torch_gru(c):
     ty, th, tg = torch_gru(x, h0, *w, lengths, c["reverse"], dy, dh)
     assert_close(y, ty, dtype, "fwd", "y")
     assert_close(h, th, dtype, "fwd", "h_n")
+    assert (g.b_ih is None) == (g.b_hh is None) == (not c["bias"])
     ours = [a for a in g if a is not None]
-    assert len(ours) == len(tg)
+    assert len(ours) == len(tg) == (6 if c["bias"] else 4)
     for name, a, b in zip(g._fields, ours, tg):
         assert_close(a, b, dtype, "grad", name)
 
@@ -61,6 +62,7 @@ def test_matches_torch_on_a_larger_shape(dtype):
     ty, th, tg = torch_gru(x, h0, *w, lengths, False, dy, dh)
     assert_close(y, ty, dtype, "fwd", "y")
     assert_close(h, th, dtype, "fwd", "h_n")
+    assert len(g) == len(tg) == 6
     for name, a, b in zip(g._fields, g, tg):
         assert_close(a, b, dtype, "grad", name)
 
@@ -79,5 +81,9 @@ def test_no_lbr_matches_torch_autograd(c):
     ty, th, tg = torch_autograd_gru_no_lbr(x, h0, *w, lengths, c["reverse"], dy, dh)
     assert_close(y, ty, dtype, "fwd", "y")
     assert_close(h, th, dtype, "fwd", "h_n")
-    for name, a, b in zip(g._fields, [a for a in g if a is not None], tg):
+    # Without biases, their gradients are None (not zeros): the rest must line up with torch.
+    assert (g.b_ih is None) == (g.b_hh is None) == (not c["bias"])
+    ours = [a for a in g if a is not None]
+    assert len(ours) == len(tg) == (6 if c["bias"] else 4)
+    for name, a, b in zip(g._fields, ours, tg):
         assert_close(a, b, dtype, "grad", name)
