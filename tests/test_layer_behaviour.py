@@ -40,7 +40,7 @@ def _dropout_probe(p, H=64, seed=0):
               bias_hh_l1=np.zeros(3 * H))
     gru.load_state_dict(sd)
     first = grufast.GRU(H, H, 1, dtype=np.float64)  # layer 0 alone, no dropout
-    first.load_state_dict({k.replace("_l0", "_l0"): v for k, v in sd.items() if "_l0" in k})
+    first.load_state_dict({k: v for k, v in sd.items() if k.endswith("_l0")})
     return gru, first, eps
 
 
