@@ -18,8 +18,9 @@ GRUFAST_SANITIZE=address,undefined python setup.py -q build_ext --inplace >"$wor
 grep -qx "SANITIZE = 'address,undefined'" src/grufast/_build_info.py
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 # CPython and NumPy keep memory alive until exit by design: leak reports would be noise.
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# Reports go to files: pytest captures stderr, and an aborting process never prints it.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1:log_path=$work/asan
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$work/ubsan
 tests=(tests/test_kernels.py tests/test_functional_validation.py tests/test_activations.py
        "tests/test_robustness.py::test_empty_and_unit_sizes_behave_as_documented"
        "tests/test_robustness.py::test_nan_stays_in_its_sequence"
@@ -28,8 +29,15 @@ tests=(tests/test_kernels.py tests/test_functional_validation.py tests/test_acti
 [ $# -gt 0 ] && tests=("$@")
 # The CPU's own build runs (AVX-512 where present); test_every_build_matches_the_reference
 # also runs every other build the CPU can.
+status=0
 LD_PRELOAD="$preload" PYTHONPATH=src OPENBLAS_NUM_THREADS=1 \
-  python -m pytest -q -p no:cacheprovider -W ignore "${tests[@]}"
+  python -m pytest -q -p no:cacheprovider -W ignore "${tests[@]}" || status=$?
+if compgen -G "$work/[au][sb]san.*" >/dev/null; then
+  echo "sanitizer reports:"
+  head -40 "$work"/[au][sb]san.*
+  exit 1
+fi
+[ "$status" -eq 0 ]
 LD_PRELOAD="$preload" PYTHONPATH=src python -c "from grufast import _isa; print('sanitizers \
 (address, undefined): no report; builds run:', [m.__name__ for m in _isa.runnable()], \
 '(default:', _isa.kernels.__name__ + ')')"
