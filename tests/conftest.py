@@ -12,6 +12,10 @@ settings.register_profile(
 settings.register_profile(  # a longer hunt for counterexamples, by hand
     "stress", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+settings.register_profile(  # tools/mutate.py: quick, and the same examples every run
+    "mutation", max_examples=25, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.register_profile(
     "dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -1,8 +1,10 @@
 """The Cython kernels (through grufast.functional) against the NumPy reference,
-property-based over shapes from 0/1 upward, lengths, both variants, directions and dtypes."""
+property-based over shapes from 1 upward (the empty ones apart), lengths, both variants,
+directions and dtypes."""
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 from grufast import functional as F
@@ -12,24 +14,31 @@ from .helpers import assert_close, problem, rel_err
 
 
 @st.composite
-def gru_cases(draw):
-    T = draw(st.integers(0, 9))
-    B = draw(st.integers(0, 5))
-    I = draw(st.integers(1, 11))
-    H = draw(st.integers(1, 11))
+def gru_cases(draw, empty=False):
+    """A non-empty problem (T, B >= 1) with a gradient to propagate (dy, dh or both); with
+    ``empty``, T = 0 or B = 0 instead (the early returns)."""
+    if empty:
+        T, B = draw(st.sampled_from([(0, 0), (0, 3), (4, 0)]))
+    else:
+        T, B = draw(st.integers(1, 9)), draw(st.integers(1, 5))
     lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
-    return dict(
-        T=T, B=B, I=I, H=H,
+    grads = draw(st.sampled_from(["dy", "dh", "both"]))
+    c = dict(
+        T=T, B=B, I=draw(st.integers(1, 11)), H=draw(st.integers(1, 11)),
         lengths=None if lengths is None else np.array(lengths, dtype=np.int64),
         dtype=draw(st.sampled_from([np.float32, np.float64])),
         lbr=draw(st.booleans()), reverse=draw(st.booleans()), bias=draw(st.booleans()),
-        h0=draw(st.booleans()), dy=draw(st.booleans()), dh=draw(st.booleans()),
+        h0=draw(st.booleans()), dy=grads != "dh", dh=grads != "dy",
         seed=draw(st.integers(0, 2**32 - 1)),
     )
+    return c
 
 
-@given(gru_cases())
-def test_kernels_match_reference(c):
+def _padded(c) -> bool:
+    return c["lengths"] is not None and bool((c["lengths"] < c["T"]).any())
+
+
+def check_against_reference(c):
     rng = np.random.default_rng(c["seed"])
     dtype = np.dtype(c["dtype"])
     x, h0, *w = problem(rng, c["T"], c["B"], c["I"], c["H"], dtype, bias=c["bias"], scale=0.7)
@@ -51,12 +60,36 @@ def test_kernels_match_reference(c):
     dh = rng.standard_normal(h.shape).astype(dtype) if c["dh"] else None
     g = F.gru_backward(dy, dh, cache)
     gr = R.gru_backward(dy, dh, cr)
+    assert len(g) == len(gr) == 6
     for name, a, b in zip(g._fields, g, gr):
         if b is None:
             assert a is None, name
         else:
             assert a.dtype == dtype, name
             assert_close(a, b, dtype, "grad", name)
+
+
+@given(gru_cases())
+def test_kernels_match_reference(c):
+    # Steer the search towards the combination that needs all the kernel's branches at once.
+    target(float(c["dtype"] == np.float32) + c["reverse"] + _padded(c), label="f32/rev/pad")
+    check_against_reference(c)
+
+
+@settings(max_examples=20)
+@given(gru_cases(empty=True))
+def test_kernels_on_empty_problems_match_reference(c):
+    check_against_reference(c)
+
+
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_reverse_padded_matches_reference(lbr, bias):
+    """The combination a random draw rarely makes: float32, reverse, padding (lengths 0, 1,
+    partial and full), both variants, both gradients."""
+    c = dict(T=7, B=5, I=6, H=9, lengths=np.array([7, 0, 3, 1, 6]), dtype=np.float32,
+             lbr=lbr, reverse=True, bias=bias, h0=True, dy=True, dh=True, seed=17)
+    check_against_reference(c)
 
 
 def test_backward_twice_gives_same_result_and_keeps_cache():

@@ -1,8 +1,6 @@
 """grufast.GRU and GRUCell against torch.nn.GRU / GRUCell and torch autograd, over every
 combination of layers x bidirectional x batch_first x bias x lengths x dtype."""
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -10,51 +8,14 @@ import torch
 import grufast
 
 from .helpers import assert_close
+from .oracles import LAYER_CASES, layer_and_torch
 
 torch.set_num_threads(1)
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}
-COMBOS = list(itertools.product([1, 2, 3], [False, True], [False, True], [False, True],
-                                [False, True], [np.float32, np.float64]))
 
 
-def run_torch(m, x, h0, lengths, dy, dh):
-    xt = torch.tensor(x, requires_grad=True)
-    ht = torch.tensor(h0, requires_grad=True)
-    if lengths is None:
-        y, hn = m(xt, ht)
-    else:
-        packed = torch.nn.utils.rnn.pack_padded_sequence(
-            xt, torch.from_numpy(lengths), batch_first=m.batch_first, enforce_sorted=False)
-        y, hn = m(packed, ht)
-        y, _ = torch.nn.utils.rnn.pad_packed_sequence(
-            y, batch_first=m.batch_first, total_length=x.shape[1 if m.batch_first else 0])
-    ((y * torch.from_numpy(dy)).sum() + (hn * torch.from_numpy(dh)).sum()).backward()
-    grads = {name: p.grad.numpy() for name, p in m.named_parameters()}
-    return y.detach().numpy(), hn.detach().numpy(), xt.grad.numpy(), ht.grad.numpy(), grads
-
-
-def layer_and_torch(rng, layers, bidirectional, batch_first, bias, use_lengths, dtype,
-                    seed=0):
-    """One random problem (T, B, I, H = 6, 4, 5, 7) through grufast.GRU.from_torch(m) and
-    through torch.nn.GRU m with autograd: (gru, ours, theirs), each of ours and theirs being
-    (y, h_n, dx, dh0, parameter gradients by name)."""
-    T, B, I, H = 6, 4, 5, 7
-    D = 2 if bidirectional else 1
-    torch.manual_seed(seed)
-    m = torch.nn.GRU(I, H, layers, bias=bias, batch_first=batch_first,
-                     bidirectional=bidirectional, dtype=TORCH[dtype])
-    gru = grufast.GRU.from_torch(m)
-    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((layers * D, B, H)).astype(dtype)
-    lengths = np.array([T, 1, 4, T - 1]) if use_lengths else None
-    y, hn = gru(x, h0, lengths=lengths)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dh = rng.standard_normal(hn.shape).astype(dtype)
-    dx, dh0 = gru.backward(dy, dh)
-    return gru, (y, hn, dx, dh0, gru.grads), run_torch(m, x, h0, lengths, dy, dh)
-
-
-@pytest.mark.parametrize("layers,bidirectional,batch_first,bias,use_lengths,dtype", COMBOS)
+@pytest.mark.parametrize("layers,bidirectional,batch_first,bias,use_lengths,dtype",
+                         LAYER_CASES)
 def test_gru_matches_torch(layers, bidirectional, batch_first, bias, use_lengths, dtype):
     rng = np.random.default_rng(layers * 100 + bidirectional * 10 + batch_first)
     gru, (y, hn, dx, dh0, _), (ty, thn, tdx, tdh0, tgrads) = layer_and_torch(
@@ -97,12 +58,20 @@ def test_unbatched_input_matches_batch_of_one():
     x, h0 = rng.standard_normal((5, 3)), rng.standard_normal((4, 4))
     y, hn = gru(x, h0)
     dx, dh0 = gru.backward(np.ones_like(y), np.ones_like(hn))
-    ty, thn = m(torch.from_numpy(x), torch.from_numpy(h0))
+    xt = torch.tensor(x, requires_grad=True)
+    ht = torch.tensor(h0, requires_grad=True)
+    ty, thn = m(xt, ht)
+    (ty.sum() + thn.sum()).backward()
     assert y.shape == (5, 8) and hn.shape == (4, 4) and dx.shape == (5, 3) and dh0.shape == (4, 4)
     assert_close(y, ty.detach().numpy(), np.float64)
     assert_close(hn, thn.detach().numpy(), np.float64)
-    yb, _ = gru(x[:, None], h0[:, None])
+    assert_close(dx, xt.grad.numpy(), np.float64, "grad", "unbatched dx")
+    assert_close(dh0, ht.grad.numpy(), np.float64, "grad", "unbatched dh0")
+    yb, hb = gru(x[:, None], h0[:, None])
     np.testing.assert_array_equal(yb[:, 0], y)
+    dxb, dh0b = gru.backward(np.ones_like(yb), np.ones_like(hb))
+    np.testing.assert_array_equal(dxb[:, 0], dx)
+    np.testing.assert_array_equal(dh0b[:, 0], dh0)
 
 
 def test_dropout_matches_torch_with_the_same_masks():

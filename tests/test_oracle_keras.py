@@ -11,52 +11,15 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from grufast import functional as F  # noqa: E402
 
 from .helpers import assert_close, problem  # noqa: E402
-from .onnx_helpers import rzn_to_zrn  # noqa: E402
+from .oracles import keras_gru, valid_steps  # noqa: E402
 
 assert keras.backend.backend() == "torch"
-
-
-def zrn_to_rzn(w):
-    z, r, n = np.split(w, 3)
-    return np.concatenate([r, z, n])
-
-
-def keras_gru(x, h0, w_ih, w_hh, b_ih, b_hh, reverse, lbr, dy, dh):
-    T, B, I = x.shape
-    H = w_hh.shape[1]
-    layer = keras.layers.GRU(H, reset_after=lbr, use_bias=b_ih is not None,
-                             return_sequences=True, return_state=True, go_backwards=reverse,
-                             dtype=str(x.dtype))
-    layer.build((B, T, I))
-    weights = [rzn_to_zrn(w_ih).T, rzn_to_zrn(w_hh).T]
-    if b_ih is not None:
-        weights.append(np.stack([rzn_to_zrn(b_ih), rzn_to_zrn(b_hh)]) if lbr
-                       else rzn_to_zrn(b_ih + b_hh))
-    layer.set_weights(weights)
-    xt = torch.tensor(x.transpose(1, 0, 2).copy(), requires_grad=True)
-    ht = torch.tensor(h0, requires_grad=True)
-    seq, state = layer(xt, initial_state=[ht])
-    seq = seq.transpose(0, 1)
-    if reverse:  # go_backwards lists the outputs in the order it visited them
-        seq = seq.flip(0)
-    loss = (seq * torch.from_numpy(dy)).sum() + (state * torch.from_numpy(dh)).sum()
-    loss.backward()
-    g = [w.value.grad.detach().numpy() for w in layer.weights]
-    grads = {"x": xt.grad.numpy().transpose(1, 0, 2), "h0": ht.grad.numpy(),
-             "w_ih": zrn_to_rzn(g[0].T), "w_hh": zrn_to_rzn(g[1].T)}
-    if b_ih is not None:
-        if lbr:
-            grads["b_ih"], grads["b_hh"] = zrn_to_rzn(g[2][0]), zrn_to_rzn(g[2][1])
-        else:  # one bias b_ih + b_hh: both get its gradient
-            grads["b_ih"] = grads["b_hh"] = zrn_to_rzn(g[2])
-    return seq.detach().numpy(), state.detach().numpy(), grads
 
 
 @settings(max_examples=60)
@@ -80,3 +43,29 @@ def test_matches_keras_gru(T, B, I, H, lbr, reverse, bias, seed):
             assert name not in kg
         else:
             assert_close(ours, kg[name], dtype, "grad", name)
+
+
+@settings(max_examples=25)
+@given(T=st.integers(1, 6), B=st.integers(1, 4), H=st.integers(1, 6), lbr=st.booleans(),
+       reverse=st.booleans(), data=st.data())
+def test_matches_keras_gru_with_lengths(T, B, H, lbr, reverse, data):
+    """Lengths against a Keras mask (right padding): the valid outputs, the final state (each
+    sequence's state at its last valid step) and every gradient. Keras carries its previous
+    output through masked steps where grufast writes zeros, so the loss only weighs valid
+    outputs."""
+    dtype = np.float32
+    lengths = np.array(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, h0, *w = problem(rng, T, B, 3, H, dtype)
+    valid = valid_steps(lengths, T)[:, :, None]
+    y, h, cache = F.gru_forward(x, h0, *w, lengths=lengths, reverse=reverse,
+                                linear_before_reset=lbr, training=True)
+    assert not y[~valid.repeat(H, axis=2)].any()  # padding outputs zeros
+    dy = (rng.standard_normal(y.shape) * valid).astype(dtype)
+    dh = rng.standard_normal(h.shape).astype(dtype)
+    g = F.gru_backward(dy, dh, cache)
+    ky, kh, kg = keras_gru(x, h0, *w, reverse, lbr, dy, dh, lengths=lengths)
+    assert_close(y * valid, ky * valid, dtype, "fwd", "valid y")
+    assert_close(h, kh, dtype, "fwd", "h_n")
+    for name, ours in zip(g._fields, g):
+        assert_close(ours, kg[name], dtype, "grad", name)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from grufast import functional as F
 
 from .helpers import assert_close, problem
-from .onnx_helpers import run_onnx_gru
+from .oracles import run_onnx_gru
 
 
 @given(T=st.integers(1, 8), B=st.integers(1, 5), I=st.integers(1, 9), H=st.integers(1, 9),

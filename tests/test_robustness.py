@@ -189,8 +189,42 @@ def test_empty_and_unit_sizes_behave_as_documented():
     assert y.shape == (3, 0, 2) and h.shape == (4, 0, 1)
     dx, dh0 = gru.backward(np.zeros((3, 0, 2)))
     assert dx.shape == (3, 0, 1) and dh0.shape == (4, 0, 1)
-    y, h = gru(np.ones((1, 1, 1)))                            # all sizes 1
-    assert y.shape == (1, 1, 2) and np.all(np.isfinite(y))
+    y, h = gru(np.ones((1, 1, 1)), h0[:, :1])                 # all sizes 1
+    assert y.shape == (1, 1, 2) and h.shape == (4, 1, 1)
+    dx, dh0 = gru.backward(np.ones_like(y), np.ones_like(h))
+    _check_against_stacked_reference(gru, np.ones((1, 1, 1)), h0[:, :1], y, h, dx, dh0)
+
+
+def _check_against_stacked_reference(gru, x, h0, y, h, dx, dh0):
+    """A 2-layer bidirectional GRU's outputs and input gradients (for dy = dh = ones) against
+    the reference run layer by layer in float64."""
+    sd = {k: v.astype(np.float64) for k, v in gru.state_dict().items()}
+    inp, caches, hs = x.astype(np.float64), [], []
+    for k in range(2):
+        outs = []
+        for d, sfx in enumerate([f"_l{k}", f"_l{k}_reverse"]):
+            o, hn, c = R.gru_forward(inp, h0[2 * k + d].astype(np.float64),
+                                     sd["weight_ih" + sfx], sd["weight_hh" + sfx],
+                                     sd["bias_ih" + sfx], sd["bias_hh" + sfx], reverse=d == 1,
+                                     training=True)
+            outs.append(o)
+            hs.append(hn)
+            caches.append(c)
+        inp = np.concatenate(outs, axis=-1)
+    assert_close(y, inp, np.float32, "fwd", "y")
+    assert_close(h, np.stack(hs), np.float32, "fwd", "h_n")
+    H = h.shape[-1]
+    dout, dh0_ref = np.ones(inp.shape), [None] * 4
+    for k in (1, 0):
+        din = 0
+        for d in range(2):
+            g = R.gru_backward(dout[..., d * H:(d + 1) * H], np.ones(h.shape[1:]),
+                               caches[2 * k + d])
+            din = din + g.x
+            dh0_ref[2 * k + d] = g.h0
+        dout = din
+    assert_close(dx, dout, np.float32, "grad", "dx")
+    assert_close(dh0, np.stack(dh0_ref), np.float32, "grad", "dh0")
 
 
 # -- numerical edges ---------------------------------------------------------------------
@@ -210,8 +244,16 @@ def test_huge_inputs_saturate_the_gates(scale, dtype, lbr):
                                   linear_before_reset=lbr)
     assert_close(y, yr, dtype)
     g = F.gru_backward(np.ones_like(y), None, cache)
-    # Saturated gates pass no gradient back to the inputs that saturated them.
-    assert all(np.all(np.isfinite(a)) for a in g if a is not None)
+    with np.errstate(over="ignore"):
+        _, _, cr = R.gru_forward(*(a.astype(np.float64) for a in (x, h0, *w)),
+                                 linear_before_reset=lbr, training=True)
+        gr = R.gru_backward(np.ones(y.shape), None, cr)
+    # Saturated gates pass no gradient back to the inputs that saturated them: finite, and
+    # the reference's values.
+    assert len(g) == len(gr)
+    for name, a, b in zip(g._fields, g, gr):
+        assert np.all(np.isfinite(a)), name
+        assert_close(a, b, dtype, "grad", name)
 
 
 def test_nan_stays_in_its_sequence():

@@ -9,14 +9,20 @@ import sys
 
 import numpy as np
 
+# The oracle adapters live with the tests (tests/oracles.py), which are not installed: the
+# repository root goes on the path once, and only the shared modules are imported, never a
+# test module.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from tests.helpers import problem, rel_err  # noqa: E402
-from tests.onnx_helpers import run_onnx_gru  # noqa: E402
-from tests.test_layer_torch import COMBOS, layer_and_torch  # noqa: E402
-from tests.test_oracle_keras import keras_gru  # noqa: E402
-from tests.test_oracle_torch import torch_autograd_gru_no_lbr, torch_gru  # noqa: E402
+from tests.oracles import (  # noqa: E402
+    LAYER_CASES,
+    keras_gru,
+    layer_and_torch,
+    run_onnx_gru,
+    torch_autograd_gru_no_lbr,
+    torch_gru,
+)
 
 from grufast import functional as F  # noqa: E402
 
@@ -56,7 +62,7 @@ def main() -> None:
                     note(("keras GRU", name, "gradients"), max(
                         rel_err(a, kg[n]) for n, a in zip(grads._fields, grads) if a is not None))
     # The layer: every combination of the layer tests, against torch autograd.
-    for layers, bi, bf, bias, lens, dtype in COMBOS:
+    for layers, bi, bf, bias, lens, dtype in LAYER_CASES:
         gru, (y, hn, dx, dh0, grads), (ty, thn, tdx, tdh0, tg) = layer_and_torch(
             rng, layers, bi, bf, bias, lens, dtype, seed=layers)
         name = np.dtype(dtype).name
