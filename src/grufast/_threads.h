@@ -13,7 +13,7 @@
      is descheduled: the machine is loaded or oversubscribed, and spinning would take the
      core it needs).
    - Adaptive fallback: the barrier adds up the time its waiters spent; when waiting takes
-     more than a quarter of a call (a partner that is descheduled again and again), the
+     more than a fifth of a call (a partner that is descheduled again and again), the
      team finishes the call on one thread, and the next calls within a back-off window plan
      serially before trying two threads again.
    See docs/design.md section 5 (Threads). */
@@ -74,12 +74,12 @@ static long long grufast_now_ns(void) {
 static long long grufast_serial_until = 0;
 /* Back-off after a fallback: long against a call's fallback cost, short enough that two
    threads come back soon after the load goes away. */
-#define GRUFAST_BACKOFF_NS 200000000LL
+#define GRUFAST_BACKOFF_NS 1000000000LL
 /* Spinning, then yielding, before sleeping: a step takes from ~5 us (H = 224) up; a
    partner that has not arrived after this is not running. */
 #define GRUFAST_SPIN_NS 50000LL
 #define GRUFAST_YIELD_NS 200000LL
-/* A call falls back to one thread once its waits exceed 1/4 of its time, after 0.5 ms. */
+/* A call falls back to one thread once its waits exceed 1/5 of its time, after 0.5 ms. */
 #define GRUFAST_FALLBACK_MIN_NS 500000LL
 
 /* Start a back-off window now, as a fallback would (tests). */
@@ -152,7 +152,7 @@ static int grufast_barrier_wait(grufast_barrier* b, unsigned n, int p) {
             now = grufast_now_ns();
             waited = __atomic_load_n(&b->waited_ns, __ATOMIC_RELAXED) / (long long)(n - 1);
             if (now - b->start_ns > GRUFAST_FALLBACK_MIN_NS
-                    && 4 * waited > now - b->start_ns) {
+                    && 5 * waited > now - b->start_ns) {
                 b->serial = 1;
                 b->leader = __atomic_load_n(&b->first, __ATOMIC_RELAXED);
                 __atomic_store_n(&grufast_serial_until, now + GRUFAST_BACKOFF_NS,
