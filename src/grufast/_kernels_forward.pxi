@@ -127,10 +127,22 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
             # Alternate directions through the weights each step (gates and strips): what
             # was read last is read first, from cache (a thread's slice may exceed L2).
             backwards = q % 2 == 1
+            if team == 1 and nt > 1:
+                # Alone with every share: the recurrent products for all units at once,
+                # streaming the weights row by row (same bits as the shares' row GEMVs).
+                stream_gemv(G if lbr else 2 * H, H, states[q % 2], w_hh_t, G, gh)
             for part in range(pa, pb):
                 j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                 w = j1 - j0
-                if lbr:
+                if team == 1 and nt > 1:
+                    if lbr:
+                        _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
+                                   states[q % 2], states[(q + 1) % 2], y + t * ldy, ldy, hp_t,
+                                   hn_t)
+                    else:
+                        _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
+                                  states[q % 2], rh, hn_t)
+                elif lbr:
                     for kk in range(3):
                         k = 2 - kk if backwards else kk
                         row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G,
@@ -151,10 +163,13 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
                         return
                     if went > 0:  # the team fell back to one thread: this one
                         pa, pb, team = 0, nt, 1
+                if team == 1 and nt > 1:
+                    stream_gemv(H, H, rh, w_hh_t + 2 * H, G, gh + 2 * H)
                 for part in range(pa, pb):
                     j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
-                    row_gemv(j1 - j0, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False,
-                             backwards)
+                    if team > 1 or nt == 1:
+                        row_gemv(j1 - j0, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0,
+                                 False, backwards)
                     _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                              states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             if team > 1:
