@@ -145,3 +145,12 @@ def test_estimator_copies_predict_and_continue_bitwise_equal(how, kind):
     twin.partial_fit(X, y)
     method = "predict" if kind == "regressor" else "predict_proba"
     assert np.array_equal(getattr(twin, method)(X), getattr(est, method)(X))
+
+
+def test_gru_pickles_after_streaming_steps():
+    # GRU.step builds one cell plan per layer; a copy rebuilds them, it never ships them.
+    gru = grufast.GRU(3, 8, num_layers=2, seed=0).eval()
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    y, h = gru.step(x[0])
+    for clone in (pickle.loads(pickle.dumps(gru)), copy.deepcopy(gru)):
+        np.testing.assert_array_equal(clone.step(x[1], h)[0], gru.step(x[1], h)[0])

@@ -215,3 +215,40 @@ cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real*
     for s in range(strips):
         n = (strips - 1 - s if backwards else s) * cw
         _row(min(cw, N - n), K, v, W + n, ldw, out + n, accumulate)
+
+
+cdef inline void stream_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
+                             Py_ssize_t ldw, real* out) noexcept nogil:
+    """out (N,) = v (K,) @ W (K, N), reading W row after row (contiguous, prefetch-friendly)
+    with out as the accumulator (N up to a few thousand: it stays in L1), four rows per pass
+    over out. Each out[i] is the same chain of multiply-adds over k, in the same order, as
+    row_gemv's, so the two give the same bits: one thread running every thread's share (a
+    fallback under load) streams the whole weights this way."""
+    cdef Py_ssize_t i, k = 0
+    cdef real a0, a1, a2, a3, o
+    cdef const real* w0
+    cdef const real* w1
+    cdef const real* w2
+    cdef const real* w3
+    for i in range(N):
+        out[i] = 0
+    while k + 4 <= K:
+        a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+        w0 = W + k * ldw
+        w1 = w0 + ldw
+        w2 = w1 + ldw
+        w3 = w2 + ldw
+        for i in range(N):
+            o = out[i]
+            o += a0 * w0[i]
+            o += a1 * w1[i]
+            o += a2 * w2[i]
+            o += a3 * w3[i]
+            out[i] = o
+        k += 4
+    while k < K:
+        a0 = v[k]
+        w0 = W + k * ldw
+        for i in range(N):
+            out[i] += a0 * w0[i]
+        k += 1

@@ -98,4 +98,60 @@ def _load() -> ModuleType:
             del os.environ["OMP_WAIT_POLICY"]
 
 
+def l2_cache_bytes() -> int | None:
+    """The L2 cache of one core, in bytes, from sysconf or Linux's sysfs (None if unknown)."""
+    name = "SC_LEVEL2_CACHE_SIZE"
+    if name in getattr(os, "sysconf_names", {}):
+        try:
+            size = os.sysconf(name)
+            if size > 0:
+                return size
+        except (OSError, ValueError):
+            pass
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(f"{base}/{entry}/level") as f:
+                level = f.read().strip()
+            with open(f"{base}/{entry}/type") as f:
+                kind = f.read().strip()
+            with open(f"{base}/{entry}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data"):
+            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            try:
+                if text[-1:].upper() in units:
+                    return int(text[:-1]) * units[text[-1:].upper()]
+                return int(text)
+            except ValueError:
+                return None
+    return None
+
+
+# Above this many multiply-adds per step (B * 3H * H, at 1 MiB of L2 per core) the AVX2
+# build runs a batch's recurrent products in OpenBLAS's GEMM: measured by
+# tools/isa_crossover.py, where the tiled GEMM lost 6-18% from 25M (B = 128, H = 256) and
+# tied below 13M; the AVX-512 build won or tied everywhere (B <= 256, H <= 512). The limit
+# scales with the L2 size read at run time (the tiled GEMM's panels live in L2).
+AVX2_TILED_MACS_PER_MIB = 20_000_000
+
+
+def tiled_limit_for(build: str, l2_bytes: int | None) -> int | None:
+    """The multiply-adds per step above which a batch leaves the tiled GEMM, for this build
+    and L2 size (None: no limit)."""
+    if not build.endswith("_avx2"):
+        return None
+    mib = (l2_bytes or (1 << 20)) / (1 << 20)
+    return int(AVX2_TILED_MACS_PER_MIB * mib)
+
+
 kernels = _load()
+_limit = tiled_limit_for(kernels.__name__, l2_cache_bytes())
+if _limit is not None:
+    kernels.set_tiled_limit(_limit)

@@ -113,37 +113,40 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
             dgh_row = dgh + (s % 2) * G
             _dgates_lbr(1, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * H, dy_t, ldy, dh, dG_t,
                         dgh_row)
-            barrier_wait(bar, nt)
+            barrier_wait(bar, nt, p)
             row_gemv(w, G, dgh_row, w_hh + j0, H, dh + j0, True, s % 2 == 1)
         else:
             _dgates_zn(1, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
-            barrier_wait(bar, nt)
+            barrier_wait(bar, nt, p)
             row_gemv(w, H, dG_t + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False, s % 2 == 1)
             _dgates_r(1, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
-            barrier_wait(bar, nt)
+            barrier_wait(bar, nt, p)
             row_gemv(w, 2 * H, dG_t, w_hh + j0, H, dh + j0, True, s % 2 == 1)
-    barrier_wait(bar, nt)  # dG complete
+    barrier_wait(bar, nt, p)  # dG complete
     _weight_grads(p, nt, bar, d, a, dG)
 
 
 cdef void _backward_by_sequences(int p, int nt, barrier_t* bar, const Dims* d,
                                  const BackwardArrays* a, const StepGrads* f,
                                  real* dh) noexcept nogil:
+    # The backward keeps its threads through a back-off: the forward's fallback
+    # (_unit_forward) emulates every thread's part, which the weight gradients' phases do not.
     """Thread p of nt: the backward recurrence of its own sequences, with their partial sums
     of the weight gradients; then, once every thread's are complete, its rows of the sums."""
     _bsteps(d, a, f, dh, _share(d.B, nt, p, 4), _share(d.B, nt, p + 1, 4), True,
             <real*>f.partials + p * _partial_size(d))
-    barrier_wait(bar, nt)  # every thread's partial sums complete
+    barrier_wait(bar, nt, p)  # every thread's partial sums complete
     _reduce_partials(p, nt, d, a, <const real*>f.partials)
 
 
 cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
                     real* dh) noexcept nogil:
+    # The backward keeps its threads through a back-off: the forward's fallback
+    # (_unit_forward) emulates every thread's part, which the weight gradients' phases do not.
     cdef ThreadPlan plan = plan_threads(d.B, d.H)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
-    bar.arrived = 0
-    bar.generation = 0
+    barrier_init(barp, False)
     if plan.split == BY_UNITS:
         with parallel(num_threads=plan.threads):
             _unit_backward(thread_id(), team_size(), barp, d, a, dh)

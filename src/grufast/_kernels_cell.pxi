@@ -1,5 +1,6 @@
-# One step for one sequence, from Python at the lowest cost: GRUCell's streaming path. Both
-# GEMVs and the gate passes in one call, the arrays checked with NumPy's C API.
+# One step for one sequence or a small batch, from Python at the lowest cost: the streaming
+# path of GRUCell and GRU.step (one plan per layer). The products and the gate passes in
+# one call, the arrays checked with NumPy's C API.
 # See docs/design.md section 4 (Kernels).
 
 cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_t,
@@ -25,27 +26,71 @@ cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real*
         _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
 
 
-cdef inline bint _is_vector(object a, int typenum, Py_ssize_t n):
-    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
-            and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
-            and cnp.PyArray_DIM(<cnp.ndarray>a, 0) == n
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+cdef void _step_rows(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const real* x, real* h,
+                     const real* w_ih_t, const real* w_hh_t, const real* b_ih,
+                     const real* b_hh, bint lbr, const Py_ssize_t* ones,
+                     real* work) noexcept nogil:
+    """h (B, H) <- one GRU step from x (B, I) for a small batch, the products in the
+    register-tiled GEMM (one pass over the weights for all rows, where B single steps make
+    B); ones holds B lengths >= 1; work holds 9BH reals."""
+    cdef Py_ssize_t G = 3 * H
+    cdef real* gi = work
+    cdef real* gh = work + B * G
+    cdef real* rh = work + 2 * B * G
+    cdef real* s1 = rh + B * H
+    cdef real* s2 = s1 + B * H
+    small_gemm(B, G, I, x, I, w_ih_t, G, gi, G, False)
+    if lbr:
+        small_gemm(B, G, H, h, H, w_hh_t, G, gh, G, False)
+        _gates_lbr(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+    else:
+        small_gemm(B, 2 * H, H, h, H, w_hh_t, G, gh, G, False)
+        _gates_rz(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, rh, s2)
+        small_gemm(B, H, H, rh, H, w_hh_t + 2 * H, G, gh + 2 * H, G, False)
+        _gates_n(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+
+
+# Batches up to this many rows take the plan's path; larger ones the layer's (OpenBLAS
+# GEMMs, threads).
+cdef enum:
+    PLAN_MAX_ROWS = 16
+
+
+cdef inline size_t _reals_bytes(Py_ssize_t B, Py_ssize_t H, size_t size) noexcept nogil:
+    """The bytes of a plan's 9BH scratch reals, rounded up so that the lengths after them
+    are aligned."""
+    return (9 * B * H * size + 7) // 8 * 8
+
+
+cdef inline bint _is_rows(object a, int typenum, int ndim, Py_ssize_t B, Py_ssize_t n):
+    """a is an exact ndarray of this dtype, C-contiguous, shaped (n,) (ndim 1) or (B, n)."""
+    if not (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_DIM(<cnp.ndarray>a, ndim - 1) == n):
+        return False
+    return ndim == 1 or cnp.PyArray_DIM(<cnp.ndarray>a, 0) == B
 
 
 cdef class CellPlan:
-    """A GRU cell's parameters held for one-sequence steps from Python.
+    """A GRU cell's parameters held for one-step calls from Python on small batches.
 
-    ``step(x, h)`` takes x (I,) and h (H,) or None as C-contiguous arrays of the parameters'
-    dtype and returns the new state (H,); for anything else it returns None and the caller
-    takes the general path. It holds the transposed weights w_ih_t (I, 3H) and w_hh_t
-    (H, 3H) (the owner builds a new plan when the weights change) and allocates its
-    scratch per call: nothing mutable is shared.
+    ``step(x, h)`` takes x (I,) or (B, I) with B <= 16, and h shaped like x's batch, (H,) or
+    (B, H), or None, as C-contiguous arrays of the parameters' dtype, and returns the new
+    state shaped like h; for anything else it returns None and the caller takes the general
+    path. ``stack_step`` runs a stack of plans (GRU.step). A plan holds the transposed
+    weights w_ih_t (I, 3H) and w_hh_t (H, 3H) (the owner builds a new plan when the weights
+    change) and allocates its scratch per call: nothing mutable is shared.
     """
 
     cdef cnp.ndarray w_ih_t, w_hh_t, b_ih, b_hh
     cdef Py_ssize_t n_in, n_hidden  # not I: complex.h defines a macro of that name
     cdef bint lbr
     cdef int typenum
+    cdef const void* p_w_ih_t
+    cdef const void* p_w_hh_t
+    cdef const void* p_b_ih
+    cdef const void* p_b_hh
 
     def __init__(self, cnp.ndarray w_ih_t, cnp.ndarray w_hh_t, cnp.ndarray b_ih,
                  cnp.ndarray b_hh, bint linear_before_reset):
@@ -59,39 +104,154 @@ cdef class CellPlan:
         self.n_hidden = w_hh_t.shape[0]
         self.lbr = linear_before_reset
         self.typenum = cnp.PyArray_TYPE(w_ih_t)
+        self.p_w_ih_t = cnp.PyArray_DATA(w_ih_t)
+        self.p_w_hh_t = cnp.PyArray_DATA(w_hh_t)
+        self.p_b_ih = cnp.PyArray_DATA(b_ih)
+        self.p_b_hh = cnp.PyArray_DATA(b_hh)
 
-    def step(self, x, h):
-        cdef cnp.npy_intp dim = self.n_hidden
-        cdef Py_ssize_t I = self.n_in, H = self.n_hidden
-        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih_t)
-        cdef cnp.ndarray out
-        cdef void* work
-        if not _is_vector(x, self.typenum, I):
-            return None
-        if h is not None and not _is_vector(h, self.typenum, H):
-            return None
-        out = cnp.PyArray_EMPTY(1, &dim, self.typenum, 0)
-        if h is None:
-            memset(cnp.PyArray_DATA(out), 0, H * size)
+    @property
+    def input_size(self) -> int:
+        return self.n_in
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_hidden
+
+    cdef void _run(self, Py_ssize_t B, const void* x, void* h, void* work) noexcept nogil:
+        """h (B, H) <- one step from x (B, I); work: 9BH reals then B lengths."""
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden, b
+        cdef Py_ssize_t* ones
+        cdef size_t size = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        if B == 1:
+            # One vector: OpenBLAS's GEMV streams the weights fastest.
+            if self.typenum == cnp.NPY_FLOAT32:
+                _step1(I, H, <const float*>x, <float*>h, <const float*>self.p_w_ih_t,
+                       <const float*>self.p_w_hh_t, <const float*>self.p_b_ih,
+                       <const float*>self.p_b_hh, self.lbr, <float*>work)
+            else:
+                _step1(I, H, <const double*>x, <double*>h, <const double*>self.p_w_ih_t,
+                       <const double*>self.p_w_hh_t, <const double*>self.p_b_ih,
+                       <const double*>self.p_b_hh, self.lbr, <double*>work)
+            return
+        ones = <Py_ssize_t*>(<char*>work + _reals_bytes(B, H, size))
+        for b in range(B):
+            ones[b] = 1
+        if self.typenum == cnp.NPY_FLOAT32:
+            _step_rows(B, I, H, <const float*>x, <float*>h, <const float*>self.p_w_ih_t,
+                       <const float*>self.p_w_hh_t, <const float*>self.p_b_ih,
+                       <const float*>self.p_b_hh, self.lbr, ones, <float*>work)
         else:
-            memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(<cnp.ndarray>h), H * size)
-        work = malloc(9 * H * size)
+            _step_rows(B, I, H, <const double*>x, <double*>h, <const double*>self.p_w_ih_t,
+                       <const double*>self.p_w_hh_t, <const double*>self.p_b_ih,
+                       <const double*>self.p_b_hh, self.lbr, ones, <double*>work)
+
+    cdef void* _work(self, Py_ssize_t B) except? NULL:
+        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih_t)
+        cdef void* work = malloc(_reals_bytes(B, self.n_hidden, size)
+                                 + B * sizeof(Py_ssize_t))
         if work == NULL:
             raise MemoryError()
+        return work
+
+    def step(self, x, h):
+        """The new state (H,) or (B, H) shaped like h, or None (not a form this path takes)."""
+        cdef Py_ssize_t I = self.n_in, H = self.n_hidden, B = 1
+        cdef int ndim
+        cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih_t)
+        cdef cnp.npy_intp dims[2]
+        cdef cnp.ndarray out
+        cdef void* work
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+        if ndim == 2:
+            B = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+            if B < 1 or B > PLAN_MAX_ROWS:
+                return None
+        elif ndim != 1:
+            return None
+        if not _is_rows(x, self.typenum, ndim, B, I):
+            return None
+        if h is not None and not _is_rows(h, self.typenum, ndim, B, H):
+            return None
+        dims[0] = B
+        dims[1] = H
+        out = cnp.PyArray_EMPTY(ndim, &dims[2 - ndim], self.typenum, 0)
+        if h is None:
+            memset(cnp.PyArray_DATA(out), 0, B * H * size)
+        else:
+            memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(<cnp.ndarray>h), B * H * size)
+        work = self._work(B)
         with nogil:
-            if self.typenum == cnp.NPY_FLOAT32:
-                _step1(I, H, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                       <float*>cnp.PyArray_DATA(out),
-                       <const float*>cnp.PyArray_DATA(self.w_ih_t),
-                       <const float*>cnp.PyArray_DATA(self.w_hh_t),
-                       <const float*>cnp.PyArray_DATA(self.b_ih),
-                       <const float*>cnp.PyArray_DATA(self.b_hh), self.lbr, <float*>work)
-            else:
-                _step1(I, H, <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                       <double*>cnp.PyArray_DATA(out),
-                       <const double*>cnp.PyArray_DATA(self.w_ih_t),
-                       <const double*>cnp.PyArray_DATA(self.w_hh_t),
-                       <const double*>cnp.PyArray_DATA(self.b_ih),
-                       <const double*>cnp.PyArray_DATA(self.b_hh), self.lbr, <double*>work)
+            self._run(B, cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(out), work)
         free(work)
         return out
+
+
+def stack_step(list plans, x, h):
+    """One step through a stack of layers (GRU.step): plans[k] is layer k's CellPlan.
+
+    x (I,) or (B, I) with B <= 16; h None or (L, H) for 1-D x, (L, B, H) for 2-D x, all
+    C-contiguous in the plans' dtype. Returns (y, h_new): y (H,) or (B, H), the last
+    layer's new state (a copy), h_new shaped like h (L, [B,] H); or None for any other form.
+    """
+    cdef Py_ssize_t L = len(plans), B = 1, k, H
+    cdef CellPlan plan
+    cdef CellPlan first = <CellPlan?>plans[0]
+    cdef int ndim
+    cdef size_t size = cnp.PyArray_ITEMSIZE(first.w_ih_t), row
+    cdef cnp.npy_intp dims[3]
+    cdef cnp.ndarray state, y
+    cdef char* sp
+    cdef const void* inp
+    cdef void* work
+    H = first.n_hidden
+    if not cnp.PyArray_CheckExact(x):
+        return None
+    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    if ndim == 2:
+        B = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+        if B < 1 or B > PLAN_MAX_ROWS:
+            return None
+    elif ndim != 1:
+        return None
+    if not _is_rows(x, first.typenum, ndim, B, first.n_in):
+        return None
+    dims[0] = L
+    dims[1] = B
+    dims[2] = H
+    if ndim == 1:
+        dims[1] = H
+    if h is not None:
+        if not (cnp.PyArray_CheckExact(h)
+                and cnp.PyArray_TYPE(<cnp.ndarray>h) == first.typenum
+                and cnp.PyArray_NDIM(<cnp.ndarray>h) == ndim + 1
+                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>h)):
+            return None
+        for k in range(ndim + 1):
+            if cnp.PyArray_DIM(<cnp.ndarray>h, k) != dims[k]:
+                return None
+    for k in range(L):
+        plan = <CellPlan?>plans[k]
+        if (plan.n_hidden != H or plan.typenum != first.typenum
+                or (k > 0 and plan.n_in != H)):
+            raise ValueError("stack_step needs plans of one dtype and hidden size, each "
+                             "layer's input size the previous one's hidden size")
+    row = B * H * size
+    state = cnp.PyArray_EMPTY(ndim + 1, dims, first.typenum, 0)
+    sp = <char*>cnp.PyArray_DATA(state)
+    if h is None:
+        memset(sp, 0, L * row)
+    else:
+        memcpy(sp, cnp.PyArray_DATA(<cnp.ndarray>h), L * row)
+    y = cnp.PyArray_EMPTY(ndim, &dims[1], first.typenum, 0)
+    work = first._work(B)
+    inp = cnp.PyArray_DATA(<cnp.ndarray>x)
+    for k in range(L):
+        plan = <CellPlan>plans[k]
+        with nogil:
+            plan._run(B, inp, sp + k * row, work)
+        inp = sp + k * row
+    free(work)
+    memcpy(cnp.PyArray_DATA(y), sp + (L - 1) * row, row)
+    return y, state

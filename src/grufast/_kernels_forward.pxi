@@ -69,14 +69,20 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
             _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
 
 
-cdef void _unit_forward(int p, int nt, barrier_t* bar, const Dims* d,
+cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                         const ForwardArrays* a, real* h) noexcept nogil:
-    """Thread p of nt runs one sequence (B = 1) for its hidden units j0 <= j < j1: their
-    columns of x W_ih^T, of h W_hh^T (so each thread streams a 1/nt slice of the weights,
-    which stays in its own cache) and of the gates. The threads meet at a barrier after each
-    step, where the new state is complete (and once more without linear_before_reset, where
-    r * h is). The state alternates between h and a scratch row, so that no thread writes
-    the state another one is still reading."""
+    """Thread p of nt runs one sequence (B = 1) for its part of the hidden units,
+    j0 <= j < j1: their columns of x W_ih^T, of h W_hh^T (so each thread streams a 1/nt
+    slice of the weights, which stays in its own cache) and of the gates. The threads meet
+    at a barrier after each step, where the new state is complete (and once more without
+    linear_before_reset, where r * h is). The state alternates between h and a scratch row,
+    so that no thread writes the state another one is still reading.
+
+    ``alone``: this thread runs all nt parts in turn, without barriers (the back-off after a
+    fallback). When the barrier finds the partners descheduled (waits over a fifth of the
+    call: _threads.h), the first thread to arrive there goes on alone and the others leave.
+    Either way every part is computed as its own thread would, so the result is bitwise the
+    same."""
     cdef Py_ssize_t T = d.T, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* x = <const real*>a.x
@@ -92,9 +98,11 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, const Dims* d,
     cdef real* gh = <real*>a.gh
     cdef real* rh = <real*>a.rh
     cdef real* step_scratch = <real*>a.step_scratch
-    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H
+    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H, j0, j1, w
     cdef bint backwards  # this step walks the weights' strips last to first
-    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    cdef int part, pa = 0 if alone else p, pb = nt if alone else p + 1  # parts run here
+    cdef int team = 1 if alone else nt  # threads meeting at the barrier
+    cdef int went  # barrier_wait's answer: 0 as before, 1 go on alone, -1 leave
     cdef real* states[2]
     cdef real* gi
     cdef real* hp_t = step_scratch
@@ -104,9 +112,11 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, const Dims* d,
     while s < T:
         n = min(chunk, T - s)
         first = T - s - n if reverse else s
-        for k in range(3):
-            small_gemm(n, w, I, x + first * I, I, w_ih_t + k * H + j0, G,
-                       gates + k * H + j0, G, False)
+        for part in range(pa, pb):
+            j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+            for k in range(3):
+                small_gemm(n, j1 - j0, I, x + first * I, I, w_ih_t + k * H + j0, G,
+                           gates + k * H + j0, G, False)
         for q in range(s, s + n):
             t = T - 1 - q if reverse else q
             gi = gates + (t - first) * G
@@ -117,28 +127,61 @@ cdef void _unit_forward(int p, int nt, barrier_t* bar, const Dims* d,
             # Alternate directions through the weights each step (gates and strips): what
             # was read last is read first, from cache (a thread's slice may exceed L2).
             backwards = q % 2 == 1
-            if lbr:
-                for kk in range(3):
-                    k = 2 - kk if backwards else kk
-                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
-                             False, backwards)
-                _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                           states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
-            else:
-                for kk in range(2):
-                    k = 1 - kk if backwards else kk
-                    row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G, gh + k * H + j0,
-                             False, backwards)
-                _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2], rh,
-                          hn_t)
-                barrier_wait(bar, nt)
-                row_gemv(w, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0, False, backwards)
-                _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                         states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
-            barrier_wait(bar, nt)
+            if team == 1 and nt > 1:
+                # Alone with every share: the recurrent products for all units at once,
+                # streaming the weights row by row (same bits as the shares' row GEMVs).
+                stream_gemv(G if lbr else 2 * H, H, states[q % 2], w_hh_t, G, gh)
+            for part in range(pa, pb):
+                j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+                w = j1 - j0
+                if team == 1 and nt > 1:
+                    if lbr:
+                        _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
+                                   states[q % 2], states[(q + 1) % 2], y + t * ldy, ldy, hp_t,
+                                   hn_t)
+                    else:
+                        _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
+                                  states[q % 2], rh, hn_t)
+                elif lbr:
+                    for kk in range(3):
+                        k = 2 - kk if backwards else kk
+                        row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G,
+                                 gh + k * H + j0, False, backwards)
+                    _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                               states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+                else:
+                    for kk in range(2):
+                        k = 1 - kk if backwards else kk
+                        row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G,
+                                 gh + k * H + j0, False, backwards)
+                    _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                              rh, hn_t)
+            if not lbr:
+                if team > 1:
+                    went = barrier_wait(bar, team, p)
+                    if went < 0:
+                        return
+                    if went > 0:  # the team fell back to one thread: this one
+                        pa, pb, team = 0, nt, 1
+                if team == 1 and nt > 1:
+                    stream_gemv(H, H, rh, w_hh_t + 2 * H, G, gh + 2 * H)
+                for part in range(pa, pb):
+                    j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+                    if team > 1 or nt == 1:
+                        row_gemv(j1 - j0, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0,
+                                 False, backwards)
+                    _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                             states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            if team > 1:
+                went = barrier_wait(bar, team, p)
+                if went < 0:
+                    return
+                if went > 0:
+                    pa, pb, team = 0, nt, 1
         s += n
     if T % 2:
-        memcpy(h + j0, states[1] + j0, w * sizeof(real))
+        j0, j1 = _share(H, nt, pa, 16), _share(H, nt, pb, 16)
+        memcpy(h + j0, states[1] + j0, (j1 - j0) * sizeof(real))
 
 
 cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogil:
@@ -150,12 +193,15 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
     cdef int p, nt = plan.threads
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
+    cdef int parts = 1
     if plan.split == BY_UNITS:
-        bar.arrived = 0
-        bar.generation = 0
+        barrier_init(barp, True)
+        if plan.alone:
+            _unit_forward(0, nt, True, barp, d, a, h)
+            return
         with parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
-            _unit_forward(thread_id(), team_size(), barp, d, a, h)
+            _unit_forward(thread_id(), team_size(), False, barp, d, a, h)
         return
     # Split by sequences, each thread also projects its own sequences' inputs, step by
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
@@ -179,11 +225,14 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
         if plan.split == SERIAL:
             _steps(d, a, h, s, s + n, first, 0, B, False, plan.tiled_recurrence)
         else:
-            # By sequences: each thread runs its own sequences through the whole chunk, in
-            # whole register tiles of 4 rows.
-            for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-                _steps(d, a, h, s, s + n, first, _share(B, nt, p, 4), _share(B, nt, p + 1, 4),
-                       True, plan.tiled_recurrence)
+            # By sequences: each part of the batch (whole register tiles of 4 rows) runs
+            # through the whole chunk on one thread. Two parts per thread, handed out as
+            # threads come free: a thread that shares its core with another process takes
+            # fewer (each row's sums are the same whichever thread runs it).
+            parts = min(<int>(B // 4), 2 * nt)
+            for p in prange(parts, num_threads=nt, schedule="dynamic", chunksize=1):
+                _steps(d, a, h, s, s + n, first, _share(B, parts, p, 4),
+                       _share(B, parts, p + 1, 4), True, plan.tiled_recurrence)
         s += n
 
 

@@ -18,7 +18,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport K_BLOCK, TILE_MAX, packed_gemm, row_gemv, small_gemm
+from grufast._gemm cimport K_BLOCK, TILE_MAX, packed_gemm, row_gemv, small_gemm, stream_gemv
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 

@@ -8,9 +8,19 @@ cdef extern from "_threads.h":
     int team_size "grufast_team_size"() noexcept nogil
     int thread_id "grufast_thread_id"() noexcept nogil
     ctypedef struct barrier_t "grufast_barrier":
-        unsigned arrived, generation
-    void barrier_wait "grufast_barrier_wait"(barrier_t* b, unsigned n) noexcept nogil
+        int serial
+    void barrier_init "grufast_barrier_init"(barrier_t* b, bint adaptive) noexcept nogil
+    int barrier_wait "grufast_barrier_wait"(barrier_t* b, unsigned n, int p) noexcept nogil
+    bint serial_backoff "grufast_serial_backoff"() noexcept nogil
+    void begin_backoff "grufast_start_serial_backoff"() noexcept nogil
+    int register_fork_handler "grufast_register_fork_handler"() noexcept nogil
+    int thread_cap "grufast_thread_cap"
     const bint SPIN_BARRIER "GRUFAST_SPIN_BARRIER"
+
+
+# A forked child runs grufast serially (GNU OpenMP's pool does not survive fork): _threads.h.
+if register_fork_handler() != 0:
+    raise RuntimeError("grufast could not register its fork handler (pthread_atfork)")
 
 # A parallel region costs a couple of microseconds: steps with fewer multiply-adds run on
 # one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k). Input projections with fewer
@@ -29,19 +39,75 @@ cdef enum Split:
 cdef struct ThreadPlan:
     Split split
     int threads                 # 1 when SERIAL
+    bint alone                  # BY_UNITS forward: one thread runs every thread's part
     bint tiled_recurrence       # recurrent products in the register-tiled GEMM
 
 
 def openmp_threads() -> int:
-    """The thread count the kernels' parallel steps would use now (1 without OpenMP)."""
+    """The thread count the kernels' parallel steps would use now (1 without OpenMP, and 1
+    in a process forked from one that loaded grufast)."""
     return max_threads()
 
 
-cdef inline bint _use_tiled_recurrence(Py_ssize_t B) noexcept nogil:
+def serial_after_fork() -> bool:
+    """Whether this process is a fork of one that loaded these kernels (then they run
+    serially, whatever OpenMP's thread count says)."""
+    return thread_cap == 1
+
+
+def serial_backoff_active() -> bool:
+    """Whether calls split by hidden units plan serially now, because a recent call found
+    its partner threads descheduled (a loaded or oversubscribed machine) and fell back."""
+    return serial_backoff()
+
+
+def start_serial_backoff() -> None:
+    """Enter the back-off window now, as a call that fell back would (for tests)."""
+    begin_backoff()
+
+
+# Which GEMM serves the recurrent products of a batch (B >= 4): the register-tiled one up
+# to tiled_max_macs multiply-adds per step (B * 3H * H), OpenBLAS's above. Set once per
+# process by grufast._isa (set_tiled_limit) from the ISA and the cache sizes; the default
+# keeps the tiled GEMM everywhere. recurrence_path forces one (tools/isa_crossover.py).
+cdef long long tiled_max_macs = 1LL << 62
+cdef int recurrence_path = 0  # 0 by the limit, 1 tiled, 2 OpenBLAS
+
+
+def set_tiled_limit(long long max_macs) -> None:
+    """Batches (B >= 4) whose step has more than max_macs multiply-adds (B * 3H * H) run
+    their recurrent products in OpenBLAS's GEMM instead of the register-tiled one."""
+    global tiled_max_macs
+    if max_macs < 0:
+        raise ValueError(f"max_macs must be >= 0, got {max_macs}")
+    tiled_max_macs = max_macs
+
+
+def tiled_limit() -> int:
+    """The limit set_tiled_limit set (2**62: none)."""
+    return tiled_max_macs
+
+
+def force_recurrence_path(str path) -> None:
+    """'auto' (by the limit), 'tiled' or 'blas' for every batch of 4 or more: for
+    measuring the crossover (tools/isa_crossover.py), not for users."""
+    global recurrence_path
+    paths = ("auto", "tiled", "blas")
+    if path not in paths:
+        raise ValueError(f"path must be one of {paths}, got {path!r}")
+    recurrence_path = paths.index(path)
+
+
+cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     """Whether a step's recurrent products go to the register-tiled GEMM (grufast._gemm),
     which our threads can split by sequences: from 4 rows (below, a mostly empty tile loses
-    to OpenBLAS's gemv, which threads itself). The choice depends on the shape only."""
-    return B >= 4
+    to OpenBLAS's gemv, which threads itself), up to the per-process limit. The choice
+    depends on the shape and that limit only, never on timing within a process."""
+    if B < 4:
+        return False
+    if recurrence_path:
+        return recurrence_path == 1
+    return B * 3 * H * H <= tiled_max_macs
 
 
 cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
@@ -57,12 +123,16 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     cdef int n
     plan.split = SERIAL
     plan.threads = 1
-    plan.tiled_recurrence = _use_tiled_recurrence(B)
+    plan.alone = False
+    plan.tiled_recurrence = _use_tiled_recurrence(B, H)
     if B == 1 and SPIN_BARRIER and 3 * H * H >= PARALLEL_MIN_MACS:
         n = min(max_threads(), <int>(H // 64))
         if n > 1:
+            # After a fallback (a loaded machine) one thread runs every thread's part of the
+            # forward, for a while: the results do not depend on the load.
             plan.split = BY_UNITS
             plan.threads = n
+            plan.alone = serial_backoff()
     elif plan.tiled_recurrence and B >= 8 and B * 3 * H * H >= PARALLEL_MIN_MACS:
         n = min(max_threads(), <int>(B // 4))
         if n > 1:

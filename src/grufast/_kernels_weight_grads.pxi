@@ -112,7 +112,7 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
         _r_times_h(r0, r1, H, gates, hprev, work)
-        barrier_wait(bar, nt)  # r * h complete
+        barrier_wait(bar, nt, p)  # r * h complete
         lo = g0
         hi = min(g1, 2 * H)
         if hi > lo:

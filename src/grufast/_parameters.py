@@ -65,15 +65,17 @@ class _Parameters:
         self._prepared.clear()
 
     # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
-    # derived from the weights (prepared copies, the cell's plan) is rebuilt on arrival, and
-    # what a train-mode forward recorded for backward (GRU's tape, Linear's input) is left
-    # behind: a copy never holds stale weights or a tape of another object's activations.
+    # derived from the weights (prepared copies, the cell's and step's plans) is rebuilt on
+    # arrival, and what a train-mode forward recorded for backward (GRU's tape, Linear's
+    # input) is left behind: a copy never holds stale weights or a tape of another object's
+    # activations.
     _TRANSIENT = ("_tape", "_x", "_lead")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_prepared"] = {}
-        state.pop("_plan", None)
+        state.pop("_plan", None)  # GRUCell's plan
+        state.pop("_step_plan_list", None)  # GRU.step's plans, one per layer
         for name in self._TRANSIENT:
             if name in state:
                 state[name] = None

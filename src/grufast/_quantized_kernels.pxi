@@ -196,11 +196,11 @@ cdef void _qunit_steps(int p, int nt, barrier_t* bar, Py_ssize_t n, Py_ssize_t f
             for k in range(2):
                 qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
             _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh, hn_t)
-            barrier_wait(bar, nt)
+            barrier_wait(bar, nt, p)
             qmatvec(fmt, 2 * H + j0, w, H, w_hh, s_hh, rh, gh + 2 * H + j0)
             _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
                      states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
-        barrier_wait(bar, nt)
+        barrier_wait(bar, nt, p)
     if n % 2:
         memcpy(h + j0, states[1] + j0, w * sizeof(float))
 
@@ -235,8 +235,7 @@ def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
     if step_scratch.shape[0] < max(2 * B, 3):
         raise ValueError("step_scratch must have max(2B, 3) rows")
     if nt > 1:
-        bar.arrived = 0
-        bar.generation = 0
+        barrier_init(barp, False)
         with nogil, parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
             _qunit_steps(thread_id(), team_size(), barp, n, first, reverse, H,
@@ -315,9 +314,9 @@ cdef class QuantizedCellPlan:
         cdef Py_ssize_t I = self.n_in, H = self.n_hidden
         cdef cnp.ndarray out
         cdef float* work
-        if not _is_vector(x, cnp.NPY_FLOAT32, I):
+        if not _is_rows(x, cnp.NPY_FLOAT32, 1, 1, I):
             return None
-        if h is not None and not _is_vector(h, cnp.NPY_FLOAT32, H):
+        if h is not None and not _is_rows(h, cnp.NPY_FLOAT32, 1, 1, H):
             return None
         out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT32, 0)
         if h is None:

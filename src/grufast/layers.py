@@ -449,6 +449,12 @@ class GRU(_Parameters):
             raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
                              "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
+        # Streaming fast path: C-contiguous arrays of the model's dtype, up to 16 rows,
+        # through one cell plan per layer (h=None means zeros there, so not with a default_h0).
+        if h is not None or self._default_h0 is None:
+            fast = kernels.stack_step(self._step_plans(), x_t, h)
+            if fast is not None:
+                return fast
         x_t, unbatched = step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
@@ -468,6 +474,22 @@ class GRU(_Parameters):
         if unbatched:
             return inp[0, 0], state[:, 0]
         return inp[0], state
+
+    def _step_plans(self) -> list:
+        """One cell plan per layer for ``step``, built once per weight update."""
+        plans = self.__dict__.get("_step_plan_list")
+        if plans is None:
+            plans = []
+            for k in range(self.num_layers):
+                w = self._layer_weights(f"_l{k}")
+                plans.append(kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
+                                              self.linear_before_reset))
+            self._step_plan_list = plans
+        return plans
+
+    def _weights_changed(self) -> None:
+        super()._weights_changed()
+        self._step_plan_list = None
 
     # -- interop ------------------------------------------------------------------------
     @classmethod
@@ -520,7 +542,8 @@ class GRUCell(_Parameters):
     """One GRU step with torch.nn.GRUCell's semantics and state-dict names.
 
     ``cell(x, h)``: x (B, input_size) or (input_size,), h (B, hidden_size) or
-    (hidden_size,) or None for zeros; returns the new h, shaped like x's batch.
+    (hidden_size,) or None for zeros; returns the new h, shaped like x's batch. Up to 16
+    rows of C-contiguous arrays of the model's dtype take the streaming fast path.
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
@@ -552,7 +575,7 @@ class GRUCell(_Parameters):
         return "GRUCell(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
 
     def __call__(self, x: ArrayLike, h: ArrayLike | None = None) -> np.ndarray:
-        # Streaming fast path: one sequence, C-contiguous arrays of the model's dtype.
+        # Streaming fast path: up to 16 rows, C-contiguous arrays of the model's dtype.
         out = self._plan.step(x, h)
         if out is not None:
             return out

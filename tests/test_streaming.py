@@ -1,0 +1,108 @@
+"""Every streaming input form (GRUCell with (H,) or (B, H) arrays, GRU.step with one or two
+layers, h as (L, H), (L, 1, H) or None) against the layer's full forward, with the shapes
+returned as given."""
+
+import numpy as np
+import pytest
+
+import grufast
+
+I, H, T = 24, 32, 5
+
+
+def _xs(B: int | None, dtype=np.float32) -> np.ndarray:
+    shape = (T, I) if B is None else (T, B, I)
+    return np.random.default_rng(7).standard_normal(shape).astype(dtype)
+
+
+def _tol(dtype) -> float:
+    return 1e-6 if dtype == np.float32 else 1e-13
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("B", [None, 1, 2, 5, 8, 16, 17])
+def test_gru_step_matches_forward(B, layers, lbr, dtype):
+    model = grufast.GRU(I, H, num_layers=layers, linear_before_reset=lbr, dtype=dtype,
+                        seed=1).eval()
+    xs = _xs(B, dtype)
+    y_full, h_full = model(xs)
+    h = None
+    for t in range(T):
+        y, h = model.step(xs[t], h)
+        assert y.shape == y_full[t].shape and y.dtype == dtype
+        np.testing.assert_allclose(y, y_full[t], rtol=0, atol=_tol(dtype))
+    assert h.shape == h_full.shape
+    np.testing.assert_allclose(h, h_full, rtol=0, atol=_tol(dtype))
+
+
+def test_gru_step_state_forms():
+    """h as (L, H) with a vector x, (L, 1, H) with a (1, I) row; the new state shaped like
+    the given one and never the caller's array."""
+    model = grufast.GRU(I, H, num_layers=2, seed=2).eval()
+    x = _xs(None)[0]
+    h0 = np.random.default_rng(3).standard_normal((2, H)).astype(np.float32)
+    y1, h1 = model.step(x, h0)
+    y2, h2 = model.step(x[None], h0[:, None])
+    assert y1.shape == (H,) and h1.shape == (2, H)
+    assert y2.shape == (1, H) and h2.shape == (2, 1, H)
+    np.testing.assert_array_equal(y1, y2[0])
+    np.testing.assert_array_equal(h1, h2[:, 0])
+    np.testing.assert_array_equal(y1, h1[1])
+    y1[:] = 0
+    assert np.any(h1[1] != 0)  # y is not a view of the state
+    assert not np.shares_memory(h1, h0)
+
+
+def test_gru_step_after_weights_change():
+    """The per-layer plans follow load_state_dict."""
+    a = grufast.GRU(I, H, num_layers=2, seed=4).eval()
+    b = grufast.GRU(I, H, num_layers=2, seed=5).eval()
+    x = _xs(1)[0]
+    a.step(x)
+    a.load_state_dict(b.state_dict())
+    np.testing.assert_array_equal(a.step(x)[1], b.step(x)[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("B", [None, 1, 3, 8, 16, 20])
+def test_cell_matches_layer(B, lbr, dtype):
+    cell = grufast.GRUCell(I, H, linear_before_reset=lbr, dtype=dtype, seed=6)
+    layer = grufast.GRU(I, H, linear_before_reset=lbr, dtype=dtype, seed=6).eval()
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    xs = _xs(B, dtype)
+    y_full, _ = layer(xs)
+    h = None
+    for t in range(T):
+        h = cell(xs[t], h)
+        assert h.shape == y_full[t].shape and h.dtype == dtype
+        np.testing.assert_allclose(h, y_full[t], rtol=0, atol=_tol(dtype))
+
+
+def test_cell_forms_agree():
+    """(H,), (1, H), and any layout or dtype (the general path) give the same state."""
+    cell = grufast.GRUCell(I, H, seed=8)
+    x = _xs(1)[0]
+    h = np.random.default_rng(9).standard_normal((1, H)).astype(np.float32)
+    row = cell(x, h)
+    assert row.shape == (1, H)
+    np.testing.assert_array_equal(cell(x[0], h[0]), row[0])
+    np.testing.assert_allclose(cell(x.astype(np.float64), h.tolist()), row, atol=1e-6)
+    assert cell(x).shape == (1, H) and cell(x[0]).shape == (H,)
+
+
+def test_cell_bad_forms_raise():
+    cell = grufast.GRUCell(I, H)
+    with pytest.raises(ValueError, match="h"):
+        cell(np.zeros((2, I), np.float32), np.zeros((3, H), np.float32))
+    with pytest.raises(ValueError, match="h"):
+        cell(np.zeros(I, np.float32), np.zeros((1, H), np.float32))
+    with pytest.raises(ValueError, match="x"):
+        cell(np.zeros((2, I + 1), np.float32))
+    model = grufast.GRU(I, H, num_layers=2)
+    with pytest.raises(ValueError, match="h"):
+        model.step(np.zeros(I, np.float32), np.zeros((2, 1, H), np.float32))
+    with pytest.raises(ValueError, match="h"):
+        model.step(np.zeros((1, I), np.float32), np.zeros((1, 1, H), np.float32))

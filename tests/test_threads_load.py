@@ -1,0 +1,137 @@
+"""No deadlock after fork or under oversubscription, and the same results as one thread.
+
+These tests time nothing: they check that calls finish (a hang fails at a timeout instead of
+stalling the suite) and what they return. The throughput under load is measured by
+tools/load_test.py (docs/load_test.txt).
+"""
+
+import multiprocessing
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import grufast
+from grufast._isa import kernels
+
+# The two thread splits: by sequences (B = 64) and by hidden units (B = 1, H = 512).
+SPLITS = [(64, 256), (1, 512)]
+TIMEOUT = 120
+
+
+def _run(B: int, H: int, threads: int | None = None) -> np.ndarray:
+    model = grufast.GRU(H, H, seed=0).eval()
+    x = np.random.default_rng(B).standard_normal((12, B, H)).astype(np.float32)
+    if threads is None:
+        return model(x)[0]
+    with threadpool_limits(threads):
+        return model(x)[0]
+
+
+def _child(B: int, H: int) -> tuple[np.ndarray, int, bool]:
+    # Even with OpenMP's count raised again, a forked child plans one thread.
+    with threadpool_limits(4):
+        y = _run(B, H)
+        return y, kernels.openmp_threads(), kernels.serial_after_fork()
+
+
+@pytest.mark.parametrize("B,H", SPLITS)
+def test_forked_child_runs_serially(B, H):
+    parent = _run(B, H, threads=2)  # the parent's OpenMP pool exists now
+    assert not kernels.serial_after_fork()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # leaving the block terminates a hung child
+        y, threads, serial = pool.apply_async(_child, (B, H)).get(timeout=TIMEOUT)
+    assert serial and threads == 1
+    np.testing.assert_allclose(y, _run(B, H, threads=1), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(y, parent, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,H", SPLITS)
+def test_oversubscribed_python_threads(B, H):
+    """4 Python threads on this machine's cores, each model call asking for 2 OpenMP
+    threads: every call finishes with the result of one thread (bitwise by sequences,
+    where each row is one thread's; by hidden units to float32 rounding)."""
+    serial = _run(B, H, threads=1)
+    results: list = [None] * 4
+
+    def work(i: int) -> None:
+        with threadpool_limits(2):
+            results[i] = [_run(B, H) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck in a model call"
+    for runs in results:
+        for y in runs:
+            if B > 1:
+                np.testing.assert_array_equal(y, serial)
+            else:
+                np.testing.assert_allclose(y, serial, rtol=0, atol=1e-5)
+
+
+CHILD = """
+import numpy as np, grufast
+from threadpoolctl import threadpool_limits
+m = grufast.GRU({H}, {H}, seed=0).eval()
+x = np.random.default_rng(0).standard_normal((40, {B}, {H})).astype(np.float32)
+with threadpool_limits(2):
+    for _ in range(3):
+        y = m(x)[0]
+print(float(np.abs(y).sum()))
+"""
+
+
+@pytest.mark.parametrize("B,H", SPLITS)
+def test_two_processes_two_threads_each(B, H):
+    """Two fresh processes, two threads each, on the same cores: both finish, alike."""
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD.format(B=B, H=H)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and float(outs[0]) > 0
+
+
+def _wait_backoff_over() -> None:
+    deadline = time.monotonic() + 5
+    while kernels.serial_backoff_active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+def test_backoff_changes_no_bit(lbr, dtype):
+    """After a fallback (a partner thread found descheduled), calls split by hidden units
+    run the same arithmetic on one thread for a while: inference and training give bitwise
+    what two threads give."""
+    model = grufast.GRU(16, 256, linear_before_reset=lbr, dtype=dtype, seed=3)
+    x = np.random.default_rng(4).standard_normal((9, 1, 16)).astype(dtype)
+
+    def run():
+        model.zero_grad()
+        y, h = model(x)
+        dx, dh0 = model.backward(np.ones_like(y))
+        return [y, h, dx, dh0] + [g.copy() for g in model.grads.values()]
+
+    with threadpool_limits(2):
+        _wait_backoff_over()
+        two = run()
+        kernels.start_serial_backoff()
+        assert kernels.serial_backoff_active()
+        one = run()
+    for a, b in zip(two, one):
+        np.testing.assert_array_equal(a, b)
