@@ -278,7 +278,10 @@ def test_bad_input_has_the_float_models_errors():
 
 @pytest.mark.parametrize("kernels", grufast._isa.runnable(), ids=lambda k: k.__name__)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("I,H", [(5, 3), (19, 21), (40, 48)])  # tails of vectors and rows
+# tails of vectors and rows; several whole blocks of bfloat16 pairs (K = 97: 3 blocks of 32
+# on AVX-512, 6 of 16 on AVX2, and a tail); rows longer than the pair path's stack copy of v
+# (I = 4100 > 4096) take the zero-extending path
+@pytest.mark.parametrize("I,H", [(5, 3), (19, 21), (40, 48), (70, 97), (4100, 5)])
 @pytest.mark.parametrize("lbr", [True, False])
 def test_kernels_match_the_float_kernels(kernels, fmt, I, H, lbr, monkeypatch):
     import grufast.quantized as Q
@@ -290,13 +293,16 @@ def test_kernels_match_the_float_kernels(kernels, fmt, I, H, lbr, monkeypatch):
     f = q.dequantized()
     x = seq(9, 2, I, H)  # B = 2: the quantized kernels' path
     lengths = [9, 4]
+    # 4100 products summed in another order than the float kernels' differ by ~1e-5 relative
+    # (the baseline build's too): the bound grows with the length of the sums
+    same = SAME if I < 4096 else 5e-5
     for a, b in zip(q(x, lengths=lengths), f(x, lengths=lengths)):
-        assert rel(a, b) <= SAME
+        assert rel(a, b) <= same
     cell = grufast.GRUCell(I, H, linear_before_reset=lbr, seed=H)
     qc = cell.quantized(fmt)  # its plan comes from the patched build
     fc = qc.dequantized()
     h = np.random.default_rng(1).standard_normal(H).astype(np.float32)
-    assert rel(qc(x[0, 0], h), fc(x[0, 0], h)) <= SAME
+    assert rel(qc(x[0, 0], h), fc(x[0, 0], h)) <= same
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
