@@ -353,3 +353,30 @@ def test_reverse_mask_and_default_state(fmt, tmp_path):
     r = grufast.load(tmp_path / "r.npz")
     assert r.reverse and np.array_equal(r.default_h0, g.default_h0)
     assert np.array_equal(r(x)[0], q(x)[0])
+
+
+@pytest.mark.parametrize("kernels", grufast._isa.runnable(), ids=lambda k: k.__name__)
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (7, 37), (48, 130)])
+def test_widen_is_the_numpy_dequantization_bit_for_bit(kernels, shape):
+    import grufast.quantized as Q
+
+    w = np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32) * 3
+    q, scale = Q.quantize_int8(w)
+    out = np.full(shape, np.nan, np.float32)
+    kernels.quantized_widen(q, scale, out)
+    assert np.array_equal(out.view(np.uint32), Q.dequantize_int8(q, scale).view(np.uint32))
+    bits = Q.to_bf16(w)
+    out[...] = np.nan
+    kernels.quantized_widen(bits, np.empty(0, np.float32), out)
+    assert np.array_equal(out.view(np.uint32), Q.from_bf16(bits).view(np.uint32))
+
+
+def test_widen_checks_its_arguments():
+    k = grufast._isa.kernels
+    out = np.empty((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"\(4, 5\)"):
+        k.quantized_widen(np.zeros((5, 4), np.int8), np.ones(4, np.float32), out)
+    with pytest.raises(ValueError, match="scale must have 4"):
+        k.quantized_widen(np.zeros((4, 5), np.int8), np.ones(3, np.float32), out)
+    with pytest.raises(TypeError, match="int8 or uint16"):
+        k.quantized_widen(np.zeros((4, 5), np.int16), np.ones(4, np.float32), out)

@@ -200,7 +200,27 @@ cdef extern from *:
             gq_rows_bf(R, K, (const uint16_t*)w + r0 * K, v, out);
         }
     }
+    /* out (R, K) float32 = the quantized w widened, one pass: int8 times its row's scale
+       (rounded once, as numpy's multiply does), or bfloat16 bits shifted up. Written as
+       plain loops, which gcc vectorises here (no reduction to keep in order). */
+    static void grufast_qwiden(int fmt, ptrdiff_t R, ptrdiff_t K, const void* w,
+                               const float* scale, float* out) {
+        ptrdiff_t r, k;
+        if (fmt == 0) {
+            for (r = 0; r < R; r++) {
+                const int8_t* q = (const int8_t*)w + r * K;
+                float s = scale[r], *o = out + r * K;
+                for (k = 0; k < K; k++) o[k] = (float)q[k] * s;
+            }
+        } else {
+            const uint16_t* q = (const uint16_t*)w;
+            uint32_t* o = (uint32_t*)out;
+            for (k = 0; k < R * K; k++) o[k] = (uint32_t)q[k] << 16;
+        }
+    }
     """
+    void qwiden "grufast_qwiden"(int fmt, Py_ssize_t R, Py_ssize_t K, const void* w,
+                                 const float* scale, float* out) noexcept nogil
     void qmatvec "grufast_qmatvec"(int fmt, Py_ssize_t r0, Py_ssize_t R, Py_ssize_t K,
                                    const void* w, const float* scale, const float* v,
                                    float* out) noexcept nogil
@@ -289,6 +309,22 @@ cdef void _qunit_steps(int p, int nt, barrier_t* bar, Py_ssize_t n, Py_ssize_t f
         barrier_wait(bar, nt)
     if n % 2:
         memcpy(h + j0, states[1] + j0, w * sizeof(float))
+
+
+def quantized_widen(cnp.ndarray w, const float[::1] scale, float[:, ::1] out):
+    """out (R, K) float32 <- w (R, K) widened in one pass: int8 times scale (R,) per row,
+    or uint16 bfloat16 bits shifted up (scale unused; may be empty). For the input
+    projections' sgemm (grufast.quantized), which otherwise spent two numpy passes on it."""
+    cdef int fmt = _qformat(w)
+    cdef Py_ssize_t R = out.shape[0], K = out.shape[1]
+    if not cnp.PyArray_IS_C_CONTIGUOUS(w) or w.ndim != 2 or w.shape[0] != R or w.shape[1] != K:
+        raise ValueError(f"w must be a C-contiguous ({R}, {K}) array")
+    if fmt == Q_INT8 and scale.shape[0] != R:
+        raise ValueError(f"scale must have {R} values, got {scale.shape[0]}")
+    if R == 0 or K == 0:
+        return
+    with nogil:
+        qwiden(fmt, R, K, cnp.PyArray_DATA(w), &scale[0] if fmt == Q_INT8 else NULL, &out[0, 0])
 
 
 def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
