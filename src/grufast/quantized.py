@@ -198,7 +198,10 @@ class _QuantizedParameters:
         G, H = w_hh.shape
         # Input projections: W_ih widened for this call, one sgemm per chunk of steps
         # (memory independent of T, as in the float kernels).
-        w_ih = self._dequantize("weight_ih" + sfx)
+        # widened by one kernel pass (numpy's cast-then-multiply or cast-then-shift made two)
+        q_ih = self._store["weight_ih" + sfx]
+        w_ih = np.empty(q_ih.shape, _F32)
+        _kernels.quantized_widen(q_ih, self._scales("weight_ih" + sfx), w_ih)
         b_ih, b_hh = self._biases(sfx)
         s_hh = self._scales(name)
         chunk = max(1, min(T, INFERENCE_CHUNK_BYTES // max(1, B * G * 4)))
