@@ -10,10 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+import grufast
 from grufast import _bench_peers as P
 from grufast import bench
 
-SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+# Where the grufast under test was imported from (the source tree or an installed package):
+# the bench's subprocesses must import the same one.
+SRC = os.path.dirname(os.path.dirname(grufast.__file__))
 
 
 def _bench_cli(tmp_path, *args, path_first=()):
