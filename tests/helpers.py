@@ -44,3 +44,19 @@ def problem(rng, T, B, I, H, dtype=np.float64, bias=True, scale=None):
     h0 = rng.standard_normal((B, H)).astype(dtype) * 0.5
     b = (u(3 * H), u(3 * H)) if bias else (None, None)
     return x, h0, u(3 * H, I), u(3 * H, H), *b
+
+
+def assert_equal_bits_in_release(actual, desired) -> None:
+    """Bitwise equality on release builds. A debug build (-O0) is compared to 1e-6 of the
+    largest magnitude instead: without optimisation gcc does not contract a * b + c into an
+    FMA in grufast's own GEMM, while OpenBLAS's kernels still do, so paths that agree bit for
+    bit in a release build (OpenBLAS vs the tiled GEMM on different batch or thread splits)
+    round differently there."""
+    from grufast import _build_info
+
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    if _build_info.DEBUG:
+        scale = max(float(np.max(np.abs(desired), initial=0.0)), 1.0)
+        np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-6 * scale)
+    else:
+        np.testing.assert_array_equal(actual, desired)
