@@ -25,7 +25,8 @@ tests=(tests/test_kernels.py tests/test_functional_validation.py tests/test_acti
        "tests/test_robustness.py::test_empty_and_unit_sizes_behave_as_documented"
        "tests/test_robustness.py::test_nan_stays_in_its_sequence"
        "tests/test_robustness.py::test_huge_inputs_saturate_the_gates"
-       tests/test_layer_torch.py::test_step_equals_full_forward)
+       tests/test_layer_torch.py::test_step_equals_full_forward
+       tests/test_streaming.py tests/test_quantized.py)
 [ $# -gt 0 ] && tests=("$@")
 # The CPU's own build runs (AVX-512 where present); test_every_build_matches_the_reference
 # also runs every other build the CPU can.
