@@ -104,16 +104,7 @@ class GRU(_Parameters):
         self._tape: dict | None = None
         self._default_h0: np.ndarray | None = None
         self._default_lengths: np.ndarray | None = None
-        H, D = self.hidden_size, self.num_directions
-        shapes = {}
-        for k in range(self.num_layers):
-            for sfx in self._suffixes(k):
-                shapes["weight_ih" + sfx] = (3 * H, input_size if k == 0 else D * H)
-                shapes["weight_hh" + sfx] = (3 * H, H)
-                if self.bias:
-                    shapes["bias_ih" + sfx] = (3 * H,)
-                    shapes["bias_hh" + sfx] = (3 * H,)
-        self._init_params(shapes, H, seed)
+        self._init_params(self._parameter_shapes(), self.hidden_size, seed)
 
     # -- configuration ------------------------------------------------------------------
     @property
@@ -122,6 +113,19 @@ class GRU(_Parameters):
 
     def _suffixes(self, layer: int) -> list[str]:
         return [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self.bidirectional else [])
+
+    def _parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape under its PyTorch name, from the configuration."""
+        H, D = self.hidden_size, self.num_directions
+        shapes = {}
+        for k in range(self.num_layers):
+            for sfx in self._suffixes(k):
+                shapes["weight_ih" + sfx] = (3 * H, self.input_size if k == 0 else D * H)
+                shapes["weight_hh" + sfx] = (3 * H, H)
+                if self.bias:
+                    shapes["bias_ih" + sfx] = (3 * H,)
+                    shapes["bias_hh" + sfx] = (3 * H,)
+        return shapes
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments (dtype as a name), as save() stores them."""
@@ -195,17 +199,27 @@ class GRU(_Parameters):
         """Copies of the parameters under PyTorch's names, plus ``default_h0`` and
         ``default_lengths`` when the model has them (constants that torch.nn.GRU cannot
         hold: a torch module refuses them as unexpected keys rather than dropping them)."""
-        d = super().state_dict()
+        return self._with_extras(super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load parameters by name, strictly (see ``state_dict``); ``default_h0`` and
+        ``default_lengths`` are loaded when present and must be present when the model has
+        them (set them to None first to load a plain PyTorch state dict)."""
+        rest, h0, lengths = self._split_extras(state_dict)
+        super().load_state_dict(rest)  # everything is checked before anything changes
+        self._default_h0, self._default_lengths = h0, lengths
+
+    # The two halves of the extras' handling, free of super() so that the quantized model,
+    # which is not a GRU subclass, can use them too.
+    def _with_extras(self, d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self._EXTRAS:
             value = getattr(self, "_" + name)
             if value is not None:
                 d[name] = value.copy()
         return d
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load parameters by name, strictly (see ``state_dict``); ``default_h0`` and
-        ``default_lengths`` are loaded when present and must be present when the model has
-        them (set them to None first to load a plain PyTorch state dict)."""
+    def _split_extras(self, state_dict) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+        """The state dict without the extras, and the checked extras (None when absent)."""
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
         extras = {k: state_dict[k] for k in self._EXTRAS if k in state_dict}
@@ -214,11 +228,9 @@ class GRU(_Parameters):
         if missing:
             raise ValueError(f"state_dict does not match the model: missing keys {missing} "
                              "(the model has them; set them to None to drop them)")
-        # Everything is checked before anything changes.
         h0 = self._checked_default_h0(extras.get("default_h0"))
         lengths = self._checked_default_lengths(extras.get("default_lengths"))
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
-        self._default_h0, self._default_lengths = h0, lengths
+        return {k: v for k, v in state_dict.items() if k not in extras}, h0, lengths
 
     def train(self, mode: bool = True) -> GRU:
         self.training = flag("mode", mode)

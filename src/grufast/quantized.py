@@ -317,16 +317,7 @@ class QuantizedGRU(_QuantizedParameters):
                              "already runs both directions)")
         self._default_h0: np.ndarray | None = None
         self._default_lengths: np.ndarray | None = None
-        H, D = self.hidden_size, self.num_directions
-        shapes = {}
-        for k in range(self.num_layers):
-            for sfx in self._suffixes(k):
-                shapes["weight_ih" + sfx] = (3 * H, input_size if k == 0 else D * H)
-                shapes["weight_hh" + sfx] = (3 * H, H)
-                if self.bias:
-                    shapes["bias_ih" + sfx] = (3 * H,)
-                    shapes["bias_hh" + sfx] = (3 * H,)
-        self._init_store(weight_format, shapes)
+        self._init_store(weight_format, self._parameter_shapes())
 
     @classmethod
     def from_float(cls, model: GRU, weight_format: str) -> QuantizedGRU:
@@ -344,13 +335,6 @@ class QuantizedGRU(_QuantizedParameters):
         q._default_h0 = getattr(model, "default_h0", None)  # copies
         q._default_lengths = getattr(model, "default_lengths", None)
         return q
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def _suffixes(self, layer: int) -> list[str]:
-        return [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self.bidirectional else [])
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments, as save() stores them."""
@@ -372,36 +356,25 @@ class QuantizedGRU(_QuantizedParameters):
         m.default_h0, m.default_lengths = self._default_h0, self._default_lengths
         return m.eval()
 
-    # default_h0 / default_lengths (constants an ONNX model may carry), as GRU's
+    # The layer structure (directions, parameter names and shapes) and default_h0 /
+    # default_lengths (constants an ONNX model may carry), as GRU's
     _EXTRAS = ("default_h0", "default_lengths")
     for _name in ("default_h0", "default_lengths", "_checked_default_h0",
-                  "_checked_default_lengths", "_initial_state"):
+                  "_checked_default_lengths", "_initial_state", "_parameter_shapes",
+                  "num_directions", "_suffixes",
+                  "_with_extras", "_split_extras"):
         locals()[_name] = vars(GRU)[_name]  # the float model's descriptors, unchanged
     del _name
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The stored arrays (see ``_QuantizedParameters.state_dict``), plus ``default_h0``
         and ``default_lengths`` when the model has them."""
-        d = super().state_dict()
-        for name in self._EXTRAS:
-            value = getattr(self, "_" + name)
-            if value is not None:
-                d[name] = value.copy()
-        return d
+        return self._with_extras(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load stored arrays strictly; ``default_h0`` and ``default_lengths`` as GRU's."""
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping, got {describe(state_dict)}")
-        extras = {k: state_dict[k] for k in self._EXTRAS if k in state_dict}
-        missing = [k for k in self._EXTRAS
-                   if getattr(self, "_" + k) is not None and k not in extras]
-        if missing:
-            raise ValueError(f"state_dict does not match the model: missing keys {missing} "
-                             "(the model has them; set them to None to drop them)")
-        h0 = self._checked_default_h0(extras.get("default_h0"))
-        lengths = self._checked_default_lengths(extras.get("default_lengths"))
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extras})
+        rest, h0, lengths = self._split_extras(state_dict)
+        super().load_state_dict(rest)
         self._default_h0, self._default_lengths = h0, lengths
 
     # The float model's input checks, layouts, masks and default state, unchanged: they read
