@@ -586,19 +586,24 @@ class GRUCell(_Parameters):
     def __repr__(self) -> str:
         return "GRUCell(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
 
+    def _step_inputs(self, x, h) -> tuple[np.ndarray, np.ndarray, bool]:
+        """x as (B, input_size), the state as a fresh (B, H) array (zeros for None), and
+        whether x came unbatched."""
+        x, unbatched = step_input("x", x, self.input_size, self.dtype)
+        B, H = x.shape[0], self.hidden_size
+        if h is None:
+            return x, np.zeros((B, H), self.dtype), unbatched
+        h = real_array("h", h, self.dtype)
+        shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
+        return x, np.array(h.reshape(B, H), order="C"), unbatched
+
     def __call__(self, x: ArrayLike, h: ArrayLike | None = None) -> np.ndarray:
         # Streaming fast path: up to 16 rows, C-contiguous arrays of the model's dtype.
         out = self._plan.step(x, h)
         if out is not None:
             return out
-        x, unbatched = step_input("x", x, self.input_size, self.dtype)
+        x, state, unbatched = self._step_inputs(x, h)
         B, H = x.shape[0], self.hidden_size
-        if h is None:
-            state = np.zeros((B, H), self.dtype)
-        else:
-            h = real_array("h", h, self.dtype)
-            shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
-            state = np.array(h.reshape(B, H), order="C")
         out = np.empty((1, B, H), self.dtype)
         forward_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp),
                      False, self.linear_before_reset, False, out, 0)
@@ -611,14 +616,8 @@ class GRUCell(_Parameters):
         -------
         GRUGates(r, z, n), each (B, hidden_size), or (hidden_size,) for 1-D x.
         """
-        x, unbatched = step_input("x", x, self.input_size, self.dtype)
+        x, state, unbatched = self._step_inputs(x, h)
         B, H = x.shape[0], self.hidden_size
-        if h is None:
-            state = np.zeros((B, H), self.dtype)
-        else:
-            h = real_array("h", h, self.dtype)
-            shaped("h", h, (H,) if unbatched else (B, H), "(B, hidden_size)")
-            state = np.array(h.reshape(B, H), order="C")
         buf = np.empty((1, B, 3 * H), self.dtype)
         gates_into(x[None], self._layer_weights(""), state, np.ones(B, dtype=np.intp), False,
                    self.linear_before_reset, np.empty((1, B, H), self.dtype), 0, buf)
