@@ -479,6 +479,7 @@ class QuantizedGRUCell(_QuantizedParameters):
         return m
 
     gates = GRUCell.gates  # on the weights widened for the call
+    _step_inputs = GRUCell._step_inputs
     _layer_weights = _QuantizedParameters._float_weights
 
     def _rebuild(self) -> None:
