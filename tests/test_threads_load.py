@@ -136,3 +136,28 @@ def test_backoff_changes_no_bit(lbr, dtype):
         one = run()
     for a, b in zip(two, one):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("weight_format", ["int8", "bf16"])
+@pytest.mark.parametrize("lbr", [True, False])
+def test_quantized_backoff_changes_no_bit(lbr, weight_format):
+    """The quantized models' one-sequence path splits by hidden units like the float one
+    (projections included, on the team): after a fallback one thread runs every share in
+    turn and returns bitwise what two threads return, close to the serial path's result
+    (which projects through OpenBLAS or the whole-width tiled GEMM: other summation
+    order)."""
+    model = grufast.GRU(48, 256, num_layers=2, linear_before_reset=lbr, seed=5)
+    q = model.quantized(weight_format)
+    x = np.random.default_rng(6).standard_normal((11, 1, 48)).astype(np.float32)
+    with threadpool_limits(1):
+        serial = q(x)
+    with threadpool_limits(2):
+        if kernels.openmp_threads() < 2:
+            pytest.fail("the kernels should get two OpenMP threads here")
+        _wait_backoff_over()
+        two = q(x)
+        kernels.start_serial_backoff()
+        one = q(x)
+    for a, b, c in zip(two, one, serial):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)

@@ -79,7 +79,7 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
     so that no thread writes the state another one is still reading.
 
     ``alone``: this thread runs all nt parts in turn, without barriers (the back-off after a
-    fallback). When the barrier finds the partners descheduled (waits over a fifth of the
+    fallback). When the barrier finds the partners descheduled (waits over two fifths of the
     call: _threads.h), the first thread to arrive there goes on alone and the others leave.
     Either way every part is computed as its own thread would, so the result is bitwise the
     same."""

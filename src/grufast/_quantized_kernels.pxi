@@ -218,9 +218,36 @@ cdef extern from *:
             for (k = 0; k < R * K; k++) o[k] = (uint32_t)q[k] << 16;
         }
     }
+    /* Rows r0 <= r < r0 + R of the quantized w (rows, K), widened and transposed into
+       columns r0 ... of out (K, ldo) float32: the register-tiled GEMM's (K, N) operand.
+       Blocks of 16 rows, each output row receiving 16 contiguous floats per block. Same
+       values as qwiden. */
+    static void grufast_qwiden_t(int fmt, ptrdiff_t r0, ptrdiff_t R, ptrdiff_t K,
+                                 const void* w, const float* scale, float* out,
+                                 ptrdiff_t ldo) {
+        ptrdiff_t b, r, k, rn;
+        for (b = r0; b < r0 + R; b += 16) {
+            rn = r0 + R - b < 16 ? r0 + R - b : 16;
+            if (fmt == 0) {
+                const int8_t* q = (const int8_t*)w + b * K;
+                for (k = 0; k < K; k++)
+                    for (r = 0; r < rn; r++)
+                        out[k * ldo + b + r] = (float)q[r * K + k] * scale[b + r];
+            } else {
+                const uint16_t* q = (const uint16_t*)w + b * K;
+                uint32_t* o = (uint32_t*)out;
+                for (k = 0; k < K; k++)
+                    for (r = 0; r < rn; r++)
+                        o[k * ldo + b + r] = (uint32_t)q[r * K + k] << 16;
+            }
+        }
+    }
     """
     void qwiden "grufast_qwiden"(int fmt, Py_ssize_t R, Py_ssize_t K, const void* w,
                                  const float* scale, float* out) noexcept nogil
+    void qwiden_t "grufast_qwiden_t"(int fmt, Py_ssize_t r0, Py_ssize_t R, Py_ssize_t K,
+                                     const void* w, const float* scale, float* out,
+                                     Py_ssize_t ldo) noexcept nogil
     void qmatvec "grufast_qmatvec"(int fmt, Py_ssize_t r0, Py_ssize_t R, Py_ssize_t K,
                                    const void* w, const float* scale, const float* v,
                                    float* out) noexcept nogil
@@ -270,51 +297,98 @@ cdef void _qsteps(Py_ssize_t n, Py_ssize_t first, bint reverse, Py_ssize_t B, Py
                      hp_t, hn_t)
 
 
-cdef void _qunit_steps(int p, int nt, barrier_t* bar, Py_ssize_t n, Py_ssize_t first,
-                       bint reverse, Py_ssize_t H, float* gates, int fmt, const void* w_hh,
+cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize_t H,
+                    const float* x, int fmt, const void* w_ih, const float* s_ih,
+                    float* w_ih_t, float* gates) noexcept nogil:
+    """gates (n, 3H) <- x (n, K) @ w_ih^T for the hidden units of parts pa <= part < pb of
+    nt (their rows of all three gate blocks): those rows of the quantized w_ih (3H, K) are
+    first widened into their columns of w_ih_t (K, 3H), then multiplied in the
+    register-tiled GEMM. Each element is the same chain of multiply-adds whichever thread
+    computes which part."""
+    cdef int part
+    cdef Py_ssize_t k, j0, j1, G = 3 * H
+    for part in range(pa, pb):
+        j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+        for k in range(3):
+            qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, G)
+            small_gemm(n, j1 - j0, K, x, K, w_ih_t + k * H + j0, G, gates + k * H + j0, G,
+                       False)
+
+
+cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
+                       Py_ssize_t first, bint reverse, Py_ssize_t K, Py_ssize_t H,
+                       const float* x, const void* w_ih, const float* s_ih,
+                       float* w_ih_t, float* gates, int fmt, const void* w_hh,
                        const float* s_hh, const float* b_ih, const float* b_hh,
                        const Py_ssize_t* lengths, bint lbr, float* y, Py_ssize_t ldy,
                        float* h, float* gh, float* rh, float* step_scratch) noexcept nogil:
-    """_qsteps for one sequence split across nt threads by hidden units, as the float
-    kernels split it: thread p computes the rows of its units j0 <= j < j1 in each gate
-    block (streaming 1/nt of the weights) and their gates; the threads meet at a spinning
-    barrier after each step (and once more without linear_before_reset). The state
-    alternates between h and a scratch row, so no thread writes what another still reads.
-    step_scratch holds 3H floats."""
-    cdef Py_ssize_t i, s, t, k
-    cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    """Steps of one sequence split across nt threads by hidden units, as the float
+    kernels split them (_unit_forward): thread p projects the inputs for its units
+    j0 <= j < j1 (_qproject, in the tiled GEMM: no OpenBLAS threads to compete with the
+    team), computes the rows of its units in each gate block of the recurrent product
+    (streaming 1/nt of the weights) and their gates; the threads meet at the barrier after
+    each step (and once more without linear_before_reset). The state alternates between h
+    and a scratch row, so no thread writes what another still reads.
+
+    ``alone``: this thread runs all nt parts in turn (the back-off after a fallback); when
+    the barrier finds a partner descheduled, the first thread there goes on alone and the
+    others leave. Every part is computed as its own thread would: the same bits either
+    way. step_scratch holds 3H floats."""
+    cdef Py_ssize_t i, s, t, k, j0, j1
+    cdef int part, pa = 0 if alone else p, pb = nt if alone else p + 1
+    cdef int team = 1 if alone else nt
+    cdef int went
     cdef float* states[2]
     cdef float* gi
     cdef float* hp_t = step_scratch
     cdef float* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
     states[0] = h
     states[1] = step_scratch + 2 * H
+    _qproject(pa, pb, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates)
     for i in range(n):
         s = n - 1 - i if reverse else i
         t = first + s
         gi = gates + s * 3 * H
-        if lbr:
-            for k in range(3):
-                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
-            _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
-                       states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
-        else:
-            for k in range(2):
-                qmatvec(fmt, k * H + j0, w, H, w_hh, s_hh, states[i % 2], gh + k * H + j0)
-            _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh, hn_t)
-            barrier_wait(bar, nt, p)
-            qmatvec(fmt, 2 * H + j0, w, H, w_hh, s_hh, rh, gh + 2 * H + j0)
-            _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
-                     states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
-        barrier_wait(bar, nt, p)
+        for part in range(pa, pb):
+            j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+            if lbr:
+                for k in range(3):
+                    qmatvec(fmt, k * H + j0, j1 - j0, H, w_hh, s_hh, states[i % 2],
+                            gh + k * H + j0)
+                _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                           states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+            else:
+                for k in range(2):
+                    qmatvec(fmt, k * H + j0, j1 - j0, H, w_hh, s_hh, states[i % 2],
+                            gh + k * H + j0)
+                _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh,
+                          hn_t)
+        if not lbr:
+            if team > 1:
+                went = barrier_wait(bar, team, p)
+                if went < 0:
+                    return
+                if went > 0:  # the team fell back to one thread: this one
+                    pa, pb, team = 0, nt, 1
+            for part in range(pa, pb):
+                j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+                qmatvec(fmt, 2 * H + j0, j1 - j0, H, w_hh, s_hh, rh, gh + 2 * H + j0)
+                _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
+                         states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+        if team > 1:
+            went = barrier_wait(bar, team, p)
+            if went < 0:
+                return
+            if went > 0:
+                pa, pb, team = 0, nt, 1
     if n % 2:
-        memcpy(h + j0, states[1] + j0, w * sizeof(float))
+        j0, j1 = _share(H, nt, pa, 16), _share(H, nt, pb, 16)
+        memcpy(h + j0, states[1] + j0, (j1 - j0) * sizeof(float))
 
 
 def quantized_widen(cnp.ndarray w, const float[::1] scale, float[:, ::1] out):
     """out (R, K) float32 <- w (R, K) widened in one pass: int8 times scale (R,) per row,
-    or uint16 bfloat16 bits shifted up (scale unused; may be empty). For the input
-    projections' sgemm (grufast.quantized), which otherwise spent two numpy passes on it."""
+    or uint16 bfloat16 bits shifted up (scale unused; may be empty)."""
     cdef int fmt = _qformat(w)
     cdef Py_ssize_t R = out.shape[0], K = out.shape[1]
     if not cnp.PyArray_IS_C_CONTIGUOUS(w) or w.ndim != 2 or w.shape[0] != R or w.shape[1] != K:
@@ -327,45 +401,76 @@ def quantized_widen(cnp.ndarray w, const float[::1] scale, float[:, ::1] out):
         qwiden(fmt, R, K, cnp.PyArray_DATA(w), &scale[0] if fmt == Q_INT8 else NULL, &out[0, 0])
 
 
-def quantized_steps(float[:, :, ::1] gates, Py_ssize_t first, bint reverse,
-                    cnp.ndarray w_hh, const float[::1] s_hh, const float[::1] b_ih,
-                    const float[::1] b_hh, const Py_ssize_t[::1] lengths,
+def quantized_steps(const float[:, :, ::1] x, cnp.ndarray w_ih, const float[::1] s_ih,
+                    float[::1] w_ih_scratch, float[:, :, ::1] gates, Py_ssize_t first,
+                    bint reverse, cnp.ndarray w_hh, const float[::1] s_hh,
+                    const float[::1] b_ih, const float[::1] b_hh, const Py_ssize_t[::1] lengths,
                     bint linear_before_reset, float[:, :, ::1] y, Py_ssize_t y_col,
                     float[:, ::1] h, float[:, ::1] gh, float[:, ::1] rh,
                     float[:, ::1] step_scratch):
-    """Run time steps first ... first + n - 1 (n = gates.shape[0]; in reverse order when
+    """Run time steps first ... first + n - 1 (n = x.shape[0]; in reverse order when
     ``reverse``) of one layer and direction for B sequences.
 
-    gates (n, B, 3H) holds x W_ih^T for those steps (overwritten); w_hh (3H, H) is int8 with
-    the per-row scales s_hh (3H,), or uint16 holding bfloat16 bits (s_hh unused). y (T, B, W)
-    receives the outputs in columns [y_col, y_col + H); h (B, H) holds the state, updated in
-    place; gh (B, 3H), rh (B, H) and step_scratch (max(2B, 3), H) are scratch. One sequence
-    with enough work is split across OpenMP's threads by hidden units. Callers check shapes,
-    dtypes and contiguity (grufast.quantized).
+    x (n, B, K) holds those steps' inputs; w_ih (3H, K) and w_hh (3H, H) are int8 with the
+    per-row scales s_ih, s_hh (3H,), or uint16 holding bfloat16 bits (scales unused).
+    w_ih_scratch (3H * K floats) receives w_ih widened for the input projections, gates
+    (n, B, 3H) the projections. y (T, B, W) receives the outputs in columns
+    [y_col, y_col + H); h (B, H) holds the state, updated in place; gh (B, 3H), rh (B, H)
+    and step_scratch (max(2B, 3), H) are scratch. One sequence with enough work is split
+    across OpenMP's threads by hidden units, each thread widening and projecting its own
+    units' rows (no OpenBLAS threads then compete with the team); otherwise small
+    projections run in the tiled GEMM and large ones in OpenBLAS's. Callers check dtypes
+    and contiguity (grufast.quantized).
     """
-    cdef Py_ssize_t n = gates.shape[0], B = gates.shape[1], H = h.shape[1]
+    cdef Py_ssize_t n = x.shape[0], B = x.shape[1], K = x.shape[2], H = h.shape[1]
+    cdef Py_ssize_t G = 3 * H
     cdef int fmt = _qformat(w_hh)
     cdef const void* pw = cnp.PyArray_DATA(w_hh)
+    cdef const void* pwi = cnp.PyArray_DATA(w_ih)
     cdef ThreadPlan plan = plan_threads(B, H)
     cdef int nt = plan.threads if plan.split == BY_UNITS else 1
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     if n == 0 or B == 0:
         return
-    if not cnp.PyArray_IS_C_CONTIGUOUS(w_hh) or w_hh.shape[0] != 3 * H or w_hh.shape[1] != H:
+    if _qformat(w_ih) != fmt:
+        raise TypeError("w_ih and w_hh must have one dtype")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(w_hh) or w_hh.shape[0] != G or w_hh.shape[1] != H:
         raise ValueError("w_hh must be a C-contiguous (3H, H) array")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(w_ih) or w_ih.shape[0] != G or w_ih.shape[1] != K:
+        raise ValueError("w_ih must be a C-contiguous (3H, K) array")
+    if w_ih_scratch.shape[0] < G * K or gates.shape[0] < n or gates.shape[1] != B:
+        raise ValueError("w_ih_scratch must hold 3H * K floats and gates be (n, B, 3H)")
     if step_scratch.shape[0] < max(2 * B, 3):
         raise ValueError("step_scratch must have max(2B, 3) rows")
     if nt > 1:
-        barrier_init(barp, False)
+        barrier_init(barp, True)
+        if plan.alone:
+            with nogil:
+                _qunit_steps(0, nt, True, barp, n, first, reverse, K, H, &x[0, 0, 0], pwi,
+                             &s_ih[0], &w_ih_scratch[0], &gates[0, 0, 0], fmt, pw, &s_hh[0],
+                             &b_ih[0], &b_hh[0], &lengths[0], linear_before_reset,
+                             &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0], &gh[0, 0], &rh[0, 0],
+                             &step_scratch[0, 0])
+            return
         with nogil, parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
-            _qunit_steps(thread_id(), team_size(), barp, n, first, reverse, H,
-                         &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0], &b_hh[0], &lengths[0],
-                         linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0],
-                         &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])
+            _qunit_steps(thread_id(), team_size(), False, barp, n, first, reverse, K, H,
+                         &x[0, 0, 0], pwi, &s_ih[0], &w_ih_scratch[0], &gates[0, 0, 0], fmt,
+                         pw, &s_hh[0], &b_ih[0], &b_hh[0], &lengths[0], linear_before_reset,
+                         &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0], &gh[0, 0], &rh[0, 0],
+                         &step_scratch[0, 0])
         return
     with nogil:
+        if n * B * G * K < SMALL_GEMM_MACS:
+            # OpenBLAS would start its threads for less work than waking them costs.
+            qwiden_t(fmt, 0, G, K, pwi, &s_ih[0], &w_ih_scratch[0], G)
+            small_gemm(n * B, G, K, &x[0, 0, 0], K, &w_ih_scratch[0], G, &gates[0, 0, 0], G,
+                       False)
+        else:
+            qwiden(fmt, G, K, pwi, &s_ih[0], &w_ih_scratch[0])
+            gemm_rm(c'N', c'T', n * B, G, K, 1, &x[0, 0, 0], K, &w_ih_scratch[0], K, 0,
+                    &gates[0, 0, 0], G)
         _qsteps(n, first, reverse, B, H, &gates[0, 0, 0], fmt, pw, &s_hh[0], &b_ih[0],
                 &b_hh[0], &lengths[0], linear_before_reset, &y[0, 0, 0] + y_col, y.shape[2],
                 &h[0, 0], &gh[0, 0], &rh[0, 0], &step_scratch[0, 0])

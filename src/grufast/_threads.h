@@ -13,7 +13,7 @@
      is descheduled: the machine is loaded or oversubscribed, and spinning would take the
      core it needs).
    - Adaptive fallback: the barrier adds up the time its waiters spent; when waiting takes
-     more than a fifth of a call (a partner that is descheduled again and again), the
+     more than two fifths of a call (a partner that is descheduled again and again), the
      team finishes the call on one thread, and the next calls within a back-off window plan
      serially before trying two threads again.
    See docs/design.md section 5 (Threads). */
@@ -73,13 +73,17 @@ static long long grufast_now_ns(void) {
 /* Until when (grufast_now_ns) calls plan serially after one fell back (0: no back-off). */
 static long long grufast_serial_until = 0;
 /* Back-off after a fallback: long against a call's fallback cost, short enough that two
-   threads come back soon after the load goes away. */
-#define GRUFAST_BACKOFF_NS 1000000000LL
+   threads come back soon after the load goes away (or after a passing stall: on a VM a
+   vCPU is sometimes held off for milliseconds on an otherwise idle machine). */
+#define GRUFAST_BACKOFF_NS 250000000LL
 /* Spinning, then yielding, before sleeping: a step takes from ~5 us (H = 224) up; a
    partner that has not arrived after this is not running. */
 #define GRUFAST_SPIN_NS 50000LL
 #define GRUFAST_YIELD_NS 200000LL
-/* A call falls back to one thread once its waits exceed 1/5 of its time, after 0.5 ms. */
+/* A call falls back to one thread once its waits exceed 2/5 of its time, after 0.5 ms.
+   A waiter that waits a fraction f of the call makes two threads 2 (1 - f) times as fast
+   as one: at f = 2/5 still 1.2x, below that one thread would lose. (At 1/5, passing stalls
+   on an idle VM set it off, and the back-off then cost the second core for no reason.) */
 #define GRUFAST_FALLBACK_MIN_NS 500000LL
 
 /* Start a back-off window now, as a fallback would (tests). */
@@ -152,7 +156,7 @@ static int grufast_barrier_wait(grufast_barrier* b, unsigned n, int p) {
             now = grufast_now_ns();
             waited = __atomic_load_n(&b->waited_ns, __ATOMIC_RELAXED) / (long long)(n - 1);
             if (now - b->start_ns > GRUFAST_FALLBACK_MIN_NS
-                    && 5 * waited > now - b->start_ns) {
+                    && 5 * waited > 2 * (now - b->start_ns)) {
                 b->serial = 1;
                 b->leader = __atomic_load_n(&b->first, __ATOMIC_RELAXED);
                 __atomic_store_n(&grufast_serial_until, now + GRUFAST_BACKOFF_NS,

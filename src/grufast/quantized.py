@@ -196,12 +196,12 @@ class _QuantizedParameters:
         name = "weight_hh" + sfx
         w_hh = self._store[name]
         G, H = w_hh.shape
-        # Input projections: W_ih widened for this call, one sgemm per chunk of steps
-        # (memory independent of T, as in the float kernels).
-        # widened by one kernel pass (numpy's cast-then-multiply or cast-then-shift made two)
+        # The kernel widens the input weights into scratch once per chunk of steps (no
+        # float32 copy outlives the call) and projects the chunk on the team that runs its
+        # steps (memory independent of T, as in the float kernels).
         q_ih = self._store["weight_ih" + sfx]
-        w_ih = np.empty(q_ih.shape, _F32)
-        _kernels.quantized_widen(q_ih, self._scales("weight_ih" + sfx), w_ih)
+        w_ih = np.empty(q_ih.size, _F32)
+        s_ih = self._scales("weight_ih" + sfx)
         b_ih, b_hh = self._biases(sfx)
         s_hh = self._scales(name)
         chunk = max(1, min(T, INFERENCE_CHUNK_BYTES // max(1, B * G * 4)))
@@ -212,10 +212,9 @@ class _QuantizedParameters:
         while done < T:
             n = min(chunk, T - done)
             first = T - done - n if reverse else done
-            g = gates[:n]
-            np.matmul(inp[first:first + n].reshape(n * B, K), w_ih.T, out=g.reshape(n * B, G))
-            _kernels.quantized_steps(g, first, reverse, w_hh, s_hh, b_ih, b_hh, lens, lbr, out,
-                                     col, state, gh, rh, scratch)
+            _kernels.quantized_steps(inp[first:first + n], q_ih, s_ih, w_ih, gates[:n], first,
+                                     reverse, w_hh, s_hh, b_ih, b_hh, lens, lbr, out, col,
+                                     state, gh, rh, scratch)
             done += n
 
     def _float_state_dict(self) -> dict[str, np.ndarray]:
