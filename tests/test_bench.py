@@ -301,3 +301,23 @@ def test_bench_reports_the_training_iteration_and_the_gates_cost(tmp_path):
     assert it["ratio"] == pytest.approx(it["grufast"]["median_ms"] / it["torch"]["median_ms"])
     (g,) = res["gates"]
     assert (g["T"], g["B"], g["I"], g["H"]) == (5, 2, 3, 4) and g["gates_ms"] > 0
+
+
+def test_interleaved_rounds_vary_who_comes_next():
+    """A peer whose pool keeps spinning after its calls slows whoever runs next, so the
+    order is shuffled every round: each peer follows several different ones (a fixed
+    cyclic order, even rotated, always gives it the same predecessor), and every peer runs
+    once per round."""
+    from grufast._bench_timing import interleaved
+
+    log: list[str] = []
+    names = ["grufast", "torch", "onnxruntime", "jax", "sgemm"]
+    calls = {n: (lambda n=n: log.append(n)) for n in names}
+    res = interleaved(calls, budget_s=0.0, min_rounds=30, max_rounds=30)
+    assert all(res[n]["rounds"] == 30 for n in names)
+    timed = [n for i, n in enumerate(log) if i >= 2 * len(names)]  # after the warm-up calls
+    before: dict[str, set[str]] = {n: set() for n in names}
+    for prev, cur in zip(timed, timed[1:]):
+        if prev != cur:
+            before[cur].add(prev)
+    assert all(len(before[n]) >= 3 for n in names), before

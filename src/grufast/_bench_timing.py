@@ -1,11 +1,15 @@
 """Interleaved timing: every peer of a cell measured round by round, so that a slow minute
 of a shared machine falls on all of them alike.
 
-A round runs each peer once, in an order rotated every round, as a burst of calls: enough
+A round runs each peer once, in an order drawn afresh every round (a seeded shuffle), as a
+burst of calls: enough
 calls for about ``BURST_S`` (one for long calls), each timed on its own. With more than one
 thread, each burst starts after a ``SETTLE_S`` pause and, for calls under
 ``DISCARD_BELOW_S``, one untimed call: the previous peer's pool threads spin for a while
-after their work, and that pause and call absorb it instead of the first timed call. Rounds
+after their work, and that pause and call absorb it instead of the first timed call. The
+shuffle is what makes that fair: a pool that spins longer than the pause (OpenBLAS's, for
+up to ~0.1 s, after the GEMM reference or the NumPy reference) slows whoever comes next,
+and a fixed cyclic order, even rotated, always puts the same peer next. Rounds
 go on until the cell's time budget is spent and every peer has ``min_rounds``, or
 ``max_rounds`` is reached. Results: median and spread of all timed calls.
 """
@@ -22,6 +26,7 @@ import numpy as np
 BURST_S = 0.005
 SETTLE_S = 0.01
 DISCARD_BELOW_S = 0.05
+ORDER_SEED = 2026  # the rounds' orders are random but the same from run to run
 
 
 def stats(samples: list[float], scale: float, rounds: int) -> dict[str, float | int]:
@@ -56,9 +61,10 @@ def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rou
     samples: dict[str, list[float]] = {n: [] for n in names}
     rounds = dict.fromkeys(names, 0)
     t_start = time.perf_counter()
+    rng = np.random.default_rng(ORDER_SEED)
     r = 0
     while r < max_rounds:
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = [names[i] for i in rng.permutation(len(names))]
         for n in order:
             if rounds[n] >= round_caps.get(n, max_rounds):
                 continue
