@@ -116,13 +116,24 @@ def test_nan_padding_does_not_reach_gradients():
     assert np.isnan(x[4, 1, 0])  # the caller's array is untouched
 
 
-def test_batch_one_matches_batched_rows():
-    # B = 1 takes the gemv path; it must agree with the same row inside a batch.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("B", [2, 3])
+def test_small_batches_give_each_sequence_its_own_bits(B, lbr, dtype):
+    """Up to 3 sequences run one GEMV per sequence and step, as one sequence does (not
+    OpenBLAS's GEMM, which repacks the weights every step): each row of a small batch is
+    bitwise the sequence run alone, outputs and gradients."""
     rng = np.random.default_rng(7)
-    x, h0, *w = problem(rng, 7, 3, 5, 6)
-    y, h, _ = F.gru_forward(x, h0, *w)
-    y1, h1, _ = F.gru_forward(x[:, 1:2], h0[1:2], *w)
-    np.testing.assert_allclose(y1[:, 0], y[:, 1], rtol=1e-12, atol=1e-14)
+    x, h0, *w = problem(rng, 7, B, 5, 6, dtype)
+    y, h, c = F.gru_forward(x, h0, *w, linear_before_reset=lbr, training=True)
+    g = F.gru_backward(np.ones_like(y), None, c)
+    for b in range(B):
+        y1, h1, c1 = F.gru_forward(x[:, b:b + 1], h0[b:b + 1], *w, linear_before_reset=lbr,
+                                   training=True)
+        g1 = F.gru_backward(np.ones_like(y1), None, c1)
+        np.testing.assert_array_equal(y1[:, 0], y[:, b])
+        np.testing.assert_array_equal(g1.x[:, 0], g.x[:, b])
+        np.testing.assert_array_equal(g1.h0[0], g.h0[b])
 
 
 def test_every_build_matches_the_reference(monkeypatch):
@@ -149,10 +160,10 @@ def test_every_build_matches_the_reference(monkeypatch):
 
 
 def test_recurrent_gemm_paths_agree_at_their_boundaries():
-    """B = 1 (gemv), 4..64 (register-tiled GEMM, full and edge tiles), 65 (OpenBLAS in
-    training, the tiled GEMM in inference)."""
+    """B = 1..3 (a gemv per sequence), 4..64 (register-tiled GEMM, full and edge tiles), 65
+    (OpenBLAS in training, the tiled GEMM in inference)."""
     rng = np.random.default_rng(9)
-    for B in (1, 3, 4, 7, 64, 65):
+    for B in (1, 2, 3, 4, 7, 64, 65):
         for dtype in (np.float32, np.float64):
             for lbr in (True, False):
                 x, h0, *w = problem(rng, 3, B, 10, 29, dtype)
@@ -277,12 +288,18 @@ def test_parallel_layer_backward_accumulates_like_serial():
 
 
 def test_input_projection_paths_agree():
-    """Serial input projections below 8M multiply-adds run in the tiled GEMM, larger ones in
-    OpenBLAS: both sides of the boundary meet the tolerances (T*3H*I = 7.9M and 9.8M)."""
+    """Serial input projections of at most 8M multiply-adds, or of 128 rows or fewer and at
+    most 32M, run in the tiled GEMM, the others in OpenBLAS: both sides of each boundary
+    meet the tolerances (150 rows with 7.7M and 8.6M multiply-adds; 128 and 129 rows with
+    24M; 100 rows with 31.2M and 33.6M)."""
+    from grufast._isa import kernels
+
+    assert kernels.projection_limit() == (8_000_000, 128)
     rng = np.random.default_rng(14)
-    for T in (33, 41):
+    for T, I, H in ((150, 100, 170), (150, 100, 190), (128, 400, 200), (129, 400, 200),
+                    (100, 400, 260), (100, 400, 280)):
         for dtype in (np.float32, np.float64):
-            x, h0, *w = problem(rng, T, 1, 400, 200, dtype)
+            x, h0, *w = problem(rng, T, 1, I, H, dtype)
             y, h, _ = F.gru_forward(x, h0, *w)
             as64 = [a.astype(np.float64) for a in (x, h0, *w)]
             yr, hr, _ = R.gru_forward(*as64)

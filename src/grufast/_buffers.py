@@ -16,6 +16,7 @@ already reuses small blocks.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -39,7 +40,7 @@ _ALONE = _count([np.empty(1, np.uint8)], 0)
 def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised C-contiguous array, as ``np.empty``, backed by a pooled buffer."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # np.prod costs microseconds per call
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     pool: list[np.ndarray] | None = getattr(_local, "pool", None)

@@ -23,7 +23,7 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
     cdef const real* dy = <const real*>a.dy
     cdef real* dx = <real*>a.dx
     cdef bint dx_accumulate = d.dx_accumulate
-    cdef Py_ssize_t s, t, i = 0, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef Py_ssize_t s, t, b, i = 0, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
     cdef const real* dy_t = <const real*>a.dy_zero + b0 * ldy  # zeros for a missing dy
     cdef const Py_ssize_t* lr = a.lengths + b0
     cdef real* dhr = dh + b0 * H
@@ -49,18 +49,30 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                         dG_t, dgh_t)
             if tiled:
                 small_gemm(n, H, G, dgh_t, G, w_hh, H, dhr, H, True)
+            elif n < 4:  # one GEMV per sequence: OpenBLAS's GEMM repacks w_hh every step
+                for b in range(n):
+                    gemm_rm(c'N', c'N', 1, H, G, 1, dgh_t + b * G, G, w_hh, H, 1, dhr + b * H,
+                            H)
             else:
                 gemm_rm(c'N', c'N', n, H, G, 1, dgh_t, G, w_hh, H, 1, dhr, H)
         else:
             _dgates_zn(n, H, 0, H, t, lr, g_t, hp_t, dy_t, ldy, dhr, dG_t)
             if tiled:
                 small_gemm(n, H, H, dG_t + 2 * H, G, w_hh + 2 * H * H, H, dsr, H, False)
+            elif n < 4:
+                for b in range(n):
+                    gemm_rm(c'N', c'N', 1, H, H, 1, dG_t + b * G + 2 * H, G,
+                            w_hh + 2 * H * H, H, 0, dsr + b * H, H)
             else:
                 gemm_rm(c'N', c'N', n, H, H, 1, dG_t + 2 * H, G, w_hh + 2 * H * H, H, 0, dsr,
                         H)
             _dgates_r(n, H, 0, H, t, lr, g_t, hp_t, dsr, dhr, dG_t)
             if tiled:
                 small_gemm(n, H, 2 * H, dG_t, G, w_hh, H, dhr, H, True)
+            elif n < 4:
+                for b in range(n):
+                    gemm_rm(c'N', c'N', 1, H, 2 * H, 1, dG_t + b * G, G, w_hh, H, 1,
+                            dhr + b * H, H)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dhr, H)
         # dx_t = dgi_t W_ih: its own rows, no sum across steps.

@@ -9,8 +9,9 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     """Steps s0 <= s < s1 (in visiting order) for the sequences b0 <= b < b1, whose input
     projections for time steps first, first + 1, ... are in gates, or are computed here step
     by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
-    ``tiled``: the recurrent products in the register-tiled GEMM, else OpenBLAS's GEMV (one
-    sequence) or GEMM. Sequences never interact, so disjoint row ranges run on different
+    ``tiled``: the recurrent products in the register-tiled GEMM, else OpenBLAS's GEMV (up
+    to 3 sequences, one call each: its GEMM repacks the weights every step, 2.0-2.2x the
+    time for B = 2) or GEMM. Sequences never interact, so disjoint row ranges run on different
     threads without any synchronisation."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
@@ -24,7 +25,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     cdef real* hprev = <real*>a.hprev
     cdef real* ghn = <real*>a.ghn
     cdef real* step_scratch = <real*>a.step_scratch
-    cdef Py_ssize_t s, t, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
+    cdef Py_ssize_t s, t, b, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
     cdef real* gi
     cdef real* hp_t = step_scratch + b0 * H
     cdef real* hn_t = step_scratch + BH + b0 * H  # lbr: the recurrent n term; else exp(-a_z)
@@ -46,23 +47,26 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
         if lbr:
             if tiled:
                 small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
-            elif n == 1:
-                _gemv_t(G, H, w_hh_t, G, hr, ghr)
+            elif n < 4:
+                for b in range(n):
+                    _gemv_t(G, H, w_hh_t, G, hr + b * H, ghr + b * G)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
         else:
             if tiled:
                 small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
-            elif n == 1:
-                _gemv_t(2 * H, H, w_hh_t, G, hr, ghr)
+            elif n < 4:
+                for b in range(n):
+                    _gemv_t(2 * H, H, w_hh_t, G, hr + b * H, ghr + b * G)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
             if tiled:
                 small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
-            elif n == 1:
-                _gemv_t(H, H, w_hh_t + 2 * H, G, rhr, ghr + 2 * H)
+            elif n < 4:
+                for b in range(n):
+                    _gemv_t(H, H, w_hh_t + 2 * H, G, rhr + b * H, ghr + b * G + 2 * H)
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
@@ -214,9 +218,10 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
         n = min(a.chunk, T - s)
         first = T - s - n if d.reverse else s
         if not project:
-            if n * B * G * I < SMALL_GEMM_MACS:
-                # Small projections in the tiled GEMM: OpenBLAS would start its threads
-                # for them, for less work than waking them costs.
+            if _tiled_projection(n * B, G, I):
+                # Small projections, or few rows, in the tiled GEMM: OpenBLAS would start
+                # its threads for less work than waking them costs, and repack the weights
+                # for too few rows to pay for it (_kernels_threads.pxi).
                 small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G, gates,
                            G, False)
             else:

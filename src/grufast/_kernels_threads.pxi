@@ -23,11 +23,42 @@ if register_fork_handler() != 0:
     raise RuntimeError("grufast could not register its fork handler (pthread_atfork)")
 
 # A parallel region costs a couple of microseconds: steps with fewer multiply-adds run on
-# one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k). Input projections with fewer
-# than SMALL_GEMM_MACS run in the tiled GEMM (measured faster below it, 1 or 2 threads).
+# one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k).
 cdef enum:
     PARALLEL_MIN_MACS = 150000
-    SMALL_GEMM_MACS = 8000000
+
+# Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on the
+# transposed weights grufast keeps when they have at most projection_max_macs multiply-adds,
+# or at most projection_max_rows rows (steps x sequences) and up to 4x that many
+# multiply-adds; the others in OpenBLAS's GEMM, which packs the weights on every call and
+# wins once many rows share each packed panel. Measured (interleaved calls, one thread, GRU
+# inference, T = 100): one sequence, H = 256 (100 rows, 19.7M): tiled 0.94x OpenBLAS's time
+# on the AVX-512 build, 0.95x on the AVX2 one (OpenBLAS Haswell kernels); H = 512 (78.6M):
+# 0.98-1.00x and 1.05x; B = 16, H = 128 (1600 rows): 1.11x.
+cdef long long projection_max_macs = 8000000
+cdef long long projection_max_rows = 128
+
+
+def set_projection_limit(long long max_macs, long long max_rows) -> None:
+    """Input projections with at most max_macs multiply-adds, or with at most max_rows rows
+    and 4 max_macs multiply-adds, run in the tiled GEMM; the others in OpenBLAS's."""
+    global projection_max_macs, projection_max_rows
+    if max_macs < 0 or max_rows < 0:
+        raise ValueError(f"limits must be >= 0, got {max_macs}, {max_rows}")
+    projection_max_macs = max_macs
+    projection_max_rows = max_rows
+
+
+def projection_limit() -> tuple:
+    """(max_macs, max_rows) as set_projection_limit set them."""
+    return projection_max_macs, projection_max_rows
+
+
+cdef inline bint _tiled_projection(Py_ssize_t rows, Py_ssize_t N,
+                                   Py_ssize_t K) noexcept nogil:
+    cdef long long macs = <long long>rows * N * K
+    return macs <= projection_max_macs or (rows <= projection_max_rows
+                                           and macs <= 4 * projection_max_macs)
 
 
 cdef enum Split:
@@ -89,8 +120,8 @@ def tiled_limit() -> int:
 
 
 def force_recurrence_path(str path) -> None:
-    """'auto' (by the limit), 'tiled' or 'blas' for every batch of 4 or more: for
-    measuring the crossover (tools/isa_crossover.py), not for users."""
+    """'auto' (by the limit), 'tiled' or 'blas' (a GEMV per sequence below 4 sequences)
+    for every batch: for measuring the crossover (tools/isa_crossover.py), not for users."""
     global recurrence_path
     paths = ("auto", "tiled", "blas")
     if path not in paths:
@@ -103,10 +134,10 @@ cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H) noexcept nogi
     which our threads can split by sequences: from 4 rows (below, a mostly empty tile loses
     to OpenBLAS's gemv, which threads itself), up to the per-process limit. The choice
     depends on the shape and that limit only, never on timing within a process."""
-    if B < 4:
-        return False
     if recurrence_path:
         return recurrence_path == 1
+    if B < 4:
+        return False
     return B * 3 * H * H <= tiled_max_macs
 
 

@@ -462,8 +462,9 @@ def quantized_steps(const float[:, :, ::1] x, cnp.ndarray w_ih, const float[::1]
                          &step_scratch[0, 0])
         return
     with nogil:
-        if n * B * G * K < SMALL_GEMM_MACS:
-            # OpenBLAS would start its threads for less work than waking them costs.
+        if n * B * G * K <= projection_max_macs:
+            # OpenBLAS would start its threads for less work than waking them costs. (Not
+            # by rows, as the float path: the transposed widening costs more than it saves.)
             qwiden_t(fmt, 0, G, K, pwi, &s_ih[0], &w_ih_scratch[0], G)
             small_gemm(n * B, G, K, &x[0, 0, 0], K, &w_ih_scratch[0], G, &gates[0, 0, 0], G,
                        False)
