@@ -332,3 +332,19 @@ def test_backward_split_by_sequences_matches_reference():
                     for name, a, b in zip(g._fields, g, gr):
                         assert_close(a, b, np.dtype(dtype), "grad",
                                      f"{name} B={B} I={I} lbr={lbr} threads={threads}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (16, 16), (33, 5), (1536, 512)])
+def test_transpose_into_is_exact(shape, dtype):
+    """The blocked transpose behind the weight copies the tiled GEMM reads (edge blocks
+    included), and its refusal of a wrong output shape."""
+    from grufast._isa import kernels
+
+    a = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    out = np.empty(shape[::-1], dtype)
+    kernels.transpose_into(a, out)
+    np.testing.assert_array_equal(out, a.T)
+    with pytest.raises(ValueError, match="out must have shape"):
+        kernels.transpose_into(a, np.empty(shape, dtype) if shape[0] != shape[1]
+                               else np.empty((shape[0] + 1, shape[1]), dtype))

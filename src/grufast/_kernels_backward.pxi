@@ -9,9 +9,9 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                   Py_ssize_t b0, Py_ssize_t b1, bint tiled, real* acc) noexcept nogil:
     """The backward recurrence for the sequences b0 <= b < b1 (rows never interact: disjoint
     ranges run on different threads without synchronisation), with their share of the weight
-    gradients: dx step by step, the products over the weights a flush of steps at a time
-    into this thread's partial sums acc (_kernels_weight_grads.pxi), while the gates'
-    gradients are still in cache. ``tiled``: dh's products with W_hh in the register-tiled
+    gradients: dx and the products over the weights a flush of steps at a time (the
+    products into this thread's partial sums acc; _kernels_weight_grads.pxi), while the
+    gates' gradients are still in cache. ``tiled``: dh's products with W_hh in the register-tiled
     GEMM, else in OpenBLAS."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
@@ -75,15 +75,16 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                             dhr + b * H, H)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dhr, H)
-        # dx_t = dgi_t W_ih: its own rows, no sum across steps.
+        # dx_t = dgi_t W_ih: its own rows, no sum across steps. Few inputs: dot products
+        # now; else one GEMM per flush (_flush_dx).
         if I < DOT_INPUTS:
             _dx_dots(n, I, G, dG_t, <const real*>f.w_ih_t, dx + (t * B + b0) * I,
                      dx_accumulate)
-        else:
-            small_gemm(n, I, G, dG_t, G, w_ih, I, dx + (t * B + b0) * I, I, dx_accumulate)
         _gather_step(d, a, f, hprev, t, b0, n, i)
         i += 1
         if i == f.steps or s == T - 1:
+            if I >= DOT_INPUTS:
+                _flush_dx(d, a, f, dx, b0, n, i, s)
             _flush(d, f, b0, n, i, acc)
             i = 0
 
@@ -191,7 +192,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     dy_zero (B, H) holds zeros, read in place of a missing dy.
 
     Scratch of the weight gradients accumulated during the recurrence (serial, or split by
-    sequences): flush holds (2 * 3H + 2 * H + I) * flush_steps * B reals, where flush_steps
+    sequences): flush holds (2 * 3H + 2 * H + 2 * I) * flush_steps * B reals, where flush_steps
     (at least 1, at most T) steps make a flush; partials (threads, (H + I + 2) * 3H), one
     row per thread that may share the call (the OpenMP thread count); w_ih_t (I, 3H) is
     w_ih transposed, read with fewer than 8 inputs (else it may be None).
@@ -256,6 +257,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     f.h_t = &flush[6 * d.H * rows]
     f.rh_t = &flush[7 * d.H * rows]
     f.x_t = &flush[8 * d.H * rows]
+    f.dx_rows = &flush[(8 * d.H + d.n_in) * rows]
     f.partials = &partials[0, 0]
     f.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     with nogil:

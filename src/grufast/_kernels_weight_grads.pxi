@@ -20,6 +20,7 @@ cdef struct StepGrads:
     void* h_t               # (H, steps * B): the state entering each step, transposed
     void* rh_t              # (H, steps * B): r * h transposed, without linear_before_reset
     void* x_t               # (I, steps * B): the inputs, transposed
+    void* dx_rows           # (steps * B, I): the flush's dx, before they go to dx
     const void* w_ih_t      # (I, 3H): W_ih transposed, for I < DOT_INPUTS; else NULL
     # partials (threads, (H + I + 2) * 3H): per thread, dW_hh^T (H, 3H), dW_ih^T (I, 3H),
     # db_ih (3H), db_hh (3H)
@@ -221,6 +222,30 @@ cdef void _flush(const Dims* d, const StepGrads* f, Py_ssize_t b0, Py_ssize_t n,
         small_gemm(H, H, K, <const real*>f.rh_t + H * f.steps * b0, ld, dg + 2 * H, G,
                    acc + 2 * H, G, True)
     _colsum(K, G, dg, acc_bhh, True)
+
+
+cdef void _flush_dx(const Dims* d, const BackwardArrays* a, const StepGrads* f, real* dx,
+                    Py_ssize_t b0, Py_ssize_t n, Py_ssize_t steps, Py_ssize_t s_last
+                    ) noexcept nogil:
+    """dx for the flush's first ``steps`` slots (I >= DOT_INPUTS): dx_t = dgi_t W_ih for all
+    of them in one GEMM of steps * n rows (one row per step, for one sequence, made that
+    many GEMVs through the tiled GEMM's edge tiles), then each step's n rows copied (or
+    added) to dx (a.dx). Slot j holds the step visited at loop index
+    s_last - (steps - 1) + j."""
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, G = 3 * d.H, j, k, s, t
+    cdef real* rows = <real*>f.dx_rows + f.steps * b0 * I
+    cdef real* out
+    small_gemm(steps * n, I, G, <const real*>f.dg + f.steps * b0 * G, G, <const real*>a.w_ih,
+               I, rows, I, False)
+    for j in range(steps):
+        s = s_last - (steps - 1) + j
+        t = s if d.reverse else T - 1 - s
+        out = dx + (t * B + b0) * I
+        if d.dx_accumulate:
+            for k in range(n * I):
+                out[k] += rows[j * n * I + k]
+        else:
+            memcpy(out, rows + j * n * I, n * I * sizeof(real))
 
 
 cdef void _reduce_partials(int p, int nt, const Dims* d, const BackwardArrays* a,

@@ -82,8 +82,18 @@ class Weights(NamedTuple):
 
     @classmethod
     def of(cls, w_ih, w_hh, b_ih, b_hh, has_bias: bool) -> Weights:
-        return cls(w_ih, np.ascontiguousarray(w_ih.T), w_hh, np.ascontiguousarray(w_hh.T),
-                   b_ih, b_hh, has_bias)
+        return cls(w_ih, _transposed(w_ih), w_hh, _transposed(w_hh), b_ih, b_hh, has_bias)
+
+
+def _transposed(w: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of w.T: the kernels' blocked transpose for the float matrices
+    they take (after every optimiser step, so it is on the training path), NumPy's
+    otherwise."""
+    if w.ndim != 2 or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
+        return np.ascontiguousarray(w.T)
+    out = np.empty(w.shape[::-1], w.dtype)
+    _kernels.transpose_into(w, out)
+    return out
 
 
 def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
@@ -251,7 +261,7 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     # flush of steps (FLUSH_ROWS rows of products) at a time: per-flush buffers, and one row
     # of partial sums per thread that may share the call.
     steps = max(1, min(T, -(-FLUSH_ROWS // max(B, 1))))
-    flush = _buffers.empty(((8 * H + I) * steps * B,), dtype)
+    flush = _buffers.empty(((8 * H + 2 * I) * steps * B,), dtype)
     partials = _buffers.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
     # One sequence split by hidden units: dG of every step, weight gradients after the loop.
     # np.empty: pages never touched (every other split) cost nothing.
