@@ -76,8 +76,9 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
 cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                         const ForwardArrays* a, real* h) noexcept nogil:
     """Thread p of nt runs one sequence (B = 1) for its part of the hidden units,
-    j0 <= j < j1: their columns of x W_ih^T, of h W_hh^T (so each thread streams a 1/nt
-    slice of the weights, which stays in its own cache) and of the gates. The threads meet
+    j0 <= j < j1: their columns of h W_hh^T (so each thread streams a 1/nt slice of the
+    weights, which stays in its own cache) and of the gates; the columns of x W_ih^T, per
+    chunk of steps, go in blocks to whichever thread comes first. The threads meet
     at a barrier after each step, where the new state is complete (and once more without
     linear_before_reset, where r * h is). The state alternates between h and a scratch row,
     so that no thread writes the state another one is still reading.
@@ -102,7 +103,7 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
     cdef real* gh = <real*>a.gh
     cdef real* rh = <real*>a.rh
     cdef real* step_scratch = <real*>a.step_scratch
-    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H, j0, j1, w
+    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H, j0, j1, w, blk, base = 0
     cdef bint backwards  # this step walks the weights' strips last to first
     cdef int part, pa = 0 if alone else p, pb = nt if alone else p + 1  # parts run here
     cdef int team = 1 if alone else nt  # threads meeting at the barrier
@@ -116,11 +117,31 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
     while s < T:
         n = min(chunk, T - s)
         first = T - s - n if reverse else s
-        for part in range(pa, pb):
-            j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
-            for k in range(3):
+        if team > 1:
+            # The chunk's projections in 3 * nt blocks (a gate's columns for one share),
+            # taken first come first served: a pool thread woken from sleep starts late,
+            # and the others meanwhile take its blocks. Each block is computed the same
+            # whoever takes it; the barrier then publishes them all.
+            while True:
+                blk = <Py_ssize_t>ticket(bar) - base
+                if blk >= 3 * nt:
+                    break
+                part, k = <int>(blk // 3), blk % 3
+                j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                 small_gemm(n, j1 - j0, I, x + first * I, I, w_ih_t + k * H + j0, G,
                            gates + k * H + j0, G, False)
+            base += 4 * nt  # 3 nt blocks, and each thread's one ticket past them
+            went = barrier_wait(bar, team, p)
+            if went < 0:
+                return
+            if went > 0:
+                pa, pb, team = 0, nt, 1
+        else:
+            for part in range(pa, pb):
+                j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
+                for k in range(3):
+                    small_gemm(n, j1 - j0, I, x + first * I, I, w_ih_t + k * H + j0, G,
+                               gates + k * H + j0, G, False)
         for q in range(s, s + n):
             t = T - 1 - q if reverse else q
             gi = gates + (t - first) * G

@@ -11,6 +11,7 @@ cdef extern from "_threads.h":
         int serial
     void barrier_init "grufast_barrier_init"(barrier_t* b, bint adaptive) noexcept nogil
     int barrier_wait "grufast_barrier_wait"(barrier_t* b, unsigned n, int p) noexcept nogil
+    unsigned long ticket "grufast_ticket"(barrier_t* b) noexcept nogil
     bint serial_backoff "grufast_serial_backoff"() noexcept nogil
     void begin_backoff "grufast_start_serial_backoff"() noexcept nogil
     int register_fork_handler "grufast_register_fork_handler"() noexcept nogil

@@ -306,13 +306,20 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
     register-tiled GEMM. Each element is the same chain of multiply-adds whichever thread
     computes which part."""
     cdef int part
-    cdef Py_ssize_t k, j0, j1, G = 3 * H
+    cdef Py_ssize_t k
     for part in range(pa, pb):
-        j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
         for k in range(3):
-            qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, G)
-            small_gemm(n, j1 - j0, K, x, K, w_ih_t + k * H + j0, G, gates + k * H + j0, G,
-                       False)
+            _qproject_block(part, k, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates)
+
+
+cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t K,
+                          Py_ssize_t H, const float* x, int fmt, const void* w_ih,
+                          const float* s_ih, float* w_ih_t, float* gates) noexcept nogil:
+    """_qproject's block for gate k and the units of one part."""
+    cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
+    cdef Py_ssize_t G = 3 * H
+    qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, G)
+    small_gemm(n, j1 - j0, K, x, K, w_ih_t + k * H + j0, G, gates + k * H + j0, G, False)
 
 
 cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
@@ -323,10 +330,10 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
                        const Py_ssize_t* lengths, bint lbr, float* y, Py_ssize_t ldy,
                        float* h, float* gh, float* rh, float* step_scratch) noexcept nogil:
     """Steps of one sequence split across nt threads by hidden units, as the float
-    kernels split them (_unit_forward): thread p projects the inputs for its units
-    j0 <= j < j1 (_qproject, in the tiled GEMM: no OpenBLAS threads to compete with the
-    team), computes the rows of its units in each gate block of the recurrent product
-    (streaming 1/nt of the weights) and their gates; the threads meet at the barrier after
+    kernels split them (_unit_forward): the team projects the inputs (_qproject's blocks,
+    first come first served, in the tiled GEMM: no OpenBLAS threads to compete with the
+    team); thread p computes the rows of its units in each gate block of the recurrent
+    product (streaming 1/nt of the weights) and their gates; the threads meet at the barrier after
     each step (and once more without linear_before_reset). The state alternates between h
     and a scratch row, so no thread writes what another still reads.
 
@@ -334,7 +341,7 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
     the barrier finds a partner descheduled, the first thread there goes on alone and the
     others leave. Every part is computed as its own thread would: the same bits either
     way. step_scratch holds 3H floats."""
-    cdef Py_ssize_t i, s, t, k, j0, j1
+    cdef Py_ssize_t i, s, t, k, j0, j1, blk
     cdef int part, pa = 0 if alone else p, pb = nt if alone else p + 1
     cdef int team = 1 if alone else nt
     cdef int went
@@ -344,7 +351,22 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
     cdef float* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
     states[0] = h
     states[1] = step_scratch + 2 * H
-    _qproject(pa, pb, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates)
+    if team > 1:
+        # Blocks first come first served (a pool thread woken from sleep starts late), then
+        # the barrier publishes them: as in _unit_forward.
+        while True:
+            blk = <Py_ssize_t>ticket(bar)
+            if blk >= 3 * nt:
+                break
+            _qproject_block(<int>(blk // 3), blk % 3, nt, n, K, H, x, fmt, w_ih, s_ih,
+                            w_ih_t, gates)
+        went = barrier_wait(bar, team, p)
+        if went < 0:
+            return
+        if went > 0:
+            pa, pb, team = 0, nt, 1
+    else:
+        _qproject(pa, pb, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates)
     for i in range(n):
         s = n - 1 - i if reverse else i
         t = first + s

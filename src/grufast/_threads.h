@@ -77,14 +77,19 @@ static long long grufast_serial_until = 0;
    vCPU is sometimes held off for milliseconds on an otherwise idle machine). */
 #define GRUFAST_BACKOFF_NS 250000000LL
 /* Spinning, then yielding, before sleeping: a step takes from ~5 us (H = 224) up; a
-   partner that has not arrived after this is not running. */
+   partner that has not arrived after 50 us is not running. Yielding (which hands the core
+   to any other runnable thread) goes on up to 2 ms before the futex: on a VM a sleeping
+   vCPU took 1-2 ms to wake, so a sleep at every passing stall (at 0.2 ms, as before) made
+   the partners take turns waiting for each other's wake-ups, and T = 1000, H = 512 ran at
+   one thread's speed in half the processes (now 1.5x, int8 1.8x, in each). */
 #define GRUFAST_SPIN_NS 50000LL
-#define GRUFAST_YIELD_NS 200000LL
-/* A call falls back to one thread once its waits exceed 2/5 of its time, after 0.5 ms.
+#define GRUFAST_YIELD_NS 2000000LL
+/* A call falls back to one thread once its waits exceed 2/5 of its time, judged from the
+   first meeting (the pool's wake-up is not load) and after 2 ms of it.
    A waiter that waits a fraction f of the call makes two threads 2 (1 - f) times as fast
    as one: at f = 2/5 still 1.2x, below that one thread would lose. (At 1/5, passing stalls
    on an idle VM set it off, and the back-off then cost the second core for no reason.) */
-#define GRUFAST_FALLBACK_MIN_NS 500000LL
+#define GRUFAST_FALLBACK_MIN_NS 2000000LL
 
 /* Start a back-off window now, as a fallback would (tests). */
 static void grufast_start_serial_backoff(void) {
@@ -105,6 +110,7 @@ typedef struct {
     int leader;                    /* ... this one, the first to arrive there */
     int adaptive;                  /* whether this team may fall back to one thread */
     long long start_ns, waited_ns; /* the call's start; time all waiters spent waiting */
+    unsigned long tickets;         /* grufast_ticket's counter: work handed out first come */
 } grufast_barrier;
 
 static void grufast_barrier_init(grufast_barrier* b, int adaptive) {
@@ -117,6 +123,13 @@ static void grufast_barrier_init(grufast_barrier* b, int adaptive) {
     b->adaptive = adaptive;
     b->waited_ns = 0;
     b->start_ns = grufast_now_ns();
+    b->tickets = 0;
+}
+
+/* The next ticket of the team's shared counter: threads take blocks of work in the order
+   they come (a pool thread woken from sleep may start a millisecond late). */
+static unsigned long grufast_ticket(grufast_barrier* b) {
+    return __atomic_fetch_add(&b->tickets, 1UL, __ATOMIC_RELAXED);
 }
 
 #if defined(_OPENMP) && defined(__GNUC__)
@@ -152,7 +165,13 @@ static int grufast_barrier_wait(grufast_barrier* b, unsigned n, int p) {
     long long t0, now, waited;
     if (arrived == 1) __atomic_store_n(&b->first, p, __ATOMIC_RELAXED);
     if (arrived == n) {
-        if (b->adaptive && n > 1) {
+        if (gen == 0) {
+            /* The first meeting waits for the pool threads to wake (on a VM that took up
+               to 1.6 ms): a one-off cost of the call, not a partner held off by load. The
+               load is judged from here on. */
+            b->start_ns = grufast_now_ns();
+            __atomic_store_n(&b->waited_ns, 0, __ATOMIC_RELAXED);
+        } else if (b->adaptive && n > 1) {
             now = grufast_now_ns();
             waited = __atomic_load_n(&b->waited_ns, __ATOMIC_RELAXED) / (long long)(n - 1);
             if (now - b->start_ns > GRUFAST_FALLBACK_MIN_NS
@@ -188,7 +207,8 @@ static int grufast_barrier_wait(grufast_barrier* b, unsigned n, int p) {
 #endif
             }
         }
-        __atomic_add_fetch(&b->waited_ns, grufast_now_ns() - t0, __ATOMIC_RELAXED);
+        if (gen > 0)
+            __atomic_add_fetch(&b->waited_ns, grufast_now_ns() - t0, __ATOMIC_RELAXED);
     }
     if (!b->serial) return 0;
     return b->leader == p ? 1 : -1;
