@@ -82,7 +82,10 @@ def test_layer_outputs_time_major_and_batch_first():
     tm = np.ascontiguousarray(X.transpose(1, 0, 2))
     Y = grufast.dask.predict(gru, da.from_array(tm, chunks=(-1, 5, -1)))
     assert Y.shape == (7, 12, 10) and Y.chunks[1] == (5, 5, 2)
-    assert_equal_bits_in_release(Y.compute(scheduler="sync"), gru.eval()(tm)[0])
+    # Chunks of 5, 5 and 2 sequences take other kernel paths than one batch of 12 (a GEMV
+    # per sequence below 4): equal to float32 rounding, bitwise only with some BLAS kernels.
+    np.testing.assert_allclose(Y.compute(scheduler="sync"), gru.eval()(tm)[0], rtol=0,
+                               atol=1e-6)
     bf = grufast.GRU(3, 5, batch_first=True, seed=0).eval()
     Y = grufast.dask.predict(bf, da.from_array(X, chunks=(4, -1, -1)))
     assert_equal_bits_in_release(Y.compute(scheduler="sync"), bf(X)[0])

@@ -17,7 +17,6 @@ from threadpoolctl import threadpool_limits
 
 import grufast
 from grufast._isa import kernels
-from tests.helpers import assert_equal_bits_in_release
 
 # The two thread splits: by sequences (B = 64) and by hidden units (B = 1, H = 512).
 SPLITS = [(64, 256), (1, 512)]
@@ -55,8 +54,9 @@ def test_forked_child_runs_serially(B, H):
 @pytest.mark.parametrize("B,H", SPLITS)
 def test_oversubscribed_python_threads(B, H):
     """4 Python threads on this machine's cores, each model call asking for 2 OpenMP
-    threads: every call finishes with the result of one thread (bitwise by sequences,
-    where each row is one thread's; by hidden units to float32 rounding)."""
+    threads: every call finishes with the result of one thread, to float32 rounding (one
+    thread projects the inputs in OpenBLAS's GEMM, a split in grufast's tiled one: bitwise
+    alike with OpenBLAS's SkylakeX kernels, not with its Haswell ones)."""
     serial = _run(B, H, threads=1)
     results: list = [None] * 4
 
@@ -72,10 +72,7 @@ def test_oversubscribed_python_threads(B, H):
     assert not any(t.is_alive() for t in threads), "a thread is stuck in a model call"
     for runs in results:
         for y in runs:
-            if B > 1:
-                assert_equal_bits_in_release(y, serial)
-            else:
-                np.testing.assert_allclose(y, serial, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(y, serial, rtol=0, atol=1e-5)
 
 
 CHILD = """

@@ -83,9 +83,11 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
         _gather_step(d, a, f, hprev, t, b0, n, i)
         i += 1
         if i == f.steps or s == T - 1:
+            # Not tiled: serial, beyond the ISA's tiled-GEMM limit (never inside a parallel
+            # region): the flush's large GEMMs may go to OpenBLAS too.
             if I >= DOT_INPUTS:
-                _flush_dx(d, a, f, dx, b0, n, i, s)
-            _flush(d, f, b0, n, i, acc)
+                _flush_dx(d, a, f, dx, b0, n, i, s, not tiled)
+            _flush(d, f, b0, n, i, acc, not tiled)
             i = 0
 
 
