@@ -315,11 +315,11 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
 cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t K,
                           Py_ssize_t H, const float* x, int fmt, const void* w_ih,
                           const float* s_ih, float* w_ih_t, float* gates) noexcept nogil:
-    """_qproject's block for gate k and the units of one part."""
+    """_qproject's block for gate k and the units of one part: those rows widened into
+    w_ih_t, then the float kernels' block product."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
-    cdef Py_ssize_t G = 3 * H
-    qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, G)
-    small_gemm(n, j1 - j0, K, x, K, w_ih_t + k * H + j0, G, gates + k * H + j0, G, False)
+    qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, 3 * H)
+    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates)
 
 
 cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
