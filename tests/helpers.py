@@ -60,3 +60,16 @@ def assert_equal_bits_in_release(actual, desired) -> None:
         np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-6 * scale)
     else:
         np.testing.assert_array_equal(actual, desired)
+
+
+def assert_layer_close(ours, theirs, dtype) -> None:
+    """A layer's forward and backward against an oracle's: each a tuple (y, h_n, dx, dh0,
+    parameter gradients by state-dict name), within the dtype's tolerances."""
+    (y, hn, dx, dh0, grads), (ty, thn, tdx, tdh0, tgrads) = ours, theirs
+    assert_close(y, ty, dtype, "fwd", "y")
+    assert_close(hn, thn, dtype, "fwd", "h_n")
+    assert_close(dx, tdx, dtype, "grad", "dx")
+    assert_close(dh0, tdh0, dtype, "grad", "dh0")
+    assert set(grads) == set(tgrads)
+    for name, g in tgrads.items():
+        assert_close(grads[name], g, dtype, "grad", name)

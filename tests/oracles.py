@@ -76,6 +76,30 @@ def torch_gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, dy, dh):
     return out.detach().numpy(), hn[0].detach().numpy(), [g.numpy() for g in grads]
 
 
+def torch_recurrence(xt, h, wi, wh, bi, bh, lens, reverse, linear_before_reset):
+    """One layer and direction of the GRU equations in torch ops (autograd follows them):
+    xt (T, B, I), h (B, H) the initial state, lens (B,) valid steps (outputs past them are
+    zero, the state is kept). Returns y (T, B, H) and the final state."""
+    import torch
+
+    T, B = xt.shape[:2]
+    H = wh.shape[1]
+    ys = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        gi = xt[t] @ wi.T + bi
+        r = torch.sigmoid(gi[:, :H] + h @ wh[:H].T + bh[:H])
+        z = torch.sigmoid(gi[:, H:2 * H] + h @ wh[H:2 * H].T + bh[H:2 * H])
+        if linear_before_reset:
+            n = torch.tanh(gi[:, 2 * H:] + r * (h @ wh[2 * H:].T + bh[2 * H:]))
+        else:
+            n = torch.tanh(gi[:, 2 * H:] + (r * h) @ wh[2 * H:].T + bh[2 * H:])
+        valid = (t < lens)[:, None]
+        new = (1 - z) * n + z * h
+        ys[t] = torch.where(valid, new, torch.zeros_like(new))
+        h = torch.where(valid, new, h)
+    return (torch.stack(ys) if T else torch.zeros((0, B, H), dtype=xt.dtype)), h
+
+
 def torch_autograd_gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, dy, dh,
                        linear_before_reset=False):
     """The GRU equations written in torch ops, either variant; autograd supplies the
@@ -93,20 +117,7 @@ def torch_autograd_gru(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, dy, dh,
     else:
         bi = bh = torch.zeros(3 * H, dtype=xt.dtype)
     lens = torch.from_numpy(np.full(B, T) if lengths is None else np.asarray(lengths))
-    ys = [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        gi = xt[t] @ wi.T + bi
-        r = torch.sigmoid(gi[:, :H] + h @ wh[:H].T + bh[:H])
-        z = torch.sigmoid(gi[:, H:2 * H] + h @ wh[H:2 * H].T + bh[H:2 * H])
-        if linear_before_reset:
-            n = torch.tanh(gi[:, 2 * H:] + r * (h @ wh[2 * H:].T + bh[2 * H:]))
-        else:
-            n = torch.tanh(gi[:, 2 * H:] + (r * h) @ wh[2 * H:].T + bh[2 * H:])
-        valid = (t < lens)[:, None]
-        new = (1 - z) * n + z * h
-        ys[t] = torch.where(valid, new, torch.zeros_like(new))
-        h = torch.where(valid, new, h)
-    y = torch.stack(ys) if T else torch.zeros((0, B, H), dtype=xt.dtype)
+    y, h = torch_recurrence(xt, h, wi, wh, bi, bh, lens, reverse, linear_before_reset)
     ((y * torch.from_numpy(dy)).sum() + (h * torch.from_numpy(dh)).sum()).backward()
     # A leaf the loss does not reach (x when T = 0) has no grad: its gradient is zero.
     return y.detach().numpy(), h.detach().numpy(), [
