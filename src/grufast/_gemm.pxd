@@ -175,6 +175,46 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, pack)
 
 
+cdef extern from "_panels.h":
+    # The recurrent GEMV of one sequence from W_hh packed in panels of 16 rows (_panels.h).
+    const Py_ssize_t PANEL "GRUFAST_PANEL"
+    void _panel_gemv_f "grufast_panel_gemv_f"(Py_ssize_t width, Py_ssize_t K, const float* v,
+                                              const float* P, float* out,
+                                              bint backwards) noexcept nogil
+    void _panel_gemv_d "grufast_panel_gemv_d"(Py_ssize_t width, Py_ssize_t K, const double* v,
+                                              const double* P, double* out,
+                                              bint backwards) noexcept nogil
+    void _pack_panels_f "grufast_pack_panels_f"(const float* W, Py_ssize_t gates, Py_ssize_t H,
+                                                Py_ssize_t K, float* out) noexcept nogil
+    void _pack_panels_d "grufast_pack_panels_d"(const double* W, Py_ssize_t gates,
+                                                Py_ssize_t H, Py_ssize_t K,
+                                                double* out) noexcept nogil
+
+
+cdef inline void panel_gemv(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
+                            real* out, bint backwards) noexcept nogil:
+    """out (width,) = v (K,) @ W^T for the width rows of W whose panels start at P (a panel
+    boundary), the same bits as row_gemv's; ``backwards`` visits the panels last to first."""
+    if real is float:
+        _panel_gemv_f(width, K, v, P, out, backwards)
+    else:
+        _panel_gemv_d(width, K, v, P, out, backwards)
+
+
+cdef inline void pack_panels(const real* W, Py_ssize_t gates, Py_ssize_t H, Py_ssize_t K,
+                             real* out) noexcept nogil:
+    """W (gates * H, K) row-major into panels, gate by gate (panel_size elements)."""
+    if real is float:
+        _pack_panels_f(W, gates, H, K, out)
+    else:
+        _pack_panels_d(W, gates, H, K, out)
+
+
+cdef inline Py_ssize_t panel_size(Py_ssize_t gates, Py_ssize_t H, Py_ssize_t K) noexcept nogil:
+    """Elements of W (gates * H, K) packed in panels (each gate's rows padded to 16)."""
+    return gates * ((H + PANEL - 1) // PANEL) * K * PANEL
+
+
 cdef enum:
     ROW_MAX = 128
 
@@ -215,40 +255,3 @@ cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real*
     for s in range(strips):
         n = (strips - 1 - s if backwards else s) * cw
         _row(min(cw, N - n), K, v, W + n, ldw, out + n, accumulate)
-
-
-cdef inline void stream_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
-                             Py_ssize_t ldw, real* out) noexcept nogil:
-    """out (N,) = v (K,) @ W (K, N), reading W row after row (contiguous, prefetch-friendly)
-    with out as the accumulator (N up to a few thousand: it stays in L1), four rows per pass
-    over out. Each out[i] is the same chain of multiply-adds over k, in the same order, as
-    row_gemv's, so the two give the same bits: one thread running every thread's share (a
-    fallback under load) streams the whole weights this way."""
-    cdef Py_ssize_t i, k = 0
-    cdef real a0, a1, a2, a3, o
-    cdef const real* w0
-    cdef const real* w1
-    cdef const real* w2
-    cdef const real* w3
-    for i in range(N):
-        out[i] = 0
-    while k + 4 <= K:
-        a0, a1, a2, a3 = v[k], v[k + 1], v[k + 2], v[k + 3]
-        w0 = W + k * ldw
-        w1 = w0 + ldw
-        w2 = w1 + ldw
-        w3 = w2 + ldw
-        for i in range(N):
-            o = out[i]
-            o += a0 * w0[i]
-            o += a1 * w1[i]
-            o += a2 * w2[i]
-            o += a3 * w3[i]
-            out[i] = o
-        k += 4
-    while k < K:
-        a0 = v[k]
-        w0 = W + k * ldw
-        for i in range(N):
-            out[i] += a0 * w0[i]
-        k += 1

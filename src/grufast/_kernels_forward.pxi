@@ -9,22 +9,24 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     """Steps s0 <= s < s1 (in visiting order) for the sequences b0 <= b < b1, whose input
     projections for time steps first, first + 1, ... are in gates, or are computed here step
     by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
-    ``tiled``: the recurrent products in the register-tiled GEMM, else OpenBLAS's GEMV (up
-    to 3 sequences, one call each: its GEMM repacks the weights every step, 2.0-2.2x the
-    time for B = 2) or GEMM. Sequences never interact, so disjoint row ranges run on different
-    threads without any synchronisation."""
+    ``tiled``: the recurrent products in the register-tiled GEMM, else, up to 3 sequences,
+    one GEMV each from the panel-packed weights (OpenBLAS's GEMM repacks the weights every
+    step: 2.0-2.2x the time for B = 2), or OpenBLAS's GEMM. Sequences never interact, so
+    disjoint row ranges run on different threads without any synchronisation."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* x = <const real*>a.x
     cdef const real* w_ih_t = <const real*>a.w_ih_t
     cdef const real* w_hh = <const real*>a.w_hh
     cdef const real* w_hh_t = <const real*>a.w_hh_t
+    cdef const real* w_hh_p = <const real*>a.w_hh_p
     cdef const real* b_ih = <const real*>a.b_ih
     cdef const real* b_hh = <const real*>a.b_hh
     cdef real* gates = <real*>a.gates
     cdef real* hprev = <real*>a.hprev
     cdef real* ghn = <real*>a.ghn
     cdef real* step_scratch = <real*>a.step_scratch
+    cdef bint backwards
     cdef Py_ssize_t s, t, b, n = b1 - b0, G = 3 * H, BG = B * G, BH = B * H
     cdef real* gi
     cdef real* hp_t = step_scratch + b0 * H
@@ -36,6 +38,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     cdef const Py_ssize_t* lr = a.lengths + b0
     for s in range(s0, s1):
         t = T - 1 - s if reverse else s
+        backwards = s % 2 == 1  # the GEMVs walk the weights the other way every other step
         gi = gates + (t - first) * BG + b0 * G
         y_t = <real*>a.y + (t * B + b0) * ldy
         if hprev != NULL:
@@ -49,7 +52,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 small_gemm(n, G, H, hr, H, w_hh_t, G, ghr, G, False)
             elif n < 4:
                 for b in range(n):
-                    _gemv_t(G, H, w_hh_t, G, hr + b * H, ghr + b * G)
+                    _recurrent_gemv(0, 3, H, w_hh_p, hr + b * H, ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
@@ -58,7 +61,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 small_gemm(n, 2 * H, H, hr, H, w_hh_t, G, ghr, G, False)
             elif n < 4:
                 for b in range(n):
-                    _gemv_t(2 * H, H, w_hh_t, G, hr + b * H, ghr + b * G)
+                    _recurrent_gemv(0, 2, H, w_hh_p, hr + b * H, ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
@@ -66,11 +69,30 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 small_gemm(n, H, H, rhr, H, w_hh_t + 2 * H, G, ghr + 2 * H, G, False)
             elif n < 4:
                 for b in range(n):
-                    _gemv_t(H, H, w_hh_t + 2 * H, G, rhr + b * H, ghr + b * G + 2 * H)
+                    _recurrent_gemv(2, 3, H, w_hh_p, rhr + b * H, ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
             _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
+
+
+cdef inline const real* _panels_of(const real* w_hh_p, Py_ssize_t H, Py_ssize_t k,
+                                   Py_ssize_t j0) noexcept nogil:
+    """The first panel of gate k's rows j0, j0 + 1, ... (j0 a multiple of 16) in W_hh packed
+    in panels (grufast._gemm.pack_panels: gate by gate, K = H)."""
+    return w_hh_p + (k * ((H + PANEL - 1) // PANEL) + j0 // PANEL) * H * PANEL
+
+
+cdef inline void _recurrent_gemv(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H,
+                                 const real* w_hh_p, const real* v, real* out,
+                                 bint backwards) noexcept nogil:
+    """out[k H : (k + 1) H] = v (H,) @ W_hk^T for the gates k0 <= k < k1 of one sequence,
+    from the panel-packed W_hh; ``backwards``: gates and panels last to first, so that a
+    caller alternating directions step by step reads first what it read last (in L2)."""
+    cdef Py_ssize_t kk, k
+    for kk in range(k0, k1):
+        k = k0 + k1 - 1 - kk if backwards else kk
+        panel_gemv(H, H, v, _panels_of(w_hh_p, H, k, 0), out + k * H, backwards)
 
 
 cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t I,
@@ -102,7 +124,7 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* x = <const real*>a.x
     cdef const real* w_ih_t = <const real*>a.w_ih_t
-    cdef const real* w_hh_t = <const real*>a.w_hh_t
+    cdef const real* w_hh_p = <const real*>a.w_hh_p
     cdef const real* b_ih = <const real*>a.b_ih
     cdef const real* b_hh = <const real*>a.b_hh
     cdef const Py_ssize_t* lengths = a.lengths
@@ -159,9 +181,9 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
             # was read last is read first, from cache (a thread's slice may exceed L2).
             backwards = q % 2 == 1
             if team == 1 and nt > 1:
-                # Alone with every share: the recurrent products for all units at once,
-                # streaming the weights row by row (same bits as the shares' row GEMVs).
-                stream_gemv(G if lbr else 2 * H, H, states[q % 2], w_hh_t, G, gh)
+                # Alone with every share: the recurrent products for all units at once (the
+                # same bits as the shares' GEMVs).
+                _recurrent_gemv(0, 3 if lbr else 2, H, w_hh_p, states[q % 2], gh, backwards)
             for part in range(pa, pb):
                 j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                 w = j1 - j0
@@ -176,15 +198,15 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
                 elif lbr:
                     for kk in range(3):
                         k = 2 - kk if backwards else kk
-                        row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G,
-                                 gh + k * H + j0, False, backwards)
+                        panel_gemv(w, H, states[q % 2], _panels_of(w_hh_p, H, k, j0),
+                                   gh + k * H + j0, backwards)
                     _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                                states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
                 else:
                     for kk in range(2):
                         k = 1 - kk if backwards else kk
-                        row_gemv(w, H, states[q % 2], w_hh_t + k * H + j0, G,
-                                 gh + k * H + j0, False, backwards)
+                        panel_gemv(w, H, states[q % 2], _panels_of(w_hh_p, H, k, j0),
+                                   gh + k * H + j0, backwards)
                     _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                               rh, hn_t)
             if not lbr:
@@ -195,12 +217,12 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
                     if went > 0:  # the team fell back to one thread: this one
                         pa, pb, team = 0, nt, 1
                 if team == 1 and nt > 1:
-                    stream_gemv(H, H, rh, w_hh_t + 2 * H, G, gh + 2 * H)
+                    _recurrent_gemv(2, 3, H, w_hh_p, rh, gh, backwards)
                 for part in range(pa, pb):
                     j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                     if team > 1 or nt == 1:
-                        row_gemv(j1 - j0, H, rh, w_hh_t + 2 * H + j0, G, gh + 2 * H + j0,
-                                 False, backwards)
+                        panel_gemv(j1 - j0, H, rh, _panels_of(w_hh_p, H, 2, j0),
+                                   gh + 2 * H + j0, backwards)
                     _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                              states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
             if team > 1:
@@ -238,6 +260,8 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
     # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
     cdef bint project = plan.split == BY_SEQUENCES
+    cdef real* pack
+    cdef Projection path
     while s < T:
         # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
         # Training passes chunk = T (backward reads them all); inference keeps memory
@@ -245,12 +269,22 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
         n = min(a.chunk, T - s)
         first = T - s - n if d.reverse else s
         if not project:
-            if _tiled_projection(n * B, G, I):
+            path = _projection_path(n * B, G, I)
+            if path == TILED:
                 # Small projections, or few rows, in the tiled GEMM: OpenBLAS would start
                 # its threads for less work than waking them costs, and repack the weights
                 # for too few rows to pay for it (_kernels_threads.pxi).
                 small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G, gates,
                            G, False)
+            elif path == PACKED:
+                pack = <real*>malloc(K_BLOCK * TILE_MAX * sizeof(real))
+                if pack == NULL:  # no memory for the panel copy: the unpacked tiles then
+                    small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G,
+                               gates, G, False)
+                else:
+                    packed_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G,
+                                gates, G, False, pack)
+                    free(pack)
             else:
                 gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I,
                         <const real*>a.w_ih, I, 0, gates, G)
@@ -269,7 +303,8 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
-            const real[:, ::1] w_hh, const real[:, ::1] w_hh_t, const real[::1] b_ih,
+            const real[:, ::1] w_hh, const real[:, ::1] w_hh_t, const real[::1] w_hh_p,
+            const real[::1] b_ih,
             const real[::1] b_hh, const Py_ssize_t[::1] lengths, bint reverse,
             bint linear_before_reset,
             real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
@@ -278,7 +313,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
     w_ih_t (I, 3H) and w_hh_t (H, 3H) are the weights transposed, read by the register-tiled
-    GEMM of small batches.
+    GEMM of small batches; w_hh_p is W_hh packed in panels (pack_weight_panels), read by the
+    GEMVs of one to three sequences.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -298,6 +334,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     d.lbr = linear_before_reset
     d.accumulate = False
     d.dx_accumulate = False
+    if w_hh_p.shape[0] != panel_size(3, d.H, d.H):
+        raise ValueError(f"w_hh_p must hold {panel_size(3, d.H, d.H)} elements (W_hh packed "
+                         f"in panels), got {w_hh_p.shape[0]}")
     if d.T == 0 or d.B == 0:
         return
     a.x = &x[0, 0, 0]
@@ -305,6 +344,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     a.w_ih_t = &w_ih_t[0, 0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_t = &w_hh_t[0, 0]
+    a.w_hh_p = &w_hh_p[0]
     a.b_ih = &b_ih[0]
     a.b_hh = &b_hh[0]
     a.lengths = &lengths[0]
@@ -337,3 +377,18 @@ def transpose_into(const real[:, ::1] a, real[:, ::1] out):
         return
     with nogil:
         _transpose_rows(0, C, R, C, &a[0, 0], NULL, &out[0, 0])
+
+
+def pack_weight_panels(const real[:, ::1] w_hh):
+    """W_hh (3H, H) packed in panels of 16 rows per gate, each stored k-major (a contiguous
+    H x 16 block, zero-padded past the gate's last row): what forward's GEMVs of one to three
+    sequences read (_panels.h). Returns a new 1-D array of the same dtype."""
+    cdef Py_ssize_t R = w_hh.shape[0], H = w_hh.shape[1]
+    if R != 3 * H:
+        raise ValueError(f"w_hh must have shape (3H, H), got ({R}, {H})")
+    out = np.empty(panel_size(3, H, H), np.float32 if real is float else np.float64)
+    cdef real[::1] o = out
+    if H > 0:
+        with nogil:
+            pack_panels(&w_hh[0, 0], 3, H, H, &o[0])
+    return out

@@ -18,7 +18,8 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport K_BLOCK, TILE_MAX, packed_gemm, row_gemv, small_gemm, stream_gemv
+from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_panels, packed_gemm, panel_gemv,
+                            panel_size, row_gemv, small_gemm)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -44,6 +45,7 @@ cdef struct ForwardArrays:
     const void* w_ih_t      # (I, 3H)
     const void* w_hh        # (3H, H)
     const void* w_hh_t      # (H, 3H)
+    const void* w_hh_p      # W_hh packed in panels (pack_weight_panels)
     const void* b_ih        # (3H,)
     const void* b_hh        # (3H,)
     const Py_ssize_t* lengths
