@@ -2,16 +2,17 @@
 of a shared machine falls on all of them alike.
 
 A round runs each peer once, in an order drawn afresh every round (a seeded shuffle), as a
-burst of calls: enough
-calls for about ``BURST_S`` (one for long calls), each timed on its own. With more than one
-thread, each burst starts after a ``SETTLE_S`` pause and, for calls under
-``DISCARD_BELOW_S``, one untimed call: the previous peer's pool threads spin for a while
-after their work, and that pause and call absorb it instead of the first timed call. The
-shuffle is what makes that fair: a pool that spins longer than the pause (OpenBLAS's, for
-up to ~0.1 s, after the GEMM reference or the NumPy reference) slows whoever comes next,
-and a fixed cyclic order, even rotated, always puts the same peer next. Rounds
-go on until the cell's time budget is spent and every peer has ``min_rounds``, or
-``max_rounds`` is reached. Results: median and spread of all timed calls.
+burst of calls: enough calls for about ``BURST_S`` (one for long calls), each timed on its
+own. With more than one thread, each burst starts once the process is quiet (``settle``:
+no thread of it has been running for a ``QUIET_WINDOW_S`` window, up to ``QUIET_MAX_S``)
+and, for calls under ``DISCARD_BELOW_S``, after one untimed call. Pools keep spinning after
+their work: ONNX Runtime's for ~45 ms after each run, OpenBLAS's (the GEMM and NumPy
+reference columns) up to ~0.1 s. A fixed pause shorter than that left a spinning thread on
+a core while the next peer's burst ran, and that peer's threads (which a user running one
+library would not share a core with) lost their time slices to it. The shuffle keeps any
+remaining effect spread over all peers. Rounds go on until the cell's time budget is spent
+and every peer has ``min_rounds``, or ``max_rounds`` is reached. Results: median and
+spread of all timed calls.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import numpy as np
 
 BURST_S = 0.005
 SETTLE_S = 0.01
+QUIET_WINDOW_S = 0.005
+QUIET_BUSY = 0.25  # a window is quiet when the process ran less than this fraction of it
+QUIET_MAX_S = 0.5
 DISCARD_BELOW_S = 0.05
 ORDER_SEED = 2026  # the rounds' orders are random but the same from run to run
 
@@ -34,6 +38,21 @@ def stats(samples: list[float], scale: float, rounds: int) -> dict[str, float | 
     q = np.percentile(np.asarray(samples) * scale, [0, 25, 50, 75, 100])
     return {"median": float(q[2]), "q1": float(q[1]), "q3": float(q[3]), "min": float(q[0]),
             "max": float(q[4]), "samples": len(samples), "rounds": rounds}
+
+
+def settle(max_s: float = QUIET_MAX_S) -> float:
+    """Sleep ``SETTLE_S``, then until this process's threads stop running: windows of
+    ``QUIET_WINDOW_S`` until one in which the process used less than ``QUIET_BUSY`` of a
+    core (pool threads that spin after their work use a whole one), at most ``max_s``.
+    Returns the seconds waited."""
+    t_start = time.perf_counter()
+    time.sleep(SETTLE_S)
+    while time.perf_counter() - t_start < max_s:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(QUIET_WINDOW_S)
+        if time.process_time() - c0 < QUIET_BUSY * (time.perf_counter() - w0):
+            break
+    return time.perf_counter() - t_start
 
 
 def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rounds: int = 5,
@@ -70,7 +89,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], *, budget_s: float, min_rou
                 continue
             fn, out = calls[n], samples[n]
             if threaded:
-                time.sleep(SETTLE_S)
+                settle()
             with contexts.get(n, contextlib.nullcontext)():
                 if discard[n]:
                     fn()
