@@ -6,6 +6,7 @@ tools/load_test.py (docs/load_test.txt).
 """
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -192,3 +193,44 @@ def test_quantized_backoff_changes_no_bit(lbr, weight_format):
     for a, b, c in zip(two, one, serial):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
+
+
+_MASKS_SCRIPT = """
+import os, time
+import numpy as np
+import grufast
+from threadpoolctl import threadpool_limits
+from grufast._isa import kernels
+
+def masks():
+    return {tid: os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")}
+
+g = grufast.GRU(8, 256, seed=1).eval()
+x = np.random.default_rng(2).standard_normal((20, 1, 8)).astype(np.float32)
+with threadpool_limits(1):
+    ref = g(x)[0]
+with threadpool_limits(2):
+    g(x)
+    before = masks()
+    for _ in range(25):
+        time.sleep(0.01)
+        assert np.array_equal(g(x)[0], ref)
+    after = masks()
+assert before == after, (before, after)
+print(kernels.cpu_moves())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_pool_threads_get_their_cpu_mask_back():
+    """A pool thread woken onto its caller's CPU takes that CPU out of its affinity mask for
+    the call (on a VM the idle vCPU looks preempted, and wake-ups pile onto the running one)
+    and puts the mask back at the end: after two-thread calls of one sequence with idle
+    pauses between them (on this project's 2-vCPU VM the thread moved in most of them),
+    every thread of the process has the mask it had before, and each result is one
+    thread's, bitwise."""
+    out = subprocess.run([sys.executable, "-c", _MASKS_SCRIPT], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) >= 0

@@ -164,11 +164,15 @@ cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
     barrier_init(barp, False)
     if plan.split == BY_UNITS:
         with parallel(num_threads=plan.threads):
+            leave_caller_cpu(barp, thread_id())
             _unit_backward(thread_id(), team_size(), barp, d, a, dh)
+            restore_cpu_mask()
     elif plan.split == BY_SEQUENCES and min(plan.threads, f.threads) > 1:
         # (f.threads: the partial sums were sized for the thread count when the call began.)
         with parallel(num_threads=min(plan.threads, f.threads)):
+            leave_caller_cpu(barp, thread_id())
             _backward_by_sequences(thread_id(), team_size(), barp, d, a, f, dh)
+            restore_cpu_mask()
     else:
         _bsteps(d, a, f, dh, 0, d.B, plan.tiled_recurrence, <real*>f.partials)
         _reduce_partials(0, 1, d, a, <const real*>f.partials)

@@ -254,13 +254,17 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
             return
         with parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
+            leave_caller_cpu(barp, thread_id())
             _unit_forward(thread_id(), team_size(), False, barp, d, a, h)
+            restore_cpu_mask()
         return
     # Split by sequences, each thread also projects its own sequences' inputs, step by
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
     # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
     cdef bint project = plan.split == BY_SEQUENCES
     cdef real* pack
+    if project:
+        barrier_init(barp, False)  # no barrier: for the caller's CPU (leave_caller_cpu)
     cdef Projection path
     while s < T:
         # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
@@ -296,9 +300,12 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
             # threads come free: a thread that shares its core with another process takes
             # fewer (each row's sums are the same whichever thread runs it).
             parts = min(<int>(B // 4), 2 * nt)
-            for p in prange(parts, num_threads=nt, schedule="dynamic", chunksize=1):
-                _steps(d, a, h, s, s + n, first, _share(B, parts, p, 4),
-                       _share(B, parts, p + 1, 4), True, plan.tiled_recurrence)
+            with parallel(num_threads=nt):
+                leave_caller_cpu(barp, thread_id())
+                for p in prange(parts, schedule="dynamic", chunksize=1):
+                    _steps(d, a, h, s, s + n, first, _share(B, parts, p, 4),
+                           _share(B, parts, p + 1, 4), True, plan.tiled_recurrence)
+                restore_cpu_mask()
         s += n
 
 

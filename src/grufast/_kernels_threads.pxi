@@ -12,6 +12,9 @@ cdef extern from "_threads.h":
     void barrier_init "grufast_barrier_init"(barrier_t* b, bint adaptive) noexcept nogil
     int barrier_wait "grufast_barrier_wait"(barrier_t* b, unsigned n, int p) noexcept nogil
     unsigned long ticket "grufast_ticket"(barrier_t* b) noexcept nogil
+    void leave_caller_cpu "grufast_leave_caller_cpu"(const barrier_t* b, int p) noexcept nogil
+    void restore_cpu_mask "grufast_restore_cpu_mask"() noexcept nogil
+    unsigned long cpu_moves_count "grufast_cpu_moves"
     bint serial_backoff "grufast_serial_backoff"() noexcept nogil
     void begin_backoff "grufast_start_serial_backoff"() noexcept nogil
     int register_fork_handler "grufast_register_fork_handler"() noexcept nogil
@@ -103,6 +106,12 @@ def serial_backoff_active() -> bool:
     """Whether calls split by hidden units plan serially now, because a recent call found
     its partner threads descheduled (a loaded or oversubscribed machine) and fell back."""
     return serial_backoff()
+
+
+def cpu_moves() -> int:
+    """How many times a pool thread, woken onto its caller's CPU, moved to another one for
+    a call split by hidden units (_threads.h)."""
+    return cpu_moves_count
 
 
 def start_serial_backoff() -> None:

@@ -477,11 +477,13 @@ def quantized_steps(const float[:, :, ::1] x, cnp.ndarray w_ih, const float[::1]
             return
         with nogil, parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
+            leave_caller_cpu(barp, thread_id())
             _qunit_steps(thread_id(), team_size(), False, barp, n, first, reverse, K, H,
                          &x[0, 0, 0], pwi, &s_ih[0], &w_ih_scratch[0], &gates[0, 0, 0], fmt,
                          pw, &s_hh[0], &b_ih[0], &b_hh[0], &lengths[0], linear_before_reset,
                          &y[0, 0, 0] + y_col, y.shape[2], &h[0, 0], &gh[0, 0], &rh[0, 0],
                          &step_scratch[0, 0])
+            restore_cpu_mask()
         return
     with nogil:
         if n * B * G * K <= projection_max_macs:

@@ -22,6 +22,7 @@
 #define GRUFAST_THREADS_H
 
 #include <limits.h>
+#include <sched.h>
 #include <time.h>
 
 #ifdef _OPENMP
@@ -70,6 +71,26 @@ static long long grufast_now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* A pool thread woken onto its caller's CPU moves to another one for the call. On a VM an
+   idle vCPU is halted, which the guest kernel sees as preempted, so a wake-up prefers the
+   waker's running vCPU: the two threads of a team split by hidden units then took turns on
+   one core until the load balancer moved one, milliseconds later, and the barrier's waits
+   made the call fall back to one thread (seen on this project's 2-vCPU VM in about one
+   call in four after an idle pause). The thread that finds itself on the caller's CPU
+   takes that CPU out of its affinity mask for the call (the kernel moves it at once) and
+   puts the mask back at the end; a process allowed one CPU is left as it is. */
+#if defined(__linux__) && defined(_OPENMP) && defined(CPU_SET)
+#define GRUFAST_HAVE_AFFINITY 1
+static __thread cpu_set_t grufast_saved_mask;
+static __thread int grufast_mask_changed = 0;
+static unsigned long grufast_cpu_moves = 0;  /* how many times a pool thread moved (tests) */
+static int grufast_current_cpu(void) { return sched_getcpu(); }
+#else
+#define GRUFAST_HAVE_AFFINITY 0
+static unsigned long grufast_cpu_moves = 0;
+static int grufast_current_cpu(void) { return -1; }
+#endif
+
 /* Until when (grufast_now_ns) calls plan serially after one fell back (0: no back-off). */
 static long long grufast_serial_until = 0;
 /* Back-off after a fallback: long against a call's fallback cost, short enough that two
@@ -111,6 +132,7 @@ typedef struct {
     int adaptive;                  /* whether this team may fall back to one thread */
     long long start_ns, waited_ns; /* the call's start; time all waiters spent waiting */
     unsigned long tickets;         /* grufast_ticket's counter: work handed out first come */
+    int caller_cpu;                /* the CPU the caller ran on when it opened the team */
 } grufast_barrier;
 
 static void grufast_barrier_init(grufast_barrier* b, int adaptive) {
@@ -124,12 +146,44 @@ static void grufast_barrier_init(grufast_barrier* b, int adaptive) {
     b->waited_ns = 0;
     b->start_ns = grufast_now_ns();
     b->tickets = 0;
+    b->caller_cpu = grufast_current_cpu();
 }
 
 /* The next ticket of the team's shared counter: threads take blocks of work in the order
    they come (a pool thread woken from sleep may start a millisecond late). */
 static unsigned long grufast_ticket(grufast_barrier* b) {
     return __atomic_fetch_add(&b->tickets, 1UL, __ATOMIC_RELAXED);
+}
+
+/* Thread p of a team, at the start of its work: a pool thread (p > 0) running on the CPU
+   its caller ran on when it opened the team leaves that CPU for the call. */
+static void grufast_leave_caller_cpu(const grufast_barrier* b, int p) {
+#if GRUFAST_HAVE_AFFINITY
+    cpu_set_t mask;
+    int cpu;
+    if (p == 0 || b->caller_cpu < 0 || grufast_mask_changed) return;
+    cpu = sched_getcpu();
+    if (cpu != b->caller_cpu) return;
+    if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) != 0) return;
+    grufast_saved_mask = mask;
+    CPU_CLR(cpu, &mask);
+    if (CPU_COUNT(&mask) == 0) return;
+    if (pthread_setaffinity_np(pthread_self(), sizeof mask, &mask) == 0) {
+        grufast_mask_changed = 1;
+        __atomic_add_fetch(&grufast_cpu_moves, 1UL, __ATOMIC_RELAXED);
+    }
+#else
+    (void)b; (void)p;
+#endif
+}
+
+/* At the end of a thread's work: the affinity mask it had before grufast_leave_caller_cpu. */
+static void grufast_restore_cpu_mask(void) {
+#if GRUFAST_HAVE_AFFINITY
+    if (!grufast_mask_changed) return;
+    pthread_setaffinity_np(pthread_self(), sizeof grufast_saved_mask, &grufast_saved_mask);
+    grufast_mask_changed = 0;
+#endif
 }
 
 #if defined(_OPENMP) && defined(__GNUC__)
