@@ -50,3 +50,26 @@ def test_import_with_unknown_value_warns_and_works():
         env=env, capture_output=True, text=True, timeout=120, check=True)
     assert "GRUFAST_ISA='bogus' is not one of baseline, avx2, avx512" in out.stderr
     assert out.stdout.strip().startswith("grufast._kernels")
+
+
+@pytest.mark.parametrize("user", [{}, {"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "ACTIVE"}])
+def test_libgomp_settings_are_set_only_while_loading_and_only_if_unset(user):
+    """grufast loads libgomp with OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=10000 (a short
+    spin, then sleep) unless the user set either; afterwards the environment is the user's
+    again, for libraries loaded later. libgomp's own report (OMP_DISPLAY_ENV) shows what it
+    read."""
+    src = str(pathlib.Path(grufast.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(user, PYTHONPATH=src, OMP_DISPLAY_ENV="VERBOSE")
+    code = ("import os, grufast._isa as i; print('AFTER', os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert f"AFTER {user.get('GOMP_SPINCOUNT')} {user.get('OMP_WAIT_POLICY')}" in out.stdout
+    shown = out.stderr + out.stdout
+    if not user:
+        assert "GOMP_SPINCOUNT = '10000'" in shown and "OMP_WAIT_POLICY = 'PASSIVE'" in shown
+    elif "GOMP_SPINCOUNT" in user:
+        assert "GOMP_SPINCOUNT = '5'" in shown
+    else:
+        assert "OMP_WAIT_POLICY = 'ACTIVE'" in shown and "GOMP_SPINCOUNT = '10000'" not in shown

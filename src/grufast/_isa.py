@@ -80,22 +80,38 @@ def runnable() -> list[ModuleType]:
     return out
 
 
-def _load() -> ModuleType:
-    """select(), with libgomp told to sleep rather than spin between parallel regions.
+# Pool threads spin this many rounds (a pause instruction each: about 0.2 ms on a Zen 4
+# core, 0.1-0.5 ms elsewhere) after a parallel region before they sleep. A call's threads
+# are then still awake for the next call of a loop (a sleeping thread took 1-2 ms to wake on
+# this project's VM, as long as a whole T = 100 call at B = 1), and a core is never held for
+# longer than that: ONNX Runtime's pool spins ~45 ms after each run. Measured, two threads,
+# bench cells (T = 100): B = 1, H = 512 4.24 -> 3.47 ms (ONNX Runtime 3.35-3.79); H = 256
+# 1.43 -> 0.92; B = 16, H = 128 2.60 -> 2.59. libgomp shortens the spin by itself when it
+# manages more threads than there are CPUs (oversubscription).
+GOMP_SPINCOUNT = 10000
 
-    grufast opens one parallel region per chunk of steps, and between them OpenBLAS's
-    threads run the big GEMMs: spinning OpenMP threads would take their cores. libgomp reads
-    OMP_WAIT_POLICY once, when the kernels load it; the variable is set for that moment only
-    (a user's own setting wins), so libraries loaded later see the environment unchanged.
+
+def _load() -> ModuleType:
+    """select(), with libgomp told to spin only briefly between parallel regions.
+
+    grufast opens one parallel region per call (or chunk of steps), and between them other
+    code runs, OpenBLAS's threads included: threads spinning for long (libgomp's default is
+    about 3 ms, "active" waiting spins for minutes) would take the cores it needs. libgomp
+    reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when the kernels load it: passive waits
+    after GOMP_SPINCOUNT rounds of spinning. The variables are set for that moment only,
+    and only if the user set neither (a user's own setting wins), so libraries loaded later
+    see the environment unchanged.
     """
-    unset = "OMP_WAIT_POLICY" not in os.environ
+    unset = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if unset:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["GOMP_SPINCOUNT"] = str(GOMP_SPINCOUNT)
     try:
         return select()
     finally:
         if unset:
             del os.environ["OMP_WAIT_POLICY"]
+            del os.environ["GOMP_SPINCOUNT"]
 
 
 def l2_cache_bytes() -> int | None:
