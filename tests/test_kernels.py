@@ -363,3 +363,25 @@ def test_transpose_into_is_exact(shape, dtype):
     with pytest.raises(ValueError, match="out must have shape"):
         kernels.transpose_into(a, np.empty(shape, dtype) if shape[0] != shape[1]
                                else np.empty((shape[0] + 1, shape[1]), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H", [1, 16, 100, 130])
+def test_weight_panels_hold_the_documented_layout(H, dtype):
+    """W_hh packed for the GEMVs of one to three sequences (_panels.h): by gate rows for the
+    forward (panel [g][j][k][i] = W_hh[g H + 16 j + i, k]) and by columns for the
+    backward's dh (panel [j][k][i] = W_hh[k, 16 j + i]), zero-padded past H."""
+    from grufast._isa import kernels
+
+    w = np.random.default_rng(H).standard_normal((3 * H, H)).astype(dtype)
+    per = -(-H // 16)
+    rows = kernels.pack_weight_panels(w).reshape(3, per, H, 16)
+    want = np.zeros((3, per * 16, H), dtype)
+    want[:, :H] = w.reshape(3, H, H)
+    np.testing.assert_array_equal(rows.transpose(0, 1, 3, 2).reshape(3, per * 16, H), want)
+    cols = kernels.pack_weight_columns(w).reshape(per, 3 * H, 16)
+    want = np.zeros((3 * H, per * 16), dtype)
+    want[:, :H] = w
+    np.testing.assert_array_equal(cols.transpose(1, 0, 2).reshape(3 * H, per * 16), want)
+    with pytest.raises(ValueError, match="3H, H"):
+        kernels.pack_weight_columns(w[:-1])

@@ -184,6 +184,19 @@ cdef extern from "_panels.h":
     void _panel_gemv_d "grufast_panel_gemv_d"(Py_ssize_t width, Py_ssize_t K, const double* v,
                                               const double* P, double* out,
                                               bint backwards) noexcept nogil
+    void _panel_gemv_ex_f "grufast_panel_gemv_ex_f"(Py_ssize_t width, Py_ssize_t K,
+                                                    const float* v, const float* P,
+                                                    Py_ssize_t ldp, float* out, bint backwards,
+                                                    bint accumulate) noexcept nogil
+    void _panel_gemv_ex_d "grufast_panel_gemv_ex_d"(Py_ssize_t width, Py_ssize_t K,
+                                                    const double* v, const double* P,
+                                                    Py_ssize_t ldp, double* out,
+                                                    bint backwards, bint accumulate
+                                                    ) noexcept nogil
+    void _pack_column_panels_f "grufast_pack_column_panels_f"(
+        const float* W, Py_ssize_t K, Py_ssize_t N, float* out) noexcept nogil
+    void _pack_column_panels_d "grufast_pack_column_panels_d"(
+        const double* W, Py_ssize_t K, Py_ssize_t N, double* out) noexcept nogil
     void _pack_panels_f "grufast_pack_panels_f"(const float* W, Py_ssize_t gates, Py_ssize_t H,
                                                 Py_ssize_t K, float* out) noexcept nogil
     void _pack_panels_d "grufast_pack_panels_d"(const double* W, Py_ssize_t gates,
@@ -194,11 +207,32 @@ cdef extern from "_panels.h":
 cdef inline void panel_gemv(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
                             real* out, bint backwards) noexcept nogil:
     """out (width,) = v (K,) @ W^T for the width rows of W whose panels start at P (a panel
-    boundary), the same bits as row_gemv's; ``backwards`` visits the panels last to first."""
+    boundary): each output one chain of multiply-adds over k from 0, whatever the width or
+    the direction; ``backwards`` visits the panels last to first."""
     if real is float:
         _panel_gemv_f(width, K, v, P, out, backwards)
     else:
         _panel_gemv_d(width, K, v, P, out, backwards)
+
+
+cdef inline void panel_gemv_ex(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
+                               Py_ssize_t ldp, real* out, bint backwards,
+                               bint accumulate) noexcept nogil:
+    """panel_gemv with the panels ldp elements apart (v covering a slice of their k range)
+    and, with ``accumulate``, the finished sum added to out."""
+    if real is float:
+        _panel_gemv_ex_f(width, K, v, P, ldp, out, backwards, accumulate)
+    else:
+        _panel_gemv_ex_d(width, K, v, P, ldp, out, backwards, accumulate)
+
+
+cdef inline void pack_column_panels(const real* W, Py_ssize_t K, Py_ssize_t N,
+                                    real* out) noexcept nogil:
+    """The columns of W (K, N) row-major in panels of 16 (panel_size(1, N, K) elements)."""
+    if real is float:
+        _pack_column_panels_f(W, K, N, out)
+    else:
+        _pack_column_panels_d(W, K, N, out)
 
 
 cdef inline void pack_panels(const real* W, Py_ssize_t gates, Py_ssize_t H, Py_ssize_t K,
@@ -213,45 +247,3 @@ cdef inline void pack_panels(const real* W, Py_ssize_t gates, Py_ssize_t H, Py_s
 cdef inline Py_ssize_t panel_size(Py_ssize_t gates, Py_ssize_t H, Py_ssize_t K) noexcept nogil:
     """Elements of W (gates * H, K) packed in panels (each gate's rows padded to 16)."""
     return gates * ((H + PANEL - 1) // PANEL) * K * PANEL
-
-
-cdef enum:
-    ROW_MAX = 128
-
-
-cdef inline void _row(Py_ssize_t width, Py_ssize_t K, const real* v, const real* W,
-                      Py_ssize_t ldw, real* out, bint accumulate) noexcept nogil:
-    """out[:width] (+)= v[:K] @ W[:K, :width], width <= 128, in vector registers."""
-    cdef real acc[ROW_MAX]
-    cdef Py_ssize_t i, k
-    cdef real a
-    for i in range(width):
-        acc[i] = 0
-    for k in range(K):
-        a = v[k]
-        for i in range(width):
-            acc[i] += a * W[k * ldw + i]
-    for i in range(width):
-        if accumulate:
-            out[i] += acc[i]
-        else:
-            out[i] = acc[i]
-
-
-cdef inline void row_gemv(Py_ssize_t N, Py_ssize_t K, const real* v, const real* W,
-                          Py_ssize_t ldw, real* out, bint accumulate, bint backwards
-                          ) noexcept nogil:
-    """out (N,) (+)= v (K,) @ W (K, N), for a thread's slice of the columns inside a parallel
-    region (OpenBLAS's gemv could start threads of its own there). Strips of 8 vector
-    registers: enough independent FMA chains to hide their latency; the loads of W set the
-    pace, as in any GEMV. ``backwards`` takes the strips last to first: a caller alternating
-    directions step by step finds the strips it read last still in cache."""
-    cdef Py_ssize_t n, s, strips, cw
-    if real is float:
-        cw = VEC_FLOATS * 8
-    else:
-        cw = VEC_FLOATS * 4
-    strips = (N + cw - 1) // cw
-    for s in range(strips):
-        n = (strips - 1 - s if backwards else s) * cw
-        _row(min(cw, N - n), K, v, W + n, ldw, out + n, accumulate)

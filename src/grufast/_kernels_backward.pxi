@@ -12,10 +12,12 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
     gradients: dx and the products over the weights a flush of steps at a time (the
     products into this thread's partial sums acc; _kernels_weight_grads.pxi), while the
     gates' gradients are still in cache. ``tiled``: dh's products with W_hh in the register-tiled
-    GEMM, else in OpenBLAS."""
+    GEMM, else one GEMV per sequence on W_hh's column panels (up to 3 sequences; the same
+    GEMV as a split by hidden units runs per share) or OpenBLAS's GEMM."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* w_hh = <const real*>a.w_hh
+    cdef const real* w_hh_cp = <const real*>a.w_hh_cp
     cdef const real* w_ih = <const real*>a.w_ih
     cdef const real* gates = <const real*>a.gates
     cdef const real* hprev = <const real*>a.hprev
@@ -51,8 +53,8 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                 small_gemm(n, H, G, dgh_t, G, w_hh, H, dhr, H, True)
             elif n < 4:  # one GEMV per sequence: OpenBLAS's GEMM repacks w_hh every step
                 for b in range(n):
-                    gemm_rm(c'N', c'N', 1, H, G, 1, dgh_t + b * G, G, w_hh, H, 1, dhr + b * H,
-                            H)
+                    panel_gemv_ex(H, G, dgh_t + b * G, w_hh_cp, G * PANEL, dhr + b * H,
+                                  s % 2 == 1, True)
             else:
                 gemm_rm(c'N', c'N', n, H, G, 1, dgh_t, G, w_hh, H, 1, dhr, H)
         else:
@@ -61,8 +63,8 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                 small_gemm(n, H, H, dG_t + 2 * H, G, w_hh + 2 * H * H, H, dsr, H, False)
             elif n < 4:
                 for b in range(n):
-                    gemm_rm(c'N', c'N', 1, H, H, 1, dG_t + b * G + 2 * H, G,
-                            w_hh + 2 * H * H, H, 0, dsr + b * H, H)
+                    panel_gemv_ex(H, H, dG_t + b * G + 2 * H, w_hh_cp + 2 * H * PANEL,
+                                  G * PANEL, dsr + b * H, s % 2 == 1, False)
             else:
                 gemm_rm(c'N', c'N', n, H, H, 1, dG_t + 2 * H, G, w_hh + 2 * H * H, H, 0, dsr,
                         H)
@@ -71,8 +73,8 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
                 small_gemm(n, H, 2 * H, dG_t, G, w_hh, H, dhr, H, True)
             elif n < 4:
                 for b in range(n):
-                    gemm_rm(c'N', c'N', 1, H, 2 * H, 1, dG_t + b * G, G, w_hh, H, 1,
-                            dhr + b * H, H)
+                    panel_gemv_ex(H, 2 * H, dG_t + b * G, w_hh_cp, G * PANEL, dhr + b * H,
+                                  s % 2 == 1, True)
             else:
                 gemm_rm(c'N', c'N', n, H, 2 * H, 1, dG_t, G, w_hh, H, 1, dhr, H)
         # dx_t = dgi_t W_ih: its own rows, no sum across steps. Few inputs: dot products
@@ -102,7 +104,6 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
     cdef Py_ssize_t T = d.T, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const Py_ssize_t* lengths = a.lengths
-    cdef const real* w_hh = <const real*>a.w_hh
     cdef const real* gates = <const real*>a.gates
     cdef const real* hprev = <const real*>a.hprev
     cdef const real* ghn = <const real*>a.ghn
@@ -112,6 +113,7 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
     cdef real* ds = <real*>a.ds
     cdef Py_ssize_t s, t, G = 3 * H
     cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
+    cdef const real* w_cp = <const real*>a.w_hh_cp + (j0 // PANEL) * G * PANEL  # own panels
     cdef const real* dy_t = <const real*>a.dy_zero
     cdef real* dG_t
     cdef real* dgh_row
@@ -129,14 +131,15 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
             _dgates_lbr(1, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * H, dy_t, ldy, dh, dG_t,
                         dgh_row)
             barrier_wait(bar, nt, p)
-            row_gemv(w, G, dgh_row, w_hh + j0, H, dh + j0, True, s % 2 == 1)
+            panel_gemv_ex(w, G, dgh_row, w_cp, G * PANEL, dh + j0, s % 2 == 1, True)
         else:
             _dgates_zn(1, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
             barrier_wait(bar, nt, p)
-            row_gemv(w, H, dG_t + 2 * H, w_hh + 2 * H * H + j0, H, ds + j0, False, s % 2 == 1)
+            panel_gemv_ex(w, H, dG_t + 2 * H, w_cp + 2 * H * PANEL, G * PANEL, ds + j0,
+                          s % 2 == 1, False)
             _dgates_r(1, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
             barrier_wait(bar, nt, p)
-            row_gemv(w, 2 * H, dG_t, w_hh + j0, H, dh + j0, True, s % 2 == 1)
+            panel_gemv_ex(w, 2 * H, dG_t, w_cp, G * PANEL, dh + j0, s % 2 == 1, True)
     barrier_wait(bar, nt, p)  # dG complete
     _weight_grads(p, nt, bar, d, a, dG)
 
@@ -187,7 +190,8 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
              real[::1] db_ih, real[::1] db_hh, bint accumulate,
              real[:, :, ::1] dG, real[:, ::1] dG_transposed, real[:, ::1] dgh, real[:, ::1] ds,
              real[:, :, ::1] work, const real[:, ::1] dy_zero, Py_ssize_t flush_steps,
-             real[::1] flush, real[:, ::1] partials, const real[:, ::1] w_ih_t):
+             real[::1] flush, real[:, ::1] partials, const real[:, ::1] w_ih_t,
+             const real[::1] w_hh_cp):
     """Back-propagate through the recurrence recorded by a training forward.
 
     dh (B, H) holds dL/dh_n on entry and dL/dh0 on exit; dy (T, B, W) may be None (zero),
@@ -201,7 +205,9 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     sequences): flush holds (2 * 3H + 2 * H + 2 * I) * flush_steps * B reals, where flush_steps
     (at least 1, at most T) steps make a flush; partials (threads, (H + I + 2) * 3H), one
     row per thread that may share the call (the OpenMP thread count); w_ih_t (I, 3H) is
-    w_ih transposed, read with fewer than 8 inputs (else it may be None).
+    w_ih transposed, read with fewer than 8 inputs (else it may be None). w_hh_cp is W_hh's
+    columns packed in panels (pack_weight_columns), read by the GEMVs of one to three
+    sequences (else it may be None).
     Scratch of one sequence split by hidden units (B = 1, only touched there, so untouched
     pages cost nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, 3H), work
     (T, B, H, without linear_before_reset).
@@ -233,6 +239,12 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.x = &x[0, 0, 0]
     a.w_ih = &w_ih[0, 0]
     a.w_hh = &w_hh[0, 0]
+    a.w_hh_cp = NULL
+    if d.B < 4:
+        if w_hh_cp is None or w_hh_cp.shape[0] != panel_size(1, d.H, 3 * d.H):
+            raise ValueError(f"w_hh_cp must hold W_hh's columns packed in panels "
+                             f"({panel_size(1, d.H, 3 * d.H)} elements) for B < 4")
+        a.w_hh_cp = &w_hh_cp[0]
     a.lengths = &lengths[0]
     a.gates = &gates[0, 0, 0]
     a.hprev = &hprev[0, 0, 0]
@@ -268,3 +280,19 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     f.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     with nogil:
         _backward(&d, &a, &f, &dh[0, 0])
+
+
+def pack_weight_columns(const real[:, ::1] w_hh):
+    """W_hh (3H, H)'s columns packed in panels of 16, each stored k-major (a contiguous
+    3H x 16 block, zero-padded past column H): what the backward's GEMVs of one to three
+    sequences read for dh = dG W_hh (_panels.h). Returns a new 1-D array of the same
+    dtype."""
+    cdef Py_ssize_t K = w_hh.shape[0], H = w_hh.shape[1]
+    if K != 3 * H:
+        raise ValueError(f"w_hh must have shape (3H, H), got ({K}, {H})")
+    out = np.empty(panel_size(1, H, K), np.float32 if real is float else np.float64)
+    cdef real[::1] o = out
+    if H > 0:
+        with nogil:
+            pack_column_panels(&w_hh[0, 0], K, H, &o[0])
+    return out

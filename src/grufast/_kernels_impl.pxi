@@ -18,8 +18,8 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_panels, packed_gemm, panel_gemv,
-                            panel_size, row_gemv, small_gemm)
+from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_column_panels, pack_panels,
+                            packed_gemm, panel_gemv, panel_gemv_ex, panel_size, small_gemm)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -63,6 +63,7 @@ cdef struct BackwardArrays:
     const void* x           # (T, B, I)
     const void* w_ih        # (3H, I)
     const void* w_hh        # (3H, H)
+    const void* w_hh_cp     # W_hh's columns packed in panels (pack_weight_columns), B < 4
     const Py_ssize_t* lengths
     const void* gates       # (T, B, 3H): r, z, n of every step
     const void* hprev       # (T, B, H)

@@ -265,8 +265,10 @@ cdef void _reduce_partials(int p, int nt, const Dims* d, const BackwardArrays* a
     """Thread p of nt, once every thread's partial sums are complete: the gate rows
     g0 <= g < g1 of dW_hh, dW_ih and the bias gradients, summing the nt partials (stored
     transposed) in thread order, then adding to the gradients when accumulating. acc: the
-    partial sums, StepGrads.partials."""
-    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, P = _partial_size(d), q, g, j
+    partial sums, StepGrads.partials. The transposition goes by blocks of 16 gate rows, so
+    that each cache line of the partials read serves 16 of them (one gate row at a time
+    read a line per element: 4.6 ms of a 27.5 ms B = 1, H = 512 training step)."""
+    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, P = _partial_size(d), q, g, j, gb, ge
     cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
     cdef bint accumulate = d.accumulate
     cdef real* dw_hh = <real*>a.dw_hh
@@ -274,18 +276,22 @@ cdef void _reduce_partials(int p, int nt, const Dims* d, const BackwardArrays* a
     cdef real* db_ih = <real*>a.db_ih
     cdef real* db_hh = <real*>a.db_hh
     cdef real v
-    for g in range(g0, g1):
+    for gb in range(g0, g1, 16):
+        ge = min(gb + 16, g1)
         for j in range(H):
-            v = acc[j * G + g]
-            for q in range(1, nt):
-                v = v + acc[q * P + j * G + g]
-            dw_hh[g * H + j] = dw_hh[g * H + j] + v if accumulate else v
+            for g in range(gb, ge):
+                v = acc[j * G + g]
+                for q in range(1, nt):
+                    v = v + acc[q * P + j * G + g]
+                dw_hh[g * H + j] = dw_hh[g * H + j] + v if accumulate else v
         for j in range(I):
-            v = acc[(H + j) * G + g]
-            for q in range(1, nt):
-                v = v + acc[q * P + (H + j) * G + g]
-            dw_ih[g * I + j] = dw_ih[g * I + j] + v if accumulate else v
-        if db_ih != NULL:
+            for g in range(gb, ge):
+                v = acc[(H + j) * G + g]
+                for q in range(1, nt):
+                    v = v + acc[q * P + (H + j) * G + g]
+                dw_ih[g * I + j] = dw_ih[g * I + j] + v if accumulate else v
+    if db_ih != NULL:
+        for g in range(g0, g1):
             v = acc[(H + I) * G + g]
             for q in range(1, nt):
                 v = v + acc[q * P + (H + I) * G + g]

@@ -278,4 +278,5 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
                       np.zeros((B, H), dtype), steps, flush, partials,
-                      np.ascontiguousarray(c.w_ih.T) if I < DOT_INPUTS else None)
+                      np.ascontiguousarray(c.w_ih.T) if I < DOT_INPUTS else None,
+                      _kernels.pack_weight_columns(c.w_hh) if B < 4 else None)
