@@ -262,10 +262,8 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
     # step: OpenBLAS's threads would spin for ~0.1 s after a chunk's GEMM and take a core
     # from ours. (The summation order then differs from OpenBLAS's: see README, threads.)
     cdef bint project = plan.split == BY_SEQUENCES
-    cdef real* pack
     if project:
         barrier_init(barp, False)  # no barrier: for the caller's CPU (leave_caller_cpu)
-    cdef Projection path
     while s < T:
         # Input projections of the next `chunk` steps in one GEMM: gates = x W_ih^T.
         # Training passes chunk = T (backward reads them all); inference keeps memory
@@ -273,22 +271,13 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
         n = min(a.chunk, T - s)
         first = T - s - n if d.reverse else s
         if not project:
-            path = _projection_path(n * B, G, I)
-            if path == TILED:
-                # Small projections, or few rows, in the tiled GEMM: OpenBLAS would start
-                # its threads for less work than waking them costs, and repack the weights
-                # for too few rows to pay for it (_kernels_threads.pxi).
-                small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G, gates,
-                           G, False)
-            elif path == PACKED:
-                pack = <real*>malloc(K_BLOCK * TILE_MAX * sizeof(real))
-                if pack == NULL:  # no memory for the panel copy: the unpacked tiles then
-                    small_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G,
+            if _tiled_projection(n * B, G, I):
+                # Small projections, or few rows, in the tiled GEMM on the prepacked weights:
+                # OpenBLAS would start its threads for less work than waking them costs,
+                # and repack the weights for too few rows to pay for it
+                # (_kernels_threads.pxi).
+                prepacked_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_pp,
                                gates, G, False)
-                else:
-                    packed_gemm(n * B, G, I, x + first * B * I, I, <const real*>a.w_ih_t, G,
-                                gates, G, False, pack)
-                    free(pack)
             else:
                 gemm_rm(c'N', c'T', n * B, G, I, 1, x + first * B * I, I,
                         <const real*>a.w_ih, I, 0, gates, G)
@@ -310,9 +299,8 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
 
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
-            const real[:, ::1] w_hh, const real[:, ::1] w_hh_t, const real[::1] w_hh_p,
-            const real[::1] b_ih,
-            const real[::1] b_hh, const Py_ssize_t[::1] lengths, bint reverse,
+            const real[::1] w_ih_pp, const real[:, ::1] w_hh, const real[:, ::1] w_hh_t,
+            const real[::1] w_hh_p, const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths, bint reverse,
             bint linear_before_reset,
             real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
             real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
@@ -320,8 +308,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
     w_ih_t (I, 3H) and w_hh_t (H, 3H) are the weights transposed, read by the register-tiled
-    GEMM of small batches; w_hh_p is W_hh packed in panels (pack_weight_panels), read by the
-    GEMVs of one to three sequences.
+    GEMM of small batches; w_ih_pp is w_ih_t packed for that GEMM
+    (pack_projection_weights), read by the input projections of few rows; w_hh_p is W_hh
+    packed in panels (pack_weight_panels), read by the GEMVs of one to three sequences.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -341,6 +330,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     d.lbr = linear_before_reset
     d.accumulate = False
     d.dx_accumulate = False
+    if w_ih_pp.shape[0] != w_ih_t.shape[0] * w_ih_t.shape[1]:
+        raise ValueError(f"w_ih_pp must hold {w_ih_t.shape[0] * w_ih_t.shape[1]} elements "
+                         f"(w_ih_t packed), got {w_ih_pp.shape[0]}")
     if w_hh_p.shape[0] != panel_size(3, d.H, d.H):
         raise ValueError(f"w_hh_p must hold {panel_size(3, d.H, d.H)} elements (W_hh packed "
                          f"in panels), got {w_hh_p.shape[0]}")
@@ -349,6 +341,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     a.x = &x[0, 0, 0]
     a.w_ih = &w_ih[0, 0]
     a.w_ih_t = &w_ih_t[0, 0]
+    a.w_ih_pp = &w_ih_pp[0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_t = &w_hh_t[0, 0]
     a.w_hh_p = &w_hh_p[0]
@@ -398,4 +391,16 @@ def pack_weight_panels(const real[:, ::1] w_hh):
     if H > 0:
         with nogil:
             pack_panels(&w_hh[0, 0], 3, H, H, &o[0])
+    return out
+
+
+def pack_projection_weights(const real[:, ::1] w_ih_t):
+    """w_ih_t (I, 3H) packed for the tiled GEMM (grufast._gemm.pack_gemm_weights): the
+    panels packed_gemm would copy at every call, copied once. Returns a new 1-D array."""
+    cdef Py_ssize_t K = w_ih_t.shape[0], N = w_ih_t.shape[1]
+    out = np.empty(K * N, np.float32 if real is float else np.float64)
+    cdef real[::1] o = out
+    if K > 0 and N > 0:
+        with nogil:
+            pack_gemm_weights(N, K, &w_ih_t[0, 0], N, &o[0])
     return out

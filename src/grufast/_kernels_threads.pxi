@@ -32,23 +32,23 @@ cdef enum:
     PARALLEL_MIN_MACS = 150000
 
 # Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on the
-# transposed weights grufast keeps when they have at most projection_max_macs multiply-adds,
-# or at most projection_max_rows rows (steps x sequences) and up to 4x that many
-# multiply-adds; larger ones with at most projection_max_rows rows in the same GEMM with
-# each panel of the weights first copied contiguous (packed_gemm); the others in OpenBLAS's
-# GEMM, which packs the weights on every call too and wins once many rows share each packed
-# panel. Measured (interleaved calls, one thread, GRU inference, T = 100): one sequence,
-# H = 256 (100 rows, 19.7M): tiled 0.94x OpenBLAS's time on the AVX-512 build, 0.95x on the
-# AVX2 one (OpenBLAS Haswell kernels); H = 512 (78.6M): tiled 0.95-1.00x and 1.04-1.05x,
-# packed 0.95x and 0.975x; B = 16, H = 128 (1600 rows): 1.11x.
+# transposed weights grufast keeps, packed once per weight update into the panels the tiles
+# read (prepacked_gemm), when they have at most projection_max_macs multiply-adds or at
+# most projection_max_rows rows (steps x sequences); the others in OpenBLAS's GEMM, which
+# packs the weights at every call and wins once many rows share each packed panel.
+# Measured (interleaved calls, one thread, GRU inference, T = 100, one sequence, whole
+# call): H = 128 (100 rows, 4.9M): prepacked 0.93x OpenBLAS's time on the AVX-512 build,
+# 0.95x on the AVX2 one (OpenBLAS Haswell kernels); H = 256 (19.7M): 0.91x and 0.94x (the
+# tiles on the unpacked transposed weights: 0.94x and 0.96x); H = 512 (78.6M): 0.95x and
+# 0.975x with the panels copied at every call (unpacked: 0.95-1.00x and 1.04-1.05x);
+# B = 16, H = 128 (1600 rows): unpacked 1.11x, so OpenBLAS keeps the batches.
 cdef long long projection_max_macs = 8000000
 cdef long long projection_max_rows = 128
 
 
 def set_projection_limit(long long max_macs, long long max_rows) -> None:
-    """Input projections with at most max_macs multiply-adds, or with at most max_rows rows
-    and 4 max_macs multiply-adds, run in the tiled GEMM; larger ones of at most max_rows
-    rows in the tiled GEMM with packed panels; the others in OpenBLAS's."""
+    """Input projections with at most max_macs multiply-adds, or with at most max_rows
+    rows, run in the tiled GEMM on prepacked weights; the others in OpenBLAS's."""
     global projection_max_macs, projection_max_rows
     if max_macs < 0 or max_rows < 0:
         raise ValueError(f"limits must be >= 0, got {max_macs}, {max_rows}")
@@ -61,20 +61,9 @@ def projection_limit() -> tuple:
     return projection_max_macs, projection_max_rows
 
 
-cdef enum Projection:
-    TILED     # grufast._gemm.small_gemm on w_ih_t
-    PACKED    # grufast._gemm.packed_gemm on w_ih_t, each panel copied contiguous first
-    BLAS      # OpenBLAS's GEMM on w_ih
-
-
-cdef inline Projection _projection_path(Py_ssize_t rows, Py_ssize_t N,
-                                        Py_ssize_t K) noexcept nogil:
-    cdef long long macs = <long long>rows * N * K
-    if macs <= projection_max_macs:
-        return TILED
-    if rows <= projection_max_rows:
-        return TILED if macs <= 4 * projection_max_macs else PACKED
-    return BLAS
+cdef inline bint _tiled_projection(Py_ssize_t rows, Py_ssize_t N,
+                                   Py_ssize_t K) noexcept nogil:
+    return <long long>rows * N * K <= projection_max_macs or rows <= projection_max_rows
 
 
 cdef enum Split:
