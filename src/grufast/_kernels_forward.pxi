@@ -300,8 +300,8 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
 
 def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
             const real[::1] w_ih_pp, const real[:, ::1] w_hh, const real[:, ::1] w_hh_t,
-            const real[::1] w_hh_p, const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths, bint reverse,
-            bint linear_before_reset,
+            const real[::1] w_hh_p, const real[::1] b_ih, const real[::1] b_hh,
+            const Py_ssize_t[::1] lengths, bint reverse, bint linear_before_reset,
             real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
             real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
             real[:, ::1] step_scratch):
