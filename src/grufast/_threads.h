@@ -22,7 +22,6 @@
 #define GRUFAST_THREADS_H
 
 #include <limits.h>
-#include <sched.h>
 #include <time.h>
 
 #ifdef _OPENMP
@@ -31,6 +30,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
+#include <sched.h>
 #define GRUFAST_HAVE_ATFORK 1
 #else
 #define GRUFAST_HAVE_ATFORK 0
