@@ -128,67 +128,25 @@ cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
               accumulate)
 
 
+cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ssize_t ldw,
+                             real* out) noexcept nogil:
+    """rows x w of W (row stride ldw) into out, contiguous: the panel copy packed_gemm makes
+    at every call and pack_gemm_weights once."""
+    cdef Py_ssize_t k
+    for k in range(rows):
+        memcpy(out + k * w, W + k * ldw, w * sizeof(real))
+
+
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
                        Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
-                       Py_ssize_t ldc, bint accumulate, real* pack) noexcept nogil:
+                       Py_ssize_t ldc, bint accumulate, real* pack,
+                       bint prepacked) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N), all row-major. K in blocks, so that a panel of W
     (K_BLOCK x cw) fits in L2 however long K is; later blocks add to C. Column panels
     outside, row tiles inside, so W streams from memory once per call, not once per tile.
     With ``pack`` (K_BLOCK x TILE_MAX reals), each panel is first copied there: the tiles
-    then read it contiguously, without W's stride (a page per row when rows are long)."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w, k, i
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
-    while k0 < K or k0 == 0:
-        kn = min(K_BLOCK, K - k0)
-        n = 0
-        while n < N:
-            w = _panel_width(n, N, cw, vw)
-            if pack == NULL:
-                _panel(M, w, kn, A + k0, lda, W + k0 * ldw + n, ldw, C + n, ldc,
-                       accumulate or k0 > 0, cw, vw)
-            else:
-                for k in range(kn):
-                    for i in range(w):
-                        pack[k * w + i] = W[(k0 + k) * ldw + n + i]
-                _panel(M, w, kn, A + k0, lda, pack, w, C + n, ldc, accumulate or k0 > 0, cw,
-                       vw)
-            n += w
-        k0 += K_BLOCK
-
-
-cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py_ssize_t ldw,
-                                   real* out) noexcept nogil:
-    """W (K, N) copied into every panel packed_gemm copies at each call, in the order
-    prepacked_gemm reads them: per block of K_BLOCK rows, the column panels one after the
-    other, each (rows x width) contiguous. out holds K * N reals."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w, k
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
-    while k0 < K:
-        kn = min(K_BLOCK, K - k0)
-        n = 0
-        while n < N:
-            w = _panel_width(n, N, cw, vw)
-            for k in range(kn):
-                memcpy(out + k0 * N + kn * n + k * w, W + (k0 + k) * ldw + n, w * sizeof(real))
-            n += w
-        k0 += K_BLOCK
-
-
-cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
-                                Py_ssize_t lda, const real* P, real* C, Py_ssize_t ldc,
-                                bint accumulate) noexcept nogil:
-    """packed_gemm on weights packed once by pack_gemm_weights (P): the same tiles on the
-    same panels, so the same bits, without the copy at every call."""
+    then read it contiguously, without W's stride (a page per row when rows are long).
+    ``prepacked``: W holds every panel already so copied (pack_gemm_weights; ldw unused)."""
     cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
     if real is float:
         cw = TILE_FLOATS
@@ -201,8 +159,38 @@ cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const 
         n = 0
         while n < N:
             w = _panel_width(n, N, cw, vw)
-            _panel(M, w, kn, A + k0, lda, P + k0 * N + kn * n, w, C + n, ldc,
-                   accumulate or k0 > 0, cw, vw)
+            if prepacked:
+                _panel(M, w, kn, A + k0, lda, W + k0 * N + kn * n, w, C + n, ldc,
+                       accumulate or k0 > 0, cw, vw)
+            elif pack == NULL:
+                _panel(M, w, kn, A + k0, lda, W + k0 * ldw + n, ldw, C + n, ldc,
+                       accumulate or k0 > 0, cw, vw)
+            else:
+                _copy_panel(kn, w, W + k0 * ldw + n, ldw, pack)
+                _panel(M, w, kn, A + k0, lda, pack, w, C + n, ldc, accumulate or k0 > 0, cw,
+                       vw)
+            n += w
+        k0 += K_BLOCK
+
+
+cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py_ssize_t ldw,
+                                   real* out) noexcept nogil:
+    """W (K, N) copied into every panel packed_gemm copies at each call, in the order _gemm
+    reads them when prepacked: per block of K_BLOCK rows, the column panels one after the
+    other, each (rows x width) contiguous. out holds K * N reals."""
+    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
+    if real is float:
+        cw = TILE_FLOATS
+        vw = VEC_FLOATS
+    else:
+        cw = TILE_FLOATS // 2
+        vw = VEC_FLOATS // 2
+    while k0 < K:
+        kn = min(K_BLOCK, K - k0)
+        n = 0
+        while n < N:
+            w = _panel_width(n, N, cw, vw)
+            _copy_panel(kn, w, W + k0 * ldw + n, ldw, out + k0 * N + kn * n)
             n += w
         k0 += K_BLOCK
 
@@ -211,7 +199,7 @@ cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
-    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, NULL)
+    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, NULL, False)
 
 
 cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -220,18 +208,20 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              ) noexcept nogil:
     """small_gemm for long products (many row tiles per panel), W's panels packed first
     into pack (K_BLOCK x TILE_MAX reals)."""
-    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, pack)
+    _gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate, pack, False)
+
+
+cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
+                                Py_ssize_t lda, const real* P, real* C, Py_ssize_t ldc,
+                                bint accumulate) noexcept nogil:
+    """packed_gemm on weights packed once by pack_gemm_weights (P): the same tiles on the
+    same panels, so the same bits, without the copy at every call."""
+    _gemm(M, N, K, A, lda, P, 0, C, ldc, accumulate, NULL, True)
 
 
 cdef extern from "_panels.h":
     # The recurrent GEMV of one sequence from W_hh packed in panels of 16 rows (_panels.h).
     const Py_ssize_t PANEL "GRUFAST_PANEL"
-    void _panel_gemv_f "grufast_panel_gemv_f"(Py_ssize_t width, Py_ssize_t K, const float* v,
-                                              const float* P, float* out,
-                                              bint backwards) noexcept nogil
-    void _panel_gemv_d "grufast_panel_gemv_d"(Py_ssize_t width, Py_ssize_t K, const double* v,
-                                              const double* P, double* out,
-                                              bint backwards) noexcept nogil
     void _panel_gemv_ex_f "grufast_panel_gemv_ex_f"(Py_ssize_t width, Py_ssize_t K,
                                                     const float* v, const float* P,
                                                     Py_ssize_t ldp, float* out, bint backwards,
@@ -252,17 +242,6 @@ cdef extern from "_panels.h":
                                                 double* out) noexcept nogil
 
 
-cdef inline void panel_gemv(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
-                            real* out, bint backwards) noexcept nogil:
-    """out (width,) = v (K,) @ W^T for the width rows of W whose panels start at P (a panel
-    boundary): each output one chain of multiply-adds over k from 0, whatever the width or
-    the direction; ``backwards`` visits the panels last to first."""
-    if real is float:
-        _panel_gemv_f(width, K, v, P, out, backwards)
-    else:
-        _panel_gemv_d(width, K, v, P, out, backwards)
-
-
 cdef inline void panel_gemv_ex(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
                                Py_ssize_t ldp, real* out, bint backwards,
                                bint accumulate) noexcept nogil:
@@ -272,6 +251,14 @@ cdef inline void panel_gemv_ex(Py_ssize_t width, Py_ssize_t K, const real* v, co
         _panel_gemv_ex_f(width, K, v, P, ldp, out, backwards, accumulate)
     else:
         _panel_gemv_ex_d(width, K, v, P, ldp, out, backwards, accumulate)
+
+
+cdef inline void panel_gemv(Py_ssize_t width, Py_ssize_t K, const real* v, const real* P,
+                            real* out, bint backwards) noexcept nogil:
+    """out (width,) = v (K,) @ W^T for the width rows of W whose panels start at P (a panel
+    boundary): each output one chain of multiply-adds over k from 0, whatever the width or
+    the direction; ``backwards`` visits the panels last to first."""
+    panel_gemv_ex(width, K, v, P, K * PANEL, out, backwards, False)
 
 
 cdef inline void pack_column_panels(const real* W, Py_ssize_t K, Py_ssize_t N,

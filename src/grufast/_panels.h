@@ -215,11 +215,6 @@ static void GP_FN(grufast_panel_gemv_ex)(ptrdiff_t width, ptrdiff_t K, const GP_
     }
 }
 
-static void GP_FN(grufast_panel_gemv)(ptrdiff_t width, ptrdiff_t K, const GP_T* v,
-                                      const GP_T* P, GP_T* out, int backwards) {
-    GP_FN(grufast_panel_gemv_ex)(width, K, v, P, K * GRUFAST_PANEL, out, backwards, 0);
-}
-
 /* Pack the columns of W (K, N) row-major into panels: ceil(N / 16) panels of K x 16,
    panel[k][i] = W[k, 16 j + i], zero-padded: what v @ W reads as panels (the backward's
    dh = dG W_hh). Row by row of W, each row's 16-column pieces copied whole. */
