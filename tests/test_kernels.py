@@ -92,6 +92,20 @@ def test_float32_reverse_padded_matches_reference(lbr, bias):
     check_against_reference(c)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("I", [3, 9])
+@pytest.mark.parametrize("lbr", [True, False])
+def test_weight_gradients_of_a_large_flush_match_reference(threads, I, lbr):
+    """A flush of more rows than small_gemm_tn copies at a time (300 > 256: B = 300, one
+    step per flush on one thread), 3H = 39 gate rows (a block of 32 and a rest that is not
+    a whole register tile), few inputs (dW_ih summed transposed) and more."""
+    c = dict(T=2, B=300, I=I, H=13, lengths=None, dtype=np.float32, lbr=lbr, reverse=False,
+             bias=True, h0=True, dy=True, dh=True, seed=5)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(threads, user_api="openmp"):
+        check_against_reference(c)
+
+
 def test_backward_twice_gives_same_result_and_keeps_cache():
     rng = np.random.default_rng(5)
     for lbr in (True, False):

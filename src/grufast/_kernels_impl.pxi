@@ -20,7 +20,7 @@ from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
 from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_column_panels, pack_gemm_weights,
                             pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
-                            prepacked_gemm, small_gemm)
+                            prepacked_gemm, small_gemm, small_gemm_tn)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 

@@ -10,20 +10,23 @@ cdef struct StepGrads:
     # ``steps`` steps (functional.py: at least FLUSH_ROWS rows, or all T steps) and adds
     # their products to each thread's partial sums; thread p, owning the sequences
     # b0 <= b < b1 (n = b1 - b0),
-    # owns the rows [steps * b0, steps * b1) of dg and dgh and the columns of the same range
-    # of h_t, rh_t and x_t: a region of the buffers that is contiguous, with step i of the
-    # flush in its rows [i * n, (i + 1) * n).
+    # owns the rows [steps * b0, steps * b1) of dg, dgh, h_rows, rh_rows and x_rows: a region
+    # of the buffers that is contiguous, with step i of the flush in its rows
+    # [i * n, (i + 1) * n).
     Py_ssize_t steps
     int threads             # rows of partials: the most threads that may share the work
     void* dg                # (steps * B, 3H): the gates' gradients dgi
     void* dgh               # (steps * B, 3H): dgh, linear_before_reset only
-    void* h_t               # (H, steps * B): the state entering each step, transposed
-    void* rh_t              # (H, steps * B): r * h transposed, without linear_before_reset
-    void* x_t               # (I, steps * B): the inputs, transposed
+    void* h_rows            # (steps * B, H): the state entering each step
+    void* rh_rows           # (steps * B, H): r * h, without linear_before_reset
+    void* x_rows            # (steps * B, I): the inputs
     void* dx_rows           # (steps * B, I): the flush's dx, before they go to dx
     const void* w_ih_t      # (I, 3H): W_ih transposed, for I < DOT_INPUTS; else NULL
-    # partials (threads, (H + I + 2) * 3H): per thread, dW_hh^T (H, 3H), dW_ih^T (I, 3H),
-    # db_ih (3H), db_hh (3H)
+    # partials (threads, (H + I + 2) * 3H): per thread, dW_hh (3H, H), dW_ih (3H, I) (for
+    # I < DOT_INPUTS transposed, (I, 3H)), db_ih (3H), db_hh (3H): the gradients' own
+    # layout, so that summing the threads' partials reads and writes memory contiguously (a
+    # transposing sum crossed a page per element: 2.5 ms at H = I = 512, where a contiguous
+    # one takes 0.4)
     void* partials
 
 
@@ -166,62 +169,65 @@ cdef void _gather_step(const Dims* d, const BackwardArrays* a, const StepGrads* 
                        const real* hprev, Py_ssize_t t, Py_ssize_t b0, Py_ssize_t n,
                        Py_ssize_t i) noexcept nogil:
     """Slot i of the flush, for the sequences b0 <= b < b0 + n: the state entering step t
-    (and r * h without linear_before_reset) and the inputs, transposed, so that the flush's
-    GEMMs read them as row-major (H, K) and (I, K) left operands. hprev: a.hprev, typed."""
-    cdef Py_ssize_t B = d.B, H = d.H, I = d.n_in, G = 3 * H, K = f.steps * n, b, j, col
+    (and r * h without linear_before_reset) and the inputs, the right operands of the
+    flush's GEMMs. hprev: a.hprev, typed."""
+    cdef Py_ssize_t B = d.B, H = d.H, I = d.n_in, G = 3 * H, row = f.steps * b0 + i * n, b, j
     cdef const real* hp = hprev + (t * B + b0) * H
-    cdef const real* x = <const real*>a.x + (t * B + b0) * I
     cdef const real* g = <const real*>a.gates + (t * B + b0) * G
-    cdef real* h_t = <real*>f.h_t + H * f.steps * b0
-    cdef real* x_t = <real*>f.x_t + I * f.steps * b0
-    cdef real* rh_t
-    for b in range(n):
-        col = i * n + b
-        for j in range(H):
-            h_t[j * K + col] = hp[b * H + j]
-        for j in range(I):
-            x_t[j * K + col] = x[b * I + j]
+    cdef real* rh
+    memcpy(<real*>f.h_rows + row * H, hp, n * H * sizeof(real))
+    memcpy(<real*>f.x_rows + row * I, <const real*>a.x + (t * B + b0) * I, n * I * sizeof(real))
     if not d.lbr:
-        rh_t = <real*>f.rh_t + H * f.steps * b0
+        rh = <real*>f.rh_rows + row * H
         for b in range(n):
-            col = i * n + b
             for j in range(H):
-                rh_t[j * K + col] = g[b * G + j] * hp[b * H + j]
+                rh[b * H + j] = g[b * G + j] * hp[b * H + j]
 
 
 cdef void _flush(const Dims* d, const StepGrads* f, Py_ssize_t b0, Py_ssize_t n,
                  Py_ssize_t steps, real* acc, bint blas_ok) noexcept nogil:
     """Add the products of the flush's first ``steps`` slots (K = steps * n rows) to this
-    thread's partial sums acc: dW_hh^T += h^T dgh, dW_ih^T += x^T dgi, the bias sums."""
-    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, K = steps * n, ld = f.steps * n
-    cdef const real* dg = <const real*>f.dg + f.steps * b0 * G
-    cdef const real* h_t = <const real*>f.h_t + H * f.steps * b0
-    cdef real* acc_ih = acc + H * G
+    thread's partial sums acc: dW_hh += dgh^T h, dW_ih += dgi^T x, the bias sums."""
+    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, K = steps * n, row = f.steps * b0
+    cdef const real* dg = <const real*>f.dg + row * G
+    cdef const real* h_rows = <const real*>f.h_rows + row * H
+    cdef const real* x_rows = <const real*>f.x_rows + row * I
+    cdef real* acc_ih = acc + G * H
     cdef real* acc_bih = acc_ih + I * G
     cdef real* acc_bhh = acc_bih + G
-    cdef const real* x_t = <const real*>f.x_t + I * f.steps * b0
     cdef Py_ssize_t k, i, g
     cdef real v
     if I < DOT_INPUTS:
-        # A row update per input and row: fewer rows than a register tile.
+        # A row update per input and row, into dW_ih^T (I, 3H): fewer columns than a vector.
         for k in range(K):
             for i in range(I):
-                v = x_t[i * ld + k]
+                v = x_rows[k * I + i]
                 for g in range(G):
                     acc_ih[i * G + g] += v * dg[k * G + g]
     else:
-        _flush_gemm(I, G, K, x_t, ld, dg, G, acc_ih, G, True, blas_ok)
+        _flush_gemm_tn(G, I, K, dg, G, x_rows, I, acc_ih, I, blas_ok)
     _colsum(K, G, dg, acc_bih, True)
     if d.lbr:
         # dgh differs from dgi only in its n block, which is scaled by r.
-        dg = <const real*>f.dgh + f.steps * b0 * G
-        _flush_gemm(H, G, K, h_t, ld, dg, G, acc, G, True, blas_ok)
+        dg = <const real*>f.dgh + row * G
+        _flush_gemm_tn(G, H, K, dg, G, h_rows, H, acc, H, blas_ok)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
-        _flush_gemm(H, 2 * H, K, h_t, ld, dg, G, acc, G, True, blas_ok)
-        _flush_gemm(H, H, K, <const real*>f.rh_t + H * f.steps * b0, ld, dg + 2 * H, G,
-                    acc + 2 * H, G, True, blas_ok)
+        _flush_gemm_tn(2 * H, H, K, dg, G, h_rows, H, acc, H, blas_ok)
+        _flush_gemm_tn(H, H, K, dg + 2 * H, G, <const real*>f.rh_rows + row * H, H,
+                       acc + 2 * H * H, H, blas_ok)
     _colsum(K, G, dg, acc_bhh, True)
+
+
+cdef inline void _flush_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
+                                Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
+                                Py_ssize_t ldc, bint blas_ok) noexcept nogil:
+    """C (M, N) += A^T W, A (K, M): small_gemm_tn, or OpenBLAS's GEMM when allowed (serial
+    calls) and the product has more multiply-adds than the ISA build's tiled-GEMM limit."""
+    if blas_ok and <long long>M * N * K > tiled_max_macs:
+        gemm_rm(c'T', c'N', M, N, K, 1, A, lda, W, ldw, 1, C, ldc)
+    else:
+        small_gemm_tn(M, N, K, A, lda, W, ldw, C, ldc, True)
 
 
 cdef inline void _flush_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
@@ -263,40 +269,50 @@ cdef void _flush_dx(const Dims* d, const BackwardArrays* a, const StepGrads* f, 
 cdef void _reduce_partials(int p, int nt, const Dims* d, const BackwardArrays* a,
                            const real* acc) noexcept nogil:
     """Thread p of nt, once every thread's partial sums are complete: the gate rows
-    g0 <= g < g1 of dW_hh, dW_ih and the bias gradients, summing the nt partials (stored
-    transposed) in thread order, then adding to the gradients when accumulating. acc: the
-    partial sums, StepGrads.partials. The transposition goes by blocks of 16 gate rows, so
-    that each cache line of the partials read serves 16 of them (one gate row at a time
-    read a line per element: 4.6 ms of a 27.5 ms B = 1, H = 512 training step)."""
-    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, P = _partial_size(d), q, g, j, gb, ge
+    g0 <= g < g1 of dW_hh, dW_ih and the bias gradients, summing the nt partials in thread
+    order, then adding to the gradients when accumulating. acc: the partial sums,
+    StepGrads.partials, in the gradients' layout (dW_ih^T for I < DOT_INPUTS)."""
+    cdef Py_ssize_t H = d.H, I = d.n_in, G = 3 * H, P = _partial_size(d)
     cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
-    cdef bint accumulate = d.accumulate
-    cdef real* dw_hh = <real*>a.dw_hh
-    cdef real* dw_ih = <real*>a.dw_ih
-    cdef real* db_ih = <real*>a.db_ih
-    cdef real* db_hh = <real*>a.db_hh
+    _sum_rows(g1 - g0, H, nt, P, acc + g0 * H, <real*>a.dw_hh + g0 * H, d.accumulate)
+    if I >= DOT_INPUTS:
+        _sum_rows(g1 - g0, I, nt, P, acc + G * H + g0 * I, <real*>a.dw_ih + g0 * I,
+                  d.accumulate)
+    else:
+        _sum_transposed(g0, g1, I, G, nt, P, acc + G * H, <real*>a.dw_ih, d.accumulate)
+    if a.db_ih != NULL:
+        _sum_rows(1, g1 - g0, nt, P, acc + (H + I) * G + g0, <real*>a.db_ih + g0,
+                  d.accumulate)
+        _sum_rows(1, g1 - g0, nt, P, acc + (H + I + 1) * G + g0, <real*>a.db_hh + g0,
+                  d.accumulate)
+
+
+cdef void _sum_rows(Py_ssize_t rows, Py_ssize_t cols, int nt, Py_ssize_t P,
+                    const real* acc, real* out, bint accumulate) noexcept nogil:
+    """out (rows, cols) (+)= the sum of nt partials (rows, cols), P elements apart, in
+    thread order; all contiguous rows of cols."""
+    cdef Py_ssize_t r, j
+    cdef int q
     cdef real v
-    for gb in range(g0, g1, 16):
-        ge = min(gb + 16, g1)
-        for j in range(H):
-            for g in range(gb, ge):
-                v = acc[j * G + g]
-                for q in range(1, nt):
-                    v = v + acc[q * P + j * G + g]
-                dw_hh[g * H + j] = dw_hh[g * H + j] + v if accumulate else v
+    for r in range(rows):
+        for j in range(cols):
+            v = acc[r * cols + j]
+            for q in range(1, nt):
+                v = v + acc[q * P + r * cols + j]
+            out[r * cols + j] = out[r * cols + j] + v if accumulate else v
+
+
+cdef void _sum_transposed(Py_ssize_t g0, Py_ssize_t g1, Py_ssize_t I, Py_ssize_t G, int nt,
+                          Py_ssize_t P, const real* acc, real* out, bint accumulate
+                          ) noexcept nogil:
+    """The rows g0 <= g < g1 of out (G, I) (+)= the sum of nt partials of out^T (I, G)
+    (few inputs: a small array)."""
+    cdef Py_ssize_t g, j
+    cdef int q
+    cdef real v
+    for g in range(g0, g1):
         for j in range(I):
-            for g in range(gb, ge):
-                v = acc[(H + j) * G + g]
-                for q in range(1, nt):
-                    v = v + acc[q * P + (H + j) * G + g]
-                dw_ih[g * I + j] = dw_ih[g * I + j] + v if accumulate else v
-    if db_ih != NULL:
-        for g in range(g0, g1):
-            v = acc[(H + I) * G + g]
+            v = acc[j * G + g]
             for q in range(1, nt):
-                v = v + acc[q * P + (H + I) * G + g]
-            db_ih[g] = db_ih[g] + v if accumulate else v
-            v = acc[(H + I + 1) * G + g]
-            for q in range(1, nt):
-                v = v + acc[q * P + (H + I + 1) * G + g]
-            db_hh[g] = db_hh[g] + v if accumulate else v
+                v = v + acc[q * P + j * G + g]
+            out[g * I + j] = out[g * I + j] + v if accumulate else v
