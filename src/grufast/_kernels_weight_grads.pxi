@@ -81,7 +81,7 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
                         const BackwardArrays* a, const real* dG) noexcept nogil:
     """Thread p of nt, after the recurrence: everything that does not feed it, as GEMMs over
     all TB = T*B rows of dG (TB, 3H) in the register-tiled GEMM, in our threads (OpenBLAS's
-    would spin afterwards beside the next parallel loop). dx by rows of TB; the weight
+    would spin afterwards beside the next parallel loop). dx by columns; the weight
     gradients and bias sums by their rows (gate units), from this thread's rows of
     dG_transposed (3H, TB): the sums over TB then read memory contiguously."""
     cdef Py_ssize_t TB = d.T * d.B, I = d.n_in, H = d.H
@@ -97,10 +97,13 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
     cdef Py_ssize_t G = 3 * H, lo, hi
     cdef Py_ssize_t r0 = TB * p // nt, r1 = TB * (p + 1) // nt
     cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
+    cdef Py_ssize_t i0 = _share(I, nt, p, 16), i1 = _share(I, nt, p + 1, 16)
     # This thread's panel buffer (196 KB); without it the GEMMs read W in place.
     cdef real* pack = <real*>malloc(K_BLOCK * TILE_MAX * sizeof(real))
-    packed_gemm(r1 - r0, I, G, dG + r0 * G, G, <const real*>a.w_ih, I,
-                <real*>a.dx + r0 * I, I, d.dx_accumulate, pack)
+    # dx by columns: each thread copies only its own panels of W_ih (by rows, every thread
+    # copied all of them: 3 MB each at I = H = 512).
+    packed_gemm(TB, i1 - i0, G, dG, G, <const real*>a.w_ih + i0, I, <real*>a.dx + i0, I,
+                d.dx_accumulate, pack)
     _transpose_rows(g0, g1, TB, G, dG, NULL, dG_transposed)
     packed_gemm(g1 - g0, I, TB, dG_transposed + g0 * TB, TB, <const real*>a.x, I, dw_ih + g0 * I, I,
                 accumulate, pack)
