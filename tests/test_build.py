@@ -21,7 +21,7 @@ def _forward_args(b_ih_size: int):
     (3 is right; 0 makes the kernel's &b_ih[0] an out-of-range access)."""
     f = np.float64
     return (np.zeros((1, 1, 1), f), np.zeros((3, 1), f), np.zeros((1, 3), f), np.zeros(3, f),
-            np.zeros((3, 1), f), np.zeros((1, 3), f), np.zeros(48, f), np.zeros(b_ih_size, f),
+            np.zeros((3, 1), f), np.zeros(3, f), np.zeros(48, f), np.zeros(b_ih_size, f),
             np.zeros(3, f),
             np.ones(1, np.intp), False, True, np.zeros((1, 1, 1), f), 0, np.zeros((1, 1), f),
             np.zeros((1, 1, 3), f), None, None, np.zeros((1, 3), f), np.zeros((1, 1), f),

@@ -142,16 +142,14 @@ cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ss
 
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
                        Py_ssize_t lda, Py_ssize_t a_k, const real* W, Py_ssize_t ldw,
-                       real* C, Py_ssize_t ldc, bint accumulate, real* pack,
-                       bint prepacked) noexcept nogil:
+                       real* C, Py_ssize_t ldc, bint accumulate, real* pack) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N), W and C row-major, A's element (m, k) at
     m * lda + k * a_k (a_k = 1: row-major; lda = 1: A^T stored row-major). K in blocks, so
     that a panel of W (K_BLOCK x cw) fits in L2 however long K is; later blocks add to C.
     Column panels outside, row tiles inside, so W streams from memory once per call, not
     once per tile.
     With ``pack`` (K_BLOCK x TILE_MAX reals), each panel is first copied there: the tiles
-    then read it contiguously, without W's stride (a page per row when rows are long).
-    ``prepacked``: W holds every panel already so copied (pack_gemm_weights; ldw unused)."""
+    then read it contiguously, without W's stride (a page per row when rows are long)."""
     cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
     if real is float:
         cw = TILE_FLOATS
@@ -164,10 +162,7 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
         n = 0
         while n < N:
             w = _panel_width(n, N, cw, vw)
-            if prepacked:
-                _panel(M, w, kn, A + k0 * a_k, lda, a_k, W + k0 * N + kn * n, w, C + n, ldc,
-                       accumulate or k0 > 0, cw, vw)
-            elif pack == NULL:
+            if pack == NULL:
                 _panel(M, w, kn, A + k0 * a_k, lda, a_k, W + k0 * ldw + n, ldw, C + n, ldc,
                        accumulate or k0 > 0, cw, vw)
             else:
@@ -178,10 +173,39 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
         k0 += K_BLOCK
 
 
+cdef inline void _prepacked_window(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
+                                   const real* A, Py_ssize_t lda, const real* P,
+                                   Py_ssize_t NP, real* C, Py_ssize_t ldc,
+                                   bint accumulate) noexcept nogil:
+    """C (M, c1 - c0) (+)= A (M, K) @ W[:, c0:c1], W (K, NP) packed by pack_gemm_weights (P):
+    the packed panels that overlap the columns, each cut to them (a cut panel runs in the
+    narrower tile of its width, reading the panel with its own stride). The whole width
+    (c0 = 0, c1 = NP) is exactly packed_gemm's walk on the same panels: the same bits."""
+    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w, o0, o1
+    if real is float:
+        cw = TILE_FLOATS
+        vw = VEC_FLOATS
+    else:
+        cw = TILE_FLOATS // 2
+        vw = VEC_FLOATS // 2
+    while k0 < K or k0 == 0:
+        kn = min(K_BLOCK, K - k0)
+        n = 0
+        while n < c1:
+            w = _panel_width(n, NP, cw, vw)
+            o0 = max(n, c0)
+            o1 = min(n + w, c1)
+            if o1 > o0:
+                _panel(M, o1 - o0, kn, A + k0, lda, 1, P + k0 * NP + kn * n + (o0 - n), w,
+                       C + (o0 - c0), ldc, accumulate or k0 > 0, cw, vw)
+            n += w
+        k0 += K_BLOCK
+
+
 cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py_ssize_t ldw,
                                    real* out) noexcept nogil:
-    """W (K, N) copied into every panel packed_gemm copies at each call, in the order _gemm
-    reads them when prepacked: per block of K_BLOCK rows, the column panels one after the
+    """W (K, N) copied into every panel packed_gemm copies at each call, in the order
+    _prepacked_window reads them: per block of K_BLOCK rows, the column panels one after the
     other, each (rows x width) contiguous. out holds K * N reals."""
     cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
     if real is float:
@@ -204,7 +228,7 @@ cdef inline void small_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, N) (+)= A (M, K) @ W (K, N), all row-major."""
-    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, NULL, False)
+    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, NULL)
 
 
 cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -225,7 +249,7 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             for k in range(kn):
                 memcpy(block + k * mb, A + (k0 + k) * lda + m0, mb * sizeof(real))
             _gemm(mb, N, kn, block, 1, mb, W + k0 * ldw, ldw, C + m0 * ldc, ldc,
-                  accumulate or k0 > 0, NULL, False)
+                  accumulate or k0 > 0, NULL)
             m0 += mb
         k0 += kn
 
@@ -236,7 +260,7 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              ) noexcept nogil:
     """small_gemm for long products (many row tiles per panel), W's panels packed first
     into pack (K_BLOCK x TILE_MAX reals)."""
-    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, pack, False)
+    _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, pack)
 
 
 cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
@@ -244,7 +268,16 @@ cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const 
                                 bint accumulate) noexcept nogil:
     """packed_gemm on weights packed once by pack_gemm_weights (P): the same tiles on the
     same panels, so the same bits, without the copy at every call."""
-    _gemm(M, N, K, A, lda, 1, P, 0, C, ldc, accumulate, NULL, True)
+    _prepacked_window(M, 0, N, K, A, lda, P, N, C, ldc, accumulate)
+
+
+cdef inline void prepacked_gemm_columns(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1,
+                                        Py_ssize_t K, const real* A, Py_ssize_t lda,
+                                        const real* P, Py_ssize_t NP, real* C,
+                                        Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C (M, c1 - c0) (+)= A @ W[:, c0:c1] from W (K, NP) packed whole (pack_gemm_weights):
+    the recurrent products of some of the gates, from W_hh^T packed once for all three."""
+    _prepacked_window(M, c0, c1, K, A, lda, P, NP, C, ldc, accumulate)
 
 
 cdef extern from "_panels.h":

@@ -20,7 +20,8 @@ from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
 from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_column_panels, pack_gemm_weights,
                             pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
-                            prepacked_gemm, small_gemm, small_gemm_tn)
+                            prepacked_gemm, prepacked_gemm_columns, small_gemm,
+                            small_gemm_tn)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
@@ -44,9 +45,9 @@ cdef struct ForwardArrays:
     const void* x           # (T, B, I)
     const void* w_ih        # (3H, I)
     const void* w_ih_t      # (I, 3H)
-    const void* w_ih_pp     # w_ih_t packed for the tiled GEMM (pack_projection_weights)
+    const void* w_ih_pp     # w_ih_t packed for the tiled GEMM (pack_gemm_panels)
     const void* w_hh        # (3H, H)
-    const void* w_hh_t      # (H, 3H)
+    const void* w_hh_pp     # W_hh^T packed for the tiled GEMM (pack_gemm_panels)
     const void* w_hh_p      # W_hh packed in panels (pack_weight_panels)
     const void* b_ih        # (3H,)
     const void* b_hh        # (3H,)

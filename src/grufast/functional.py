@@ -69,10 +69,11 @@ class GRUCache:
 
 
 class Weights(NamedTuple):
-    """One layer's parameters as the kernels take them: w_ih_t and w_hh_t transposed, for
-    the register-tiled GEMM of small batches; w_ih_pp, w_ih_t packed for that GEMM's input
-    projections of few rows; w_hh_p, W_hh packed in panels, for the GEMVs of one to three
-    sequences."""
+    """One layer's parameters as the kernels take them: w_ih_t and w_hh_t transposed (the
+    split by hidden units, GRUCell); w_ih_pp and w_hh_pp, the same packed for the
+    register-tiled GEMM (input projections of few rows or of each thread's sequences, the
+    recurrent products of batches); w_hh_p, W_hh packed in panels, for the
+    GEMVs of one to three sequences."""
 
     w_ih: np.ndarray
     w_ih_t: np.ndarray
@@ -80,6 +81,7 @@ class Weights(NamedTuple):
     w_hh: np.ndarray
     w_hh_t: np.ndarray
     w_hh_p: np.ndarray
+    w_hh_pp: np.ndarray
     b_ih: np.ndarray
     b_hh: np.ndarray
     has_bias: bool
@@ -87,9 +89,10 @@ class Weights(NamedTuple):
     @classmethod
     def of(cls, w_ih, w_hh, b_ih, b_hh, has_bias: bool) -> Weights:
         w_hh = np.ascontiguousarray(w_hh)
-        w_ih_t = _transposed(w_ih)
-        return cls(w_ih, w_ih_t, _kernels.pack_projection_weights(w_ih_t), w_hh,
-                   _transposed(w_hh), _kernels.pack_weight_panels(w_hh), b_ih, b_hh, has_bias)
+        w_ih_t, w_hh_t = _transposed(w_ih), _transposed(w_hh)
+        return cls(w_ih, w_ih_t, _kernels.pack_gemm_panels(w_ih_t), w_hh, w_hh_t,
+                   _kernels.pack_weight_panels(w_hh), _kernels.pack_gemm_panels(w_hh_t),
+                   b_ih, b_hh, has_bias)
 
 
 def _transposed(w: np.ndarray) -> np.ndarray:
@@ -205,7 +208,7 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = _buffers.empty((T, B, H), dtype) if training else None
     ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
     scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
-    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_ih_pp, w.w_hh, w.w_hh_t, w.w_hh_p, w.b_ih,
+    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_ih_pp, w.w_hh, w.w_hh_pp, w.w_hh_p, w.b_ih,
                      w.b_hh, lens, reverse, lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
