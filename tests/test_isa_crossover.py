@@ -27,6 +27,23 @@ def test_limit_in_force_matches_the_rule():
     assert kernels.tiled_limit() == (2**62 if want is None else want)
 
 
+def test_limit_binds_training_only():
+    """Inference runs tiled whatever the limit (on packed weights it won at every measured
+    shape); a training step leaves the tiles above it; below 4 sequences both take one GEMV
+    per sequence."""
+    old = kernels.tiled_limit()
+    try:
+        kernels.set_tiled_limit(0)
+        assert kernels.recurrence_plan(64, 32, False)[0] is True
+        assert kernels.recurrence_plan(64, 32, True)[0] is False
+        kernels.set_tiled_limit(2**62)
+        assert kernels.recurrence_plan(64, 32, True)[0] is True
+        assert kernels.recurrence_plan(3, 32, False)[0] is False
+        assert kernels.recurrence_plan(3, 32, True)[0] is False
+    finally:
+        kernels.set_tiled_limit(old)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="max_macs"):
         kernels.set_tiled_limit(-1)

@@ -151,16 +151,18 @@ def l2_cache_bytes() -> int | None:
 
 
 # Above this many multiply-adds per step (B * 3H * H, at 1 MiB of L2 per core) the AVX2
-# build runs a batch's recurrent products in OpenBLAS's GEMM: measured by
-# tools/isa_crossover.py, where the tiled GEMM lost 6-18% from 25M (B = 128, H = 256) and
-# tied below 13M; the AVX-512 build won or tied everywhere (B <= 256, H <= 512). The limit
-# scales with the L2 size read at run time (the tiled GEMM's panels live in L2).
+# build runs a training step's recurrent products (and the backward's flushes) in
+# OpenBLAS's GEMM: tiled, a T = 100, B = 64, H = 512 training step took 1.29x OpenBLAS's
+# time on one thread and 1.6x on two (tools/isa_crossover.py had measured inference losing
+# 6-18% from 25M and tying below 13M before W_hh^T was packed for the tiles; now inference
+# wins everywhere and ignores the limit). The limit scales with the L2 size read at run
+# time.
 AVX2_TILED_MACS_PER_MIB = 20_000_000
 
 
 def tiled_limit_for(build: str, l2_bytes: int | None) -> int | None:
-    """The multiply-adds per step above which a batch leaves the tiled GEMM, for this build
-    and L2 size (None: no limit)."""
+    """The multiply-adds per step above which a batch's training step leaves the tiled
+    GEMM, for this build and L2 size (None: no limit)."""
     if not build.endswith("_avx2"):
         return None
     mib = (l2_bytes or (1 << 20)) / (1 << 20)

@@ -161,7 +161,7 @@ cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
                     real* dh) noexcept nogil:
     # The backward keeps its threads through a back-off: the forward's fallback
     # (_unit_forward) emulates every thread's part, which the weight gradients' phases do not.
-    cdef ThreadPlan plan = plan_threads(d.B, d.H)
+    cdef ThreadPlan plan = plan_threads(d.B, d.H, True)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     barrier_init(barp, False)

@@ -252,7 +252,7 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogi
     cdef const real* x = <const real*>a.x
     cdef real* gates = <real*>a.gates
     cdef Py_ssize_t s = 0, n, first
-    cdef ThreadPlan plan = plan_threads(B, d.H)
+    cdef ThreadPlan plan = plan_threads(B, d.H, a.hprev != NULL)  # hprev: training
     cdef int p, nt = plan.threads
     cdef barrier_t bar
     cdef barrier_t* barp = &bar

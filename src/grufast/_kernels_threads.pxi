@@ -108,21 +108,38 @@ def start_serial_backoff() -> None:
     begin_backoff()
 
 
-# Which GEMM serves the recurrent products of a batch (B >= 4): the register-tiled one up
-# to tiled_max_macs multiply-adds per step (B * 3H * H), OpenBLAS's above. Set once per
-# process by grufast._isa (set_tiled_limit) from the ISA and the cache sizes; the default
-# keeps the tiled GEMM everywhere. recurrence_path forces one (tools/isa_crossover.py).
+# Which GEMM serves a training step's recurrent products of a batch (B >= 4), forward and
+# backward, and the backward's flushes: the register-tiled one up to tiled_max_macs
+# multiply-adds per step (B * 3H * H), OpenBLAS's above. Set once per process by
+# grufast._isa (set_tiled_limit) from the ISA and the cache sizes; the default keeps the
+# tiled GEMM everywhere. Inference, on W_hh^T packed for the tiles, always runs tiled
+# (tools/isa_crossover.py: 0.61-0.97x OpenBLAS's time on the AVX2 build, B <= 256,
+# H <= 512); a training forward follows the backward, so that one thread pool serves the
+# whole step (ours and OpenBLAS's in turn: 1.11x the time at B = 64, H = 512 on two
+# threads, each pool's spinning threads taking the other's cores). recurrence_path forces
+# one path everywhere.
 cdef long long tiled_max_macs = 1LL << 62
 cdef int recurrence_path = 0  # 0 by the limit, 1 tiled, 2 OpenBLAS
 
 
 def set_tiled_limit(long long max_macs) -> None:
     """Batches (B >= 4) whose step has more than max_macs multiply-adds (B * 3H * H) run
-    their recurrent products in OpenBLAS's GEMM instead of the register-tiled one."""
+    their training steps' recurrent products in OpenBLAS's GEMM instead of the
+    register-tiled one."""
     global tiled_max_macs
     if max_macs < 0:
         raise ValueError(f"max_macs must be >= 0, got {max_macs}")
     tiled_max_macs = max_macs
+
+
+def recurrence_plan(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
+    """(tiled, split) as a call on B sequences of H units would plan it (a training forward
+    or backward, or inference): whether the
+    recurrent products run in the register-tiled GEMM, and 'serial', 'units' or
+    'sequences' (for tests)."""
+    cdef ThreadPlan plan = plan_threads(B, H, training)
+    return (bool(plan.tiled_recurrence),
+            ("serial", "sequences", "units")[<int>plan.split])
 
 
 def tiled_limit() -> int:
@@ -132,7 +149,8 @@ def tiled_limit() -> int:
 
 def force_recurrence_path(str path) -> None:
     """'auto' (by the limit), 'tiled' or 'blas' (a GEMV per sequence below 4 sequences)
-    for every batch: for measuring the crossover (tools/isa_crossover.py), not for users."""
+    for every batch, forward and backward: for measuring the crossover
+    (tools/isa_crossover.py), not for users."""
     global recurrence_path
     paths = ("auto", "tiled", "blas")
     if path not in paths:
@@ -140,19 +158,21 @@ def force_recurrence_path(str path) -> None:
     recurrence_path = paths.index(path)
 
 
-cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H, bint training
+                                       ) noexcept nogil:
     """Whether a step's recurrent products go to the register-tiled GEMM (grufast._gemm),
-    which our threads can split by sequences: from 4 rows (below, a mostly empty tile loses
-    to OpenBLAS's gemv, which threads itself), up to the per-process limit. The choice
+    which our threads can split by sequences: from 4 rows (below, one GEMV per sequence on
+    panel-packed weights), in training up to the per-process limit. The choice
     depends on the shape and that limit only, never on timing within a process."""
     if recurrence_path:
         return recurrence_path == 1
     if B < 4:
         return False
-    return B * 3 * H * H <= tiled_max_macs
+    return not training or B * 3 * H * H <= tiled_max_macs
 
 
-cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
+                                    ) noexcept nogil:
     """How a call on B sequences of H hidden units splits across threads.
 
     By hidden units: one sequence, with the spinning barrier only, for steps with enough
@@ -166,7 +186,7 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H) noexcept nogil:
     plan.split = SERIAL
     plan.threads = 1
     plan.alone = False
-    plan.tiled_recurrence = _use_tiled_recurrence(B, H)
+    plan.tiled_recurrence = _use_tiled_recurrence(B, H, training)
     if B == 1 and SPIN_BARRIER and 3 * H * H >= PARALLEL_MIN_MACS:
         n = min(max_threads(), <int>(H // 64))
         if n > 1:

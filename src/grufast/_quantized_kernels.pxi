@@ -449,7 +449,7 @@ def quantized_steps(const float[:, :, ::1] x, cnp.ndarray w_ih, const float[::1]
     cdef int fmt = _qformat(w_hh)
     cdef const void* pw = cnp.PyArray_DATA(w_hh)
     cdef const void* pwi = cnp.PyArray_DATA(w_ih)
-    cdef ThreadPlan plan = plan_threads(B, H)
+    cdef ThreadPlan plan = plan_threads(B, H, False)
     cdef int nt = plan.threads if plan.split == BY_UNITS else 1
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
