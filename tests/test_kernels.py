@@ -391,3 +391,15 @@ def test_weight_panels_hold_the_documented_layout(H, dtype):
     np.testing.assert_array_equal(cols.transpose(1, 0, 2).reshape(3 * H, per * 16), want)
     with pytest.raises(ValueError, match="3H, H"):
         kernels.pack_weight_columns(w[:-1])
+
+
+def test_flush_rows_grow_with_the_partial_sums_against_l2():
+    """64 rows while the partial sums fit one L2, twice as many per further L2 filled, at
+    most 256; float64 sums are twice the bytes."""
+    mib = 1 << 20
+    assert F.flush_rows(128, 128, 4, mib) == 64  # 0.4 MB of partial sums
+    assert F.flush_rows(256, 256, 4, mib) == 128  # 1.6 MB
+    assert F.flush_rows(512, 512, 4, mib) == 256  # 6.3 MB, capped
+    assert F.flush_rows(128, 128, 4, mib // 4) == 128
+    assert F.flush_rows(128, 128, 8, mib // 4) == 256
+    assert F.flush_rows(128, 2, 4) >= 64  # the L2 read at run time (or 1 MiB)

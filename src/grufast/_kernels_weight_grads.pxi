@@ -7,7 +7,7 @@
 
 cdef struct StepGrads:
     # The buffers of the weight gradients accumulated during the recurrence. A flush gathers
-    # ``steps`` steps (functional.py: at least FLUSH_ROWS rows, or all T steps) and adds
+    # ``steps`` steps (functional.flush_rows rows at least, or all T steps) and adds
     # their products to each thread's partial sums; thread p, owning the sequences
     # b0 <= b < b1 (n = b1 - b0),
     # owns the rows [steps * b0, steps * b1) of dg, dgh, h_rows, rh_rows and x_rows: a region
