@@ -108,6 +108,32 @@ def test_weight_gradients_of_a_large_flush_match_reference(threads, I, lbr):
         check_against_reference(c)
 
 
+@pytest.mark.parametrize("B", [1, 6])
+@pytest.mark.parametrize("lbr", [True, False])
+def test_training_above_the_tiled_limit_matches_reference(B, lbr):
+    """With the tiled-GEMM limit at 0 (every product above it, as large ones are on the AVX2
+    build), a training step's recurrent products and the backward's flushes (dW as dG^T h,
+    dx) run in OpenBLAS's GEMM, transposed operands included."""
+    from grufast._isa import kernels
+
+    old = kernels.tiled_limit()
+    try:
+        kernels.set_tiled_limit(0)
+        for I in (3, 9):
+            rng = np.random.default_rng(3)
+            x, h0, *w = problem(rng, 5, B, I, 13, np.float32, bias=True, scale=0.7)
+            y, _, cache = F.gru_forward(x, h0, *w, training=True, linear_before_reset=lbr)
+            g = F.gru_backward(np.ones_like(y), None, cache)
+            as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+            yr, _, cr = R.gru_forward(*as64, training=True, linear_before_reset=lbr)
+            gr = R.gru_backward(np.ones_like(yr), None, cr)
+            assert_close(y, yr, np.float32, "fwd", "y")
+            for name, a, b in zip(g._fields, g, gr):
+                assert_close(a, b, np.float32, "grad", name)
+    finally:
+        kernels.set_tiled_limit(old)
+
+
 def test_backward_twice_gives_same_result_and_keeps_cache():
     rng = np.random.default_rng(5)
     for lbr in (True, False):
@@ -281,7 +307,7 @@ def test_one_sequence_split_across_threads(monkeypatch):
 
 
 def test_parallel_layer_backward_accumulates_like_serial():
-    """The multi-threaded backward (sequences split for the recurrence, then dx by rows and
+    """The multi-threaded backward (sequences split for the recurrence, then dx by columns and
     the weight gradients by gate rows, sums over T*B > 1024 in blocks) adds into the layer's
     grads and into dx of the layer below as one thread does (bidirectional, two layers,
     lengths, two backward passes), for both splits: B = 32 by sequences, and B = 1 by
@@ -394,12 +420,13 @@ def test_weight_panels_hold_the_documented_layout(H, dtype):
 
 
 def test_flush_rows_grow_with_the_partial_sums_against_l2():
-    """64 rows while the partial sums fit one L2, twice as many per further L2 filled, at
-    most 256; float64 sums are twice the bytes."""
+    """64 rows per L2 the partial sums fill (at least one), at most 256; float64 sums are
+    twice the bytes."""
     mib = 1 << 20
     assert F.flush_rows(128, 128, 4, mib) == 64  # 0.4 MB of partial sums
     assert F.flush_rows(256, 256, 4, mib) == 128  # 1.6 MB
     assert F.flush_rows(512, 512, 4, mib) == 256  # 6.3 MB, capped
     assert F.flush_rows(128, 128, 4, mib // 4) == 128
+    assert F.flush_rows(256, 256, 4, mib // 2) == 256  # 3.02 L2s: 4 x 64
     assert F.flush_rows(128, 128, 8, mib // 4) == 256
     assert F.flush_rows(128, 2, 4) >= 64  # the L2 read at run time (or 1 MiB)

@@ -116,8 +116,9 @@ def start_serial_backoff() -> None:
 # (tools/isa_crossover.py: 0.61-0.97x OpenBLAS's time on the AVX2 build, B <= 256,
 # H <= 512); a training forward follows the backward, so that one thread pool serves the
 # whole step (ours and OpenBLAS's in turn: 1.11x the time at B = 64, H = 512 on two
-# threads, each pool's spinning threads taking the other's cores). recurrence_path forces
-# one path everywhere.
+# threads, each pool's spinning threads taking the other's cores); above the limit a
+# training forward therefore equals inference to rounding, not bitwise. recurrence_path
+# forces one path everywhere.
 cdef long long tiled_max_macs = 1LL << 62
 cdef int recurrence_path = 0  # 0 by the limit, 1 tiled, 2 OpenBLAS
 

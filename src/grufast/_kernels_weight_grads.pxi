@@ -208,38 +208,52 @@ cdef void _flush(const Dims* d, const StepGrads* f, Py_ssize_t b0, Py_ssize_t n,
                 for g in range(G):
                     acc_ih[i * G + g] += v * dg[k * G + g]
     else:
-        _flush_gemm_tn(G, I, K, dg, G, x_rows, I, acc_ih, I, blas_ok)
+        _flush_gemm_tn(G, I, K, n, dg, G, x_rows, I, acc_ih, I, blas_ok)
     _colsum(K, G, dg, acc_bih, True)
     if d.lbr:
         # dgh differs from dgi only in its n block, which is scaled by r.
         dg = <const real*>f.dgh + row * G
-        _flush_gemm_tn(G, H, K, dg, G, h_rows, H, acc, H, blas_ok)
+        _flush_gemm_tn(G, H, K, n, dg, G, h_rows, H, acc, H, blas_ok)
     else:
         # dgh == dgi; the n rows of W_hh multiply r * h instead of h.
-        _flush_gemm_tn(2 * H, H, K, dg, G, h_rows, H, acc, H, blas_ok)
-        _flush_gemm_tn(H, H, K, dg + 2 * H, G, <const real*>f.rh_rows + row * H, H,
+        _flush_gemm_tn(2 * H, H, K, n, dg, G, h_rows, H, acc, H, blas_ok)
+        _flush_gemm_tn(H, H, K, n, dg + 2 * H, G, <const real*>f.rh_rows + row * H, H,
                        acc + 2 * H * H, H, blas_ok)
     _colsum(K, G, dg, acc_bhh, True)
 
 
-cdef inline void _flush_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
-                                Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
-                                Py_ssize_t ldc, bint blas_ok) noexcept nogil:
-    """C (M, N) += A^T W, A (K, M): small_gemm_tn, or OpenBLAS's GEMM when allowed (serial
-    calls) and the product has more multiply-adds than the ISA build's tiled-GEMM limit."""
-    if blas_ok and <long long>M * N * K > tiled_max_macs:
+cdef enum:
+    # The flush rows by which a flush's GEMMs are weighed against the tiled-GEMM limit: the
+    # flushes the limit was measured on (64 rows, or one step's rows if more), whatever
+    # number of rows functional.flush_rows now gathers.
+    DECIDE_ROWS = 64
+
+
+cdef inline bint _flush_to_blas(bint blas_ok, long long macs_per_row, Py_ssize_t rows,
+                                Py_ssize_t n) noexcept nogil:
+    """Whether a flush's product of ``rows`` rows (n per step) goes to OpenBLAS: when allowed
+    (serial calls) and, at DECIDE_ROWS rows or one step's, above the ISA build's limit."""
+    return blas_ok and macs_per_row * min(rows, max(<Py_ssize_t>DECIDE_ROWS, n)) > tiled_max_macs
+
+
+cdef inline void _flush_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, Py_ssize_t n,
+                                const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
+                                real* C, Py_ssize_t ldc, bint blas_ok) noexcept nogil:
+    """C (M, N) += A^T W, A (K, M), K = the flush's rows (n per step): small_gemm_tn, or
+    OpenBLAS's GEMM (_flush_to_blas)."""
+    if _flush_to_blas(blas_ok, <long long>M * N, K, n):
         gemm_rm(c'T', c'N', M, N, K, 1, A, lda, W, ldw, 1, C, ldc)
     else:
         small_gemm_tn(M, N, K, A, lda, W, ldw, C, ldc, True)
 
 
-cdef inline void _flush_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
-                             Py_ssize_t lda, const real* W, Py_ssize_t ldw, real* C,
-                             Py_ssize_t ldc, bint accumulate, bint blas_ok) noexcept nogil:
-    """small_gemm, or OpenBLAS's GEMM when allowed (serial calls) and the product has more
-    multiply-adds than the ISA build's tiled-GEMM limit (_kernels_threads.pxi): on the AVX2
-    build the flush's (512 x 1536 x 64) products ran 1.3x slower tiled."""
-    if blas_ok and <long long>M * N * K > tiled_max_macs:
+cdef inline void _flush_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, Py_ssize_t n,
+                             const real* A, Py_ssize_t lda, const real* W, Py_ssize_t ldw,
+                             real* C, Py_ssize_t ldc, bint accumulate, bint blas_ok
+                             ) noexcept nogil:
+    """small_gemm over the flush's M rows (n per step; dx's GEMM), or OpenBLAS's GEMM
+    (_flush_to_blas; the limit: _kernels_threads.pxi)."""
+    if _flush_to_blas(blas_ok, <long long>N * K, M, n):
         gemm_rm(c'N', c'N', M, N, K, 1, A, lda, W, ldw, 1 if accumulate else 0, C, ldc)
     else:
         small_gemm(M, N, K, A, lda, W, ldw, C, ldc, accumulate)
@@ -256,7 +270,7 @@ cdef void _flush_dx(const Dims* d, const BackwardArrays* a, const StepGrads* f, 
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, G = 3 * d.H, j, k, s, t
     cdef real* rows = <real*>f.dx_rows + f.steps * b0 * I
     cdef real* out
-    _flush_gemm(steps * n, I, G, <const real*>f.dg + f.steps * b0 * G, G,
+    _flush_gemm(steps * n, I, G, n, <const real*>f.dg + f.steps * b0 * G, G,
                 <const real*>a.w_ih, I, rows, I, False, blas_ok)
     for j in range(steps):
         s = s_last - (steps - 1) + j

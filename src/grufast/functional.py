@@ -35,14 +35,18 @@ FLUSH_ROWS_MAX = 256
 DOT_INPUTS = 8  # backward: fewer inputs take dx as dot products with W_ih^T (the kernels' own)
 
 
+_L2_BYTES = l2_cache_bytes()  # per core, read once
+
+
 def flush_rows(H: int, I: int, itemsize: int, l2_bytes: int | None = None) -> int:
-    """Rows of gates' gradients per weight-gradient flush (the K of its GEMMs): 64, times
-    how many L2 caches (per core, read at run time; 1 MiB if unknown) the partial sums
-    ((H + I + 2) x 3H) fill, up to 256 rows. Each flush reads and writes all the partial
-    sums once, so rows amortise that traffic once the sums leave L2: T = 100, B = 64,
-    H = I = 512 training took 0.85x the time with 256 rows on one thread, 0.72-0.76x on two;
-    H = 256 with 128 rows 0.95-0.99x and 0.84-0.95x; 256 rows at H = 256 1.04x."""
-    l2 = l2_bytes or l2_cache_bytes() or (1 << 20)
+    """Rows of gates' gradients per weight-gradient flush (the K of its GEMMs on one thread;
+    split by sequences, each thread's share): 64 per L2 cache (per core, read at run time; 1
+    MiB if unknown) that the partial sums ((H + I + 2) x 3H) fill, at least 64, at most 256.
+    Each flush reads and writes all the partial sums once, so rows amortise that traffic
+    once the sums leave L2: T = 100, B = 64, H = I = 512 training took 0.85x the time with
+    256 rows on one thread, 0.72-0.76x on two; H = 256 with 128 rows 0.95-0.99x and
+    0.84-0.95x; 256 rows at H = 256 1.04x."""
+    l2 = l2_bytes or _L2_BYTES or (1 << 20)
     caches = -(-(H + I + 2) * 3 * H * itemsize // l2)
     return FLUSH_ROWS * min(FLUSH_ROWS_MAX // FLUSH_ROWS, max(1, caches))
 
