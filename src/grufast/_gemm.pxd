@@ -134,7 +134,7 @@ cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
 cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ssize_t ldw,
                              real* out) noexcept nogil:
     """rows x w of W (row stride ldw) into out, contiguous: the panel copy packed_gemm makes
-    at every call and pack_gemm_weights once."""
+    at every call and pack_gemm_weights once, and small_gemm_tn's block of A."""
     cdef Py_ssize_t k
     for k in range(rows):
         memcpy(out + k * w, W + k * ldw, w * sizeof(real))
@@ -240,14 +240,13 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     time) into a small contiguous block: read in place, a tile's K rows of A lie a page
     apart each and it ran 8% slower (B = 64, H = 512 training)."""
     cdef real block[TN_K * TN_ROWS]
-    cdef Py_ssize_t k0 = 0, kn, m0, mb, k
+    cdef Py_ssize_t k0 = 0, kn, m0, mb
     while k0 < K:
         kn = min(TN_K, K - k0)
         m0 = 0
         while m0 < M:
             mb = min(TN_ROWS, M - m0)
-            for k in range(kn):
-                memcpy(block + k * mb, A + (k0 + k) * lda + m0, mb * sizeof(real))
+            _copy_panel(kn, mb, A + k0 * lda + m0, lda, block)
             _gemm(mb, N, kn, block, 1, mb, W + k0 * ldw, ldw, C + m0 * ldc, ldc,
                   accumulate or k0 > 0, NULL)
             m0 += mb
