@@ -95,17 +95,24 @@ def test_float32_reverse_padded_matches_reference(lbr, bias):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("I", [3, 9])
+@pytest.mark.parametrize("I, H", [(3, 13), (9, 13), (30, 29)])
 @pytest.mark.parametrize("lbr", [True, False])
-def test_weight_gradients_of_a_large_flush_match_reference(threads, I, lbr):
-    """A flush of more rows than small_gemm_tn copies at a time (300 > 256: B = 300, one
-    step per flush on one thread), 3H = 39 gate rows (a block of 32 and a rest that is not
-    a whole register tile), few inputs (dW_ih summed transposed) and more."""
-    c = dict(T=2, B=300, I=I, H=13, lengths=None, dtype=np.float32, lbr=lbr, reverse=False,
-             bias=True, h0=True, dy=True, dh=True, seed=5)
+def test_weight_gradients_of_a_large_flush_match_reference(monkeypatch, threads, I, H, lbr):
+    """On every build: a flush of more rows than small_gemm_tn copies at a time (300 > 256:
+    B = 300, one step per flush on one thread), 3H = 39 or 87 gate rows (blocks of 32 and a
+    rest that is not a whole register tile), few inputs (dW_ih summed transposed) and more;
+    widths that take full, narrower and edge tiles, in place (AVX-512) or from copied
+    panels (AVX2)."""
     from threadpoolctl import threadpool_limits
-    with threadpool_limits(threads, user_api="openmp"):
-        check_against_reference(c)
+
+    from grufast import _isa
+
+    c = dict(T=2, B=300, I=I, H=H, lengths=None, dtype=np.float32, lbr=lbr, reverse=False,
+             bias=True, h0=True, dy=True, dh=True, seed=5)
+    for build in _isa.runnable():
+        monkeypatch.setattr(F, "_kernels", build)
+        with threadpool_limits(threads, user_api="openmp"):
+            check_against_reference(c)
 
 
 @pytest.mark.parametrize("B", [1, 6])
