@@ -437,3 +437,30 @@ def test_flush_rows_grow_with_the_partial_sums_against_l2():
     assert F.flush_rows(256, 256, 4, mib // 2) == 256  # 3.02 L2s: 4 x 64
     assert F.flush_rows(128, 128, 8, mib // 4) == 256
     assert F.flush_rows(128, 2, 4) >= 64  # the L2 read at run time (or 1 MiB)
+
+
+def test_copies_of_w_hh_are_made_for_the_calls_that_read_them():
+    """One sequence reads W_hh's panels only, a tiled batch its packed transpose only: the
+    other copies are never made (a training loop would make them after every step)."""
+    import grufast
+
+    rng = np.random.default_rng(12)
+    g = grufast.GRU(6, 32)
+    g(rng.standard_normal((5, 1, 6)).astype(np.float32))
+    made = set(vars(g._layer_weights("_l0")))
+    assert {"w_hh_p"} <= made and not made & {"w_hh_t", "w_hh_pp"}, made
+    g._weights_changed()
+    g(rng.standard_normal((5, 8, 6)).astype(np.float32))
+    made = set(vars(g._layer_weights("_l0")))
+    assert {"w_hh_t", "w_hh_pp"} <= made and "w_hh_p" not in made, made
+
+
+@pytest.mark.parametrize("B, missing", [(1, "w_hh_p"), (8, "w_hh_pp")])
+def test_forward_refuses_a_missing_copy_it_would_read(monkeypatch, B, missing):
+    """The kernel checks the copies against its own plan: a caller that leaves out the one
+    the call reads gets an error naming it, not a read through a null pointer."""
+    monkeypatch.setattr(F.Weights, "recurrent", lambda self, B, training: (None, None))
+    rng = np.random.default_rng(13)
+    x, h0, *w = problem(rng, 4, B, 5, 16, np.float32)
+    with pytest.raises(ValueError, match=f"{missing} is None"):
+        F.gru_forward(x, h0, *w)

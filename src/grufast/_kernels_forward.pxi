@@ -247,12 +247,13 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
         memcpy(h + j0, states[1] + j0, (j1 - j0) * sizeof(real))
 
 
-cdef void _forward(const Dims* d, const ForwardArrays* a, real* h) noexcept nogil:
+cdef void _forward(const Dims* d, const ForwardArrays* a, real* h,
+                   ThreadPlan plan) noexcept nogil:
+    # plan: plan_threads's for this call, made by forward (which checked the copies it reads)
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, G = 3 * d.H
     cdef const real* x = <const real*>a.x
     cdef real* gates = <real*>a.gates
     cdef Py_ssize_t s = 0, n, first
-    cdef ThreadPlan plan = plan_threads(B, d.H, a.hprev != NULL)  # hprev: training
     cdef int p, nt = plan.threads
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
@@ -322,7 +323,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     (pack_gemm_panels), read by the input projections of few
     rows and of each thread's sequences, and by the recurrent products of batches;
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
-    sequences.
+    sequences. Either may be None where this call does not read it (recurrence_plan: w_hh_pp
+    when the recurrence is not tiled, w_hh_p when it is or B >= 4); a call that would read a
+    missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -345,10 +348,20 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     if w_ih_pp.shape[0] != w_ih_t.shape[0] * w_ih_t.shape[1]:
         raise ValueError(f"w_ih_pp must hold {w_ih_t.shape[0] * w_ih_t.shape[1]} elements "
                          f"(w_ih_t packed), got {w_ih_pp.shape[0]}")
-    if w_hh_pp.shape[0] != 3 * d.H * d.H:
+    # The plan is made here, once, so that the copies checked are the copies it reads.
+    cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
+    if w_hh_pp is None:
+        if plan.tiled_recurrence:
+            raise ValueError("w_hh_pp is None, but this call's recurrent products run in the "
+                             "register-tiled GEMM, which reads it")
+    elif w_hh_pp.shape[0] != 3 * d.H * d.H:
         raise ValueError(f"w_hh_pp must hold {3 * d.H * d.H} elements (W_hh^T packed), got "
                          f"{w_hh_pp.shape[0]}")
-    if w_hh_p.shape[0] != panel_size(3, d.H, d.H):
+    if w_hh_p is None:
+        if not plan.tiled_recurrence and d.B < 4:
+            raise ValueError(f"w_hh_p is None, but this call's {d.B} sequence(s) run one "
+                             "GEMV each, which reads it")
+    elif w_hh_p.shape[0] != panel_size(3, d.H, d.H):
         raise ValueError(f"w_hh_p must hold {panel_size(3, d.H, d.H)} elements (W_hh packed "
                          f"in panels), got {w_hh_p.shape[0]}")
     if d.T == 0 or d.B == 0:
@@ -358,8 +371,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     a.w_ih_t = &w_ih_t[0, 0]
     a.w_ih_pp = &w_ih_pp[0]
     a.w_hh = &w_hh[0, 0]
-    a.w_hh_pp = &w_hh_pp[0]
-    a.w_hh_p = &w_hh_p[0]
+    a.w_hh_pp = NULL if w_hh_pp is None else &w_hh_pp[0]
+    a.w_hh_p = NULL if w_hh_p is None else &w_hh_p[0]
     a.b_ih = &b_ih[0]
     a.b_hh = &b_hh[0]
     a.lengths = &lengths[0]
@@ -376,7 +389,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     a.rh = &rh[0, 0]
     a.step_scratch = &step_scratch[0, 0]
     with nogil:
-        _forward(&d, &a, &h[0, 0])
+        _forward(&d, &a, &h[0, 0], plan)
 
 
 def transpose_into(const real[:, ::1] a, real[:, ::1] out):

@@ -8,6 +8,7 @@ Inputs are checked and converted once, to C-contiguous arrays of the weights' dt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -86,31 +87,48 @@ class GRUCache:
     ghn: np.ndarray | None
 
 
-class Weights(NamedTuple):
+class Weights:
     """One layer's parameters as the kernels take them: w_ih_t and w_hh_t transposed (the
     split by hidden units, GRUCell); w_ih_pp and w_hh_pp, the same packed for the
     register-tiled GEMM (input projections of few rows or of each thread's sequences, the
     recurrent products of batches); w_hh_p, W_hh packed in panels, for the
-    GEMVs of one to three sequences."""
+    GEMVs of one to three sequences.
 
-    w_ih: np.ndarray
-    w_ih_t: np.ndarray
-    w_ih_pp: np.ndarray
-    w_hh: np.ndarray
-    w_hh_t: np.ndarray
-    w_hh_p: np.ndarray
-    w_hh_pp: np.ndarray
-    b_ih: np.ndarray
-    b_hh: np.ndarray
-    has_bias: bool
+    The copies of W_hh are made on first use (a training loop makes them again after every
+    optimiser step): a call on one sequence reads only w_hh_p, a batch only w_hh_pp (or
+    W_hh itself in OpenBLAS's GEMM), a cell w_hh_t. At H = 512 the two copies one sequence
+    does not read were 8% of a training step with its weight update (B = 1, T = 100)."""
 
-    @classmethod
-    def of(cls, w_ih, w_hh, b_ih, b_hh, has_bias: bool) -> Weights:
-        w_hh = np.ascontiguousarray(w_hh)
-        w_ih_t, w_hh_t = _transposed(w_ih), _transposed(w_hh)
-        return cls(w_ih, w_ih_t, _kernels.pack_gemm_panels(w_ih_t), w_hh, w_hh_t,
-                   _kernels.pack_weight_panels(w_hh), _kernels.pack_gemm_panels(w_hh_t),
-                   b_ih, b_hh, has_bias)
+    def __init__(self, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
+                 b_hh: np.ndarray, has_bias: bool) -> None:
+        self.w_ih = w_ih
+        self.w_hh = np.ascontiguousarray(w_hh)
+        self.b_ih = b_ih
+        self.b_hh = b_hh
+        self.has_bias = has_bias
+        self.w_ih_t = _transposed(w_ih)  # every input projection reads it or its packing
+        self.w_ih_pp = _kernels.pack_gemm_panels(self.w_ih_t)
+
+    @cached_property
+    def w_hh_t(self) -> np.ndarray:
+        return _transposed(self.w_hh)
+
+    @cached_property
+    def w_hh_p(self) -> np.ndarray:
+        return _kernels.pack_weight_panels(self.w_hh)
+
+    @cached_property
+    def w_hh_pp(self) -> np.ndarray:
+        return _kernels.pack_gemm_panels(self.w_hh_t)
+
+    def recurrent(self, B: int, training: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None where the
+        call's plan does not read it (as _kernels.forward checks): the packed W_hh^T when
+        its recurrent products run in the register-tiled GEMM, the panels for one to three
+        sequences otherwise."""
+        tiled = _kernels.recurrence_plan(B, self.w_hh.shape[1], training)[0]
+        return (self.w_hh_pp if tiled else None,
+                self.w_hh_p if not tiled and B < 4 else None)
 
 
 def _transposed(w: np.ndarray) -> np.ndarray:
@@ -142,7 +160,7 @@ def check_weights(w_ih, w_hh, b_ih, b_hh) -> Weights:
         b_hh = shaped("b_hh", real_array("b_hh", b_hh, dtype), (3 * H,), "(3H,)")
     else:
         b_ih = b_hh = np.zeros(3 * H, dtype)
-    return Weights.of(w_ih, w_hh, b_ih, b_hh, has_bias)
+    return Weights(w_ih, w_hh, b_ih, b_hh, has_bias)
 
 
 def gru_forward(
@@ -226,8 +244,8 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = _buffers.empty((T, B, H), dtype) if training else None
     ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
     scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
-    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_ih_pp, w.w_hh, w.w_hh_pp, w.w_hh_p, w.b_ih,
-                     w.b_hh, lens, reverse, lbr, y, y_col, h,
+    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_ih_pp, w.w_hh, *w.recurrent(B, training),
+                     w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
                      scratch[4 * B * H:].reshape(3 * B, H))

@@ -169,7 +169,7 @@ class _QuantizedParameters:
         w_hh = self._dequantize("weight_hh" + sfx)
         has_bias = "bias_ih" + sfx in s
         zeros = np.zeros(w_hh.shape[0], _F32)
-        return Weights.of(w_ih, w_hh, s.get("bias_ih" + sfx, zeros),
+        return Weights(w_ih, w_hh, s.get("bias_ih" + sfx, zeros),
                           s.get("bias_hh" + sfx, zeros), has_bias)
 
     def _scales(self, name: str) -> np.ndarray:
