@@ -448,19 +448,36 @@ def test_copies_of_w_hh_are_made_for_the_calls_that_read_them():
     g = grufast.GRU(6, 32)
     g(rng.standard_normal((5, 1, 6)).astype(np.float32))
     made = set(vars(g._layer_weights("_l0")))
-    assert {"w_hh_p"} <= made and not made & {"w_hh_t", "w_hh_pp"}, made
+    assert "w_hh_p" in made and not made & {"w_ih_t", "w_hh_t", "w_hh_pp"}, made
     g._weights_changed()
     g(rng.standard_normal((5, 8, 6)).astype(np.float32))
     made = set(vars(g._layer_weights("_l0")))
-    assert {"w_hh_t", "w_hh_pp"} <= made and "w_hh_p" not in made, made
+    assert {"w_hh_t", "w_hh_pp"} <= made and not made & {"w_ih_t", "w_hh_p"}, made
 
 
-@pytest.mark.parametrize("B, missing", [(1, "w_hh_p"), (8, "w_hh_pp")])
-def test_forward_refuses_a_missing_copy_it_would_read(monkeypatch, B, missing):
+@pytest.mark.parametrize("B, H, missing", [(1, 16, "w_hh_p"), (8, 16, "w_hh_pp"),
+                                           (1, 256, "w_ih_t")])
+def test_forward_refuses_a_missing_copy_it_would_read(monkeypatch, B, H, missing):
     """The kernel checks the copies against its own plan: a caller that leaves out the one
-    the call reads gets an error naming it, not a read through a null pointer."""
-    monkeypatch.setattr(F.Weights, "recurrent", lambda self, B, training: (None, None))
+    the call reads gets an error naming it, not a read through a null pointer (B = 1,
+    H = 256 on two threads: split by hidden units)."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(F.Weights, "read_by", lambda self, B, training: (None, None, None))
     rng = np.random.default_rng(13)
-    x, h0, *w = problem(rng, 4, B, 5, 16, np.float32)
-    with pytest.raises(ValueError, match=f"{missing} is None"):
+    x, h0, *w = problem(rng, 4, B, 5, H, np.float32)
+    with threadpool_limits(2, user_api="openmp"), pytest.raises(ValueError,
+                                                                 match=f"{missing} is None"):
         F.gru_forward(x, h0, *w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, K", [(39, 1030), (150, 7), (48, 16)])
+def test_packing_from_the_transpose_equals_packing_the_transposed_copy(dtype, N, K):
+    """W_ih^T is packed straight from W_ih (N, K): the same panels as from a transposed
+    copy, over a K_BLOCK edge (1030 > 1024), with panel widths of every kind."""
+    from grufast._isa import kernels
+
+    w = np.random.default_rng(14).standard_normal((N, K)).astype(dtype)
+    np.testing.assert_array_equal(kernels.pack_gemm_panels(w, transposed=True),
+                                  kernels.pack_gemm_panels(np.ascontiguousarray(w.T)))

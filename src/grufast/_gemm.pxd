@@ -140,6 +140,19 @@ cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ss
         memcpy(out + k * w, W + k * ldw, w * sizeof(real))
 
 
+cdef inline void _copy_panel_t(Py_ssize_t rows, Py_ssize_t w, const real* Wt,
+                               Py_ssize_t ldwt, real* out) noexcept nogil:
+    """The panel _copy_panel copies, from W's transpose Wt (row stride ldwt): out[k * w + i]
+    = Wt[i * ldwt + k], for k < rows and i < w; 16 k at a time, so that each cache line of
+    Wt read serves 16 of them."""
+    cdef Py_ssize_t k0, k, i, kn
+    for k0 in range(0, rows, 16):
+        kn = min(16, rows - k0)
+        for i in range(w):
+            for k in range(k0, k0 + kn):
+                out[k * w + i] = Wt[i * ldwt + k]
+
+
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
                        Py_ssize_t lda, Py_ssize_t a_k, const real* W, Py_ssize_t ldw,
                        real* C, Py_ssize_t ldc, bint accumulate, real* pack) noexcept nogil:
@@ -203,10 +216,12 @@ cdef inline void _prepacked_window(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1, P
 
 
 cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py_ssize_t ldw,
-                                   real* out) noexcept nogil:
+                                   bint transposed, real* out) noexcept nogil:
     """W (K, N) copied into every panel packed_gemm copies at each call, in the order
     _prepacked_window reads them: per block of K_BLOCK rows, the column panels one after the
-    other, each (rows x width) contiguous. out holds K * N reals."""
+    other, each (rows x width) contiguous. out holds K * N reals. ``transposed``: W is given
+    as its transpose (N, K) (row stride ldw), as W_ih is, so no transposed copy is made
+    first."""
     cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
     if real is float:
         cw = TILE_FLOATS
@@ -219,7 +234,10 @@ cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py
         n = 0
         while n < N:
             w = _panel_width(n, N, cw, vw)
-            _copy_panel(kn, w, W + k0 * ldw + n, ldw, out + k0 * N + kn * n)
+            if transposed:
+                _copy_panel_t(kn, w, W + n * ldw + k0, ldw, out + k0 * N + kn * n)
+            else:
+                _copy_panel(kn, w, W + k0 * ldw + n, ldw, out + k0 * N + kn * n)
             n += w
         k0 += K_BLOCK
 

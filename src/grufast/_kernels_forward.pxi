@@ -109,7 +109,8 @@ cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py
                                 Py_ssize_t H, const real* x, const real* w_ih_t,
                                 real* gates) noexcept nogil:
     """gates (n, 3H) <- x (n, I) @ w_ih_t for gate k's columns of one part's hidden units
-    (_unit_forward's blocks of the input projections)."""
+    (_unit_forward's blocks of the input projections, and the quantized forward's on its
+    widened columns)."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
     small_gemm(n, j1 - j0, I, x, I, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
                False)
@@ -318,14 +319,15 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
             real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
-    w_ih_t (I, 3H) is W_ih transposed, read by the projections of a split by hidden units;
-    w_ih_pp and w_hh_pp are w_ih_t and W_hh^T packed for the register-tiled GEMM
-    (pack_gemm_panels), read by the input projections of few
-    rows and of each thread's sequences, and by the recurrent products of batches;
+    w_ih_t (I, 3H) is W_ih transposed, read by the projections of a split by hidden units
+    (in column blocks: unpacked, their tiles round as one thread's whole-width tiles do);
+    w_ih_pp and w_hh_pp are W_ih^T and W_hh^T packed for the register-tiled GEMM
+    (pack_gemm_panels), read by the input projections of few rows and of each thread's
+    sequences, and by the recurrent products of batches;
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
-    sequences. Either may be None where this call does not read it (recurrence_plan: w_hh_pp
-    when the recurrence is not tiled, w_hh_p when it is or B >= 4); a call that would read a
-    missing one is refused.
+    sequences. w_ih_t, w_hh_pp and w_hh_p may be None where this call does not read them
+    (recurrence_plan: w_ih_t unless split by units, w_hh_pp when the recurrence is not
+    tiled, w_hh_p when it is or B >= 4); a call that would read a missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -345,11 +347,18 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     d.lbr = linear_before_reset
     d.accumulate = False
     d.dx_accumulate = False
-    if w_ih_pp.shape[0] != w_ih_t.shape[0] * w_ih_t.shape[1]:
-        raise ValueError(f"w_ih_pp must hold {w_ih_t.shape[0] * w_ih_t.shape[1]} elements "
-                         f"(w_ih_t packed), got {w_ih_pp.shape[0]}")
+    if w_ih_pp.shape[0] != w_ih.shape[0] * w_ih.shape[1]:
+        raise ValueError(f"w_ih_pp must hold {w_ih.shape[0] * w_ih.shape[1]} elements "
+                         f"(W_ih^T packed), got {w_ih_pp.shape[0]}")
     # The plan is made here, once, so that the copies checked are the copies it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
+    if w_ih_t is None:
+        if plan.split == BY_UNITS:
+            raise ValueError("w_ih_t is None, but this call is split by hidden units, whose "
+                             "input projections read it")
+    elif w_ih_t.shape[0] != w_ih.shape[1] or w_ih_t.shape[1] != w_ih.shape[0]:
+        raise ValueError(f"w_ih_t must have shape ({w_ih.shape[1]}, {w_ih.shape[0]}) (W_ih "
+                         f"transposed), got ({w_ih_t.shape[0]}, {w_ih_t.shape[1]})")
     if w_hh_pp is None:
         if plan.tiled_recurrence:
             raise ValueError("w_hh_pp is None, but this call's recurrent products run in the "
@@ -368,7 +377,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
         return
     a.x = &x[0, 0, 0]
     a.w_ih = &w_ih[0, 0]
-    a.w_ih_t = &w_ih_t[0, 0]
+    a.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     a.w_ih_pp = &w_ih_pp[0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_pp = NULL if w_hh_pp is None else &w_hh_pp[0]
@@ -422,14 +431,15 @@ def pack_weight_panels(const real[:, ::1] w_hh):
     return out
 
 
-def pack_gemm_panels(const real[:, ::1] w_t):
+def pack_gemm_panels(const real[:, ::1] w_t, bint transposed=False):
     """w_t (K, N) packed for the tiled GEMM (grufast._gemm.pack_gemm_weights): the panels
-    packed_gemm would copy at every call, copied once. Returns a new 1-D array of K * N
+    packed_gemm would copy at every call, copied once; with ``transposed``, w_t is given as
+    its transpose (N, K) (W_ih itself for W_ih^T). Returns a new 1-D array of K * N
     elements."""
-    cdef Py_ssize_t K = w_t.shape[0], N = w_t.shape[1]
+    cdef Py_ssize_t K = w_t.shape[1 if transposed else 0], N = w_t.shape[0 if transposed else 1]
     out = np.empty(K * N, np.float32 if real is float else np.float64)
     cdef real[::1] o = out
     if K > 0 and N > 0:
         with nogil:
-            pack_gemm_weights(N, K, &w_t[0, 0], N, &o[0])
+            pack_gemm_weights(N, K, &w_t[0, 0], K if transposed else N, transposed, &o[0])
     return out

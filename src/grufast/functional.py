@@ -94,10 +94,12 @@ class Weights:
     recurrent products of batches); w_hh_p, W_hh packed in panels, for the
     GEMVs of one to three sequences.
 
-    The copies of W_hh are made on first use (a training loop makes them again after every
-    optimiser step): a call on one sequence reads only w_hh_p, a batch only w_hh_pp (or
-    W_hh itself in OpenBLAS's GEMM), a cell w_hh_t. At H = 512 the two copies one sequence
-    does not read were 8% of a training step with its weight update (B = 1, T = 100)."""
+    The copies other than w_ih_pp are made on first use (a training loop makes them again
+    after every optimiser step): a call on one sequence reads only w_hh_p (and w_ih_t when
+    split by hidden units), a batch only w_hh_pp (or W_hh itself in OpenBLAS's GEMM), a
+    cell w_ih_t and w_hh_t. At H = 512 the two copies one sequence does not read were 8% of
+    a training step with its weight update (B = 1, T = 100), and the transposed copy of
+    W_ih that w_ih_pp no longer goes through another 5-8% on one thread."""
 
     def __init__(self, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
                  b_hh: np.ndarray, has_bias: bool) -> None:
@@ -106,8 +108,14 @@ class Weights:
         self.b_ih = b_ih
         self.b_hh = b_hh
         self.has_bias = has_bias
-        self.w_ih_t = _transposed(w_ih)  # every input projection reads it or its packing
-        self.w_ih_pp = _kernels.pack_gemm_panels(self.w_ih_t)
+        # Every float projection but a split by units reads W_ih^T packed, straight from
+        # W_ih (no transposed copy first).
+        self.w_ih_pp = _kernels.pack_gemm_panels(np.ascontiguousarray(w_ih),
+                                                 transposed=True)
+
+    @cached_property
+    def w_ih_t(self) -> np.ndarray:
+        return _transposed(self.w_ih)
 
     @cached_property
     def w_hh_t(self) -> np.ndarray:
@@ -121,13 +129,14 @@ class Weights:
     def w_hh_pp(self) -> np.ndarray:
         return _kernels.pack_gemm_panels(self.w_hh_t)
 
-    def recurrent(self, B: int, training: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None where the
-        call's plan does not read it (as _kernels.forward checks): the packed W_hh^T when
-        its recurrent products run in the register-tiled GEMM, the panels for one to three
-        sequences otherwise."""
-        tiled = _kernels.recurrence_plan(B, self.w_hh.shape[1], training)[0]
-        return (self.w_hh_pp if tiled else None,
+    def read_by(self, B: int, training: bool) -> tuple[np.ndarray | None, ...]:
+        """(w_ih_t, w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None
+        where the call's plan does not read it (as _kernels.forward checks): w_ih_t for a
+        split by hidden units, the packed W_hh^T when the recurrent products run in the
+        register-tiled GEMM, the panels for one to three sequences otherwise."""
+        tiled, split = _kernels.recurrence_plan(B, self.w_hh.shape[1], training)
+        return (self.w_ih_t if split == "units" else None,
+                self.w_hh_pp if tiled else None,
                 self.w_hh_p if not tiled and B < 4 else None)
 
 
@@ -244,7 +253,8 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = _buffers.empty((T, B, H), dtype) if training else None
     ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
     scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
-    _kernels.forward(x, w.w_ih, w.w_ih_t, w.w_ih_pp, w.w_hh, *w.recurrent(B, training),
+    w_ih_t, w_hh_pp, w_hh_p = w.read_by(B, training)
+    _kernels.forward(x, w.w_ih, w_ih_t, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
                      w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
