@@ -170,6 +170,7 @@ def tiled_limit_for(build: str, l2_bytes: int | None) -> int | None:
 
 
 kernels = _load()
-_limit = tiled_limit_for(kernels.__name__, l2_cache_bytes())
+L2_BYTES = l2_cache_bytes()  # per core, read once: the tiled limit and functional.flush_rows
+_limit = tiled_limit_for(kernels.__name__, L2_BYTES)
 if _limit is not None:
     kernels.set_tiled_limit(_limit)

@@ -15,8 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from grufast import _buffers
+from grufast._isa import L2_BYTES
 from grufast._isa import kernels as _kernels
-from grufast._isa import l2_cache_bytes
 from grufast._layout import zero_padding
 from grufast._validate import (
     blas_sized,
@@ -36,9 +36,6 @@ FLUSH_ROWS_MAX = 256
 DOT_INPUTS = 8  # backward: fewer inputs take dx as dot products with W_ih^T (the kernels' own)
 
 
-_L2_BYTES = l2_cache_bytes()  # per core, read once
-
-
 def flush_rows(H: int, I: int, itemsize: int, l2_bytes: int | None = None) -> int:
     """Rows of gates' gradients per weight-gradient flush (the K of its GEMMs on one thread;
     split by sequences, each thread's share): 64 per L2 cache (per core, read at run time; 1
@@ -47,7 +44,7 @@ def flush_rows(H: int, I: int, itemsize: int, l2_bytes: int | None = None) -> in
     once the sums leave L2: T = 100, B = 64, H = I = 512 training took 0.85x the time with
     256 rows on one thread, 0.72-0.76x on two; H = 256 with 128 rows 0.95-0.99x and
     0.84-0.95x; 256 rows at H = 256 1.04x."""
-    l2 = l2_bytes or _L2_BYTES or (1 << 20)
+    l2 = l2_bytes or L2_BYTES or (1 << 20)
     caches = -(-(H + I + 2) * 3 * H * itemsize // l2)
     return FLUSH_ROWS * min(FLUSH_ROWS_MAX // FLUSH_ROWS, max(1, caches))
 
