@@ -69,7 +69,7 @@ MUTATIONS = [
              "mask = keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)",
              "mask = keep.astype(self.dtype)",
              "dropout without the 1/(1-p) rescale of kept units"),
-    Mutation("stale_weights_after_load", "layers.py",
+    Mutation("stale_weights_after_load", "_parameters.py",
              "self._prepared.clear()", "pass",
              "load_state_dict keeps the transposed copies of the old weights"),
     Mutation("from_torch_ignores_eval", "interop/torch.py",

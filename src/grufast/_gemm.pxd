@@ -161,8 +161,9 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
     that a panel of W (K_BLOCK x cw) fits in L2 however long K is; later blocks add to C.
     Column panels outside, row tiles inside, so W streams from memory once per call, not
     once per tile.
-    With ``pack`` (K_BLOCK x TILE_MAX reals), each panel is first copied there: the tiles
-    then read it contiguously, without W's stride (a page per row when rows are long)."""
+    With ``pack`` (min(K, K_BLOCK) x TILE_MAX floats, or half as many doubles), each panel is
+    first copied there: the tiles then read it contiguously, without W's stride (a page per
+    row when rows are long)."""
     cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
     if real is float:
         cw = TILE_FLOATS
@@ -263,8 +264,10 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     to 3 lines for 1.5 lines' data): AVX2 build, one thread, training B = 1, H = 256 and
     B = 64, H = 256 0.95-0.97x the time; on the AVX-512 build the copy cost 1-2%."""
     cdef real block[TN_K * TN_ROWS]
-    cdef real pack[TN_K * TILE_MAX]
-    cdef real* panel = pack if (TILE_FLOATS * sizeof(float)) % 64 else NULL
+    # TN_K rows of the widest panel: TILE_MAX floats or TILE_MAX / 2 doubles (48 KB either
+    # way; doubles, so that the buffer is aligned for both).
+    cdef double pack[TN_K * (TILE_MAX / 2)]
+    cdef real* panel = <real*>pack if (TILE_FLOATS * sizeof(float)) % 64 else NULL
     cdef Py_ssize_t k0 = 0, kn, m0, mb
     while k0 < K:
         kn = min(TN_K, K - k0)

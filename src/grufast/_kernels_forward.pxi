@@ -327,7 +327,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
     sequences. w_ih_t, w_hh_pp and w_hh_p may be None where this call does not read them
     (recurrence_plan: w_ih_t unless split by units, w_hh_pp when the recurrence is not
-    tiled, w_hh_p when it is or B >= 4); a call that would read a missing one is refused.
+    tiled, w_hh_p unless split by units or not tiled with B < 4); a call that would read
+    a missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -367,7 +368,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
         raise ValueError(f"w_hh_pp must hold {3 * d.H * d.H} elements (W_hh^T packed), got "
                          f"{w_hh_pp.shape[0]}")
     if w_hh_p is None:
-        if not plan.tiled_recurrence and d.B < 4:
+        if plan.split == BY_UNITS or (not plan.tiled_recurrence and d.B < 4):
             raise ValueError(f"w_hh_p is None, but this call's {d.B} sequence(s) run one "
                              "GEMV each, which reads it")
     elif w_hh_p.shape[0] != panel_size(3, d.H, d.H):
@@ -402,8 +403,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
 
 
 def transpose_into(const real[:, ::1] a, real[:, ::1] out):
-    """out (C, R) <- a (R, C) transposed: the weight copies the tiled GEMM reads (w_ih_t,
-    w_hh_t), rebuilt after every optimiser step, through the backward's blocked transpose
+    """out (C, R) <- a (R, C) transposed: the transposed weight copies (w_ih_t, w_hh_t) the
+    cells and a split by hidden units read, made after an optimiser step where a call
+    needs them (functional.Weights), through the backward's blocked transpose
     (_transpose_rows: blocks of 16 rows, each cache line read serving 16 columns). A
     (1536, 512) float32 matrix: 0.25 ms (NumPy's strided copy 2.6 ms)."""
     cdef Py_ssize_t R = a.shape[0], C = a.shape[1]

@@ -47,8 +47,8 @@ cdef struct ForwardArrays:
     const void* w_ih_t      # (I, 3H): a split by hidden units only; else may be NULL
     const void* w_ih_pp     # W_ih^T packed for the tiled GEMM (pack_gemm_panels)
     const void* w_hh        # (3H, H)
-    const void* w_hh_pp     # W_hh^T packed for the tiled GEMM (pack_gemm_panels)
-    const void* w_hh_p      # W_hh packed in panels (pack_weight_panels)
+    const void* w_hh_pp     # W_hh^T packed for the tiled GEMM; NULL unless tiled
+    const void* w_hh_p      # W_hh packed in panels (pack_weight_panels); NULL unless read
     const void* b_ih        # (3H,)
     const void* b_hh        # (3H,)
     const Py_ssize_t* lengths

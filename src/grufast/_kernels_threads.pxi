@@ -31,10 +31,10 @@ if register_fork_handler() != 0:
 cdef enum:
     PARALLEL_MIN_MACS = 150000
 
-# Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on the
-# transposed weights grufast keeps, packed once per weight update into the panels the tiles
-# read (prepacked_gemm), when they have at most projection_max_macs multiply-adds or at
-# most projection_max_rows rows (steps x sequences); the others in OpenBLAS's GEMM, which
+# Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on
+# W_ih^T packed once per weight update into the panels the tiles read (prepacked_gemm),
+# when they have at most projection_max_macs multiply-adds or at most
+# projection_max_rows rows (steps x sequences); the others in OpenBLAS's GEMM, which
 # packs the weights at every call and wins once many rows share each packed panel.
 # Measured (interleaved calls, one thread, GRU inference, T = 100, one sequence, whole
 # call): H = 128 (100 rows, 4.9M): prepacked 0.93x OpenBLAS's time on the AVX-512 build,

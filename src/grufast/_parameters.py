@@ -97,7 +97,7 @@ class _Parameters:
             p = self._params
             zeros = np.zeros(p["weight_hh" + sfx].shape[0], self.dtype)
             w = Weights(p["weight_ih" + sfx], p["weight_hh" + sfx],
-                           p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros),
-                           "bias_ih" + sfx in p)
+                        p.get("bias_ih" + sfx, zeros), p.get("bias_hh" + sfx, zeros),
+                        "bias_ih" + sfx in p)
             self._prepared[sfx] = w
         return w

@@ -184,8 +184,9 @@ def profile(T: int = 100, B: int = 64, I: int = 2, H: int = 128, *, threads: int
 
         for i in range(repeats + 1):
             timed("zero_grad", opt.zero_grad)
-            # The first forward after a step rebuilds the transposed weights: its own phase.
-            timed("refresh weights", gru._layer_weights, "_l0")
+            # The first forward after a step rebuilds the copies of the weights it reads (the
+            # packed W_ih^T, and the copies of W_hh this batch's plan reads): its own phase.
+            timed("refresh weights", lambda: gru._layer_weights("_l0").read_by(B, True))
             _, h_n = timed("GRU forward (train)", gru, x)
             pred = timed("Linear forward", head, h_n[-1])
             loss, dpred = timed("MSE", losses.mse, pred, y)

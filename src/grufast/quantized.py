@@ -170,7 +170,7 @@ class _QuantizedParameters:
         has_bias = "bias_ih" + sfx in s
         zeros = np.zeros(w_hh.shape[0], _F32)
         return Weights(w_ih, w_hh, s.get("bias_ih" + sfx, zeros),
-                          s.get("bias_hh" + sfx, zeros), has_bias)
+                       s.get("bias_hh" + sfx, zeros), has_bias)
 
     def _scales(self, name: str) -> np.ndarray:
         """An int8 matrix's per-row scales; ones for bf16 (the kernels ignore them)."""
