@@ -281,16 +281,20 @@ def test_one_sequence_split_across_threads(monkeypatch):
     barrier after every step: 1, 2 and 3 threads (3 oversubscribe a 2-core machine: the
     barrier must yield, not hang), both variants and directions, odd and even T (the state
     alternates between two rows), lengths, chunked inference and training, float32 and
-    float64, all meet the tolerances and agree with one thread."""
+    float64, an input wider than one K block (the projections' panels copied in two
+    blocks), all meet the tolerances and agree with one thread."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(12)
     monkeypatch.setattr(F, "INFERENCE_CHUNK_BYTES", 4 * 3 * 240 * 8)  # 4 steps per chunk
-    for H, T, lengths, dtype in ((240, 9, None, np.float64), (256, 6, [4], np.float32),
-                                 (240, 7, [0], np.float64), (256, 1, None, np.float32)):
+    for H, T, lengths, dtype, I in ((240, 9, None, np.float64, 5),
+                                    (256, 6, [4], np.float32, 5),
+                                    (240, 7, [0], np.float64, 5),
+                                    (256, 1, None, np.float32, 5),
+                                    (240, 3, None, np.float32, 1030)):
         for lbr in (True, False):
             for reverse in (False, True):
-                x, h0, *w = problem(rng, T, 1, 5, H, dtype, scale=0.5)
+                x, h0, *w = problem(rng, T, 1, I, H, dtype, scale=0.5)
                 kw = dict(lengths=lengths, reverse=reverse, linear_before_reset=lbr)
                 as64 = [a.astype(np.float64) for a in (x, h0, *w)]
                 yr, hr, cr = R.gru_forward(*as64, training=True, **kw)
@@ -473,6 +477,47 @@ def test_a_split_by_units_reads_its_panels_even_when_tiles_are_forced():
     finally:
         kernels.force_recurrence_path("auto")
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["auto", "tiled", "blas"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B, H", [(1, 16), (1, 256), (3, 16), (8, 16)])
+def test_forward_reads_names_exactly_the_copies_forward_needs(monkeypatch, path, threads,
+                                                              B, H):
+    """One rule for which weight copies a forward reads (forward_reads), used by read_by
+    and by the kernel's checks: each copy it says is read is refused when missing, each
+    other one can be left out without changing a bit (inference and training, every
+    forced path, one thread and a split)."""
+    from threadpoolctl import threadpool_limits
+
+    from grufast._isa import kernels
+
+    names = ("w_ih_t", "w_hh_pp", "w_hh_p")
+    rng = np.random.default_rng(16)
+    x, h0, *w = problem(rng, 3, B, 5, H, np.float32)
+    every = F.Weights.read_by
+    try:
+        kernels.force_recurrence_path(path)
+        with threadpool_limits(threads, user_api="openmp"):
+            for training in (False, True):
+                want = F.gru_forward(x, h0, *w, training=training)[0]
+                reads = kernels.forward_reads(B, H, training)
+                for i, name in enumerate(names):
+                    def without(self, B, training, i=i):
+                        copies = list(every(self, B, training))
+                        copies[i] = None
+                        return tuple(copies)
+
+                    monkeypatch.setattr(F.Weights, "read_by", without)
+                    if reads[i]:
+                        with pytest.raises(ValueError, match=f"{name} is None"):
+                            F.gru_forward(x, h0, *w, training=training)
+                    else:
+                        y = F.gru_forward(x, h0, *w, training=training)[0]
+                        np.testing.assert_array_equal(y, want)
+                    monkeypatch.setattr(F.Weights, "read_by", every)
+    finally:
+        kernels.force_recurrence_path("auto")
 
 
 @pytest.mark.parametrize("B, H, missing", [(1, 16, "w_hh_p"), (8, 16, "w_hh_pp"),

@@ -107,17 +107,33 @@ cdef inline void _recurrent_gemv(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H,
 
 cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t I,
                                 Py_ssize_t H, const real* x, const real* w_ih_t,
-                                real* gates) noexcept nogil:
+                                real* gates, real* pack) noexcept nogil:
     """gates (n, 3H) <- x (n, I) @ w_ih_t for gate k's columns of one part's hidden units
     (_unit_forward's blocks of the input projections, and the quantized forward's on its
-    widened columns)."""
+    widened columns). With ``pack`` (project_pack_size reals), each panel of w_ih_t is
+    copied there first, so that the tiles do not read it with its stride of 3H (a page
+    per row at H = 512); the same tiles on the same panels either way: the same bits."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
-    small_gemm(n, j1 - j0, I, x, I, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
-               False)
+    packed_gemm(n, j1 - j0, I, x, I, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
+                False, pack)
+
+
+cdef inline real* project_pack(Py_ssize_t I, real* like) noexcept nogil:
+    """A panel buffer for _project_block (NULL if malloc fails: the tiles then read w_ih_t
+    in place). ``like`` only picks the dtype."""
+    return <real*>malloc(min(I, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
 
 
 cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                         const ForwardArrays* a, real* h) noexcept nogil:
+    """_unit_steps with this thread's panel buffer for the projections."""
+    cdef real* pack = project_pack(d.n_in, h)
+    _unit_steps(p, nt, alone, bar, d, a, h, pack)
+    free(pack)
+
+
+cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
+                      const ForwardArrays* a, real* h, real* pack) noexcept nogil:
     """Thread p of nt runs one sequence (B = 1) for its part of the hidden units,
     j0 <= j < j1: their columns of h W_hh^T (so each thread streams a 1/nt slice of the
     weights, which stays in its own cache) and of the gates; the columns of x W_ih^T, per
@@ -170,7 +186,7 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
                 if blk >= 3 * nt:
                     break
                 _project_block(<int>(blk // 3), blk % 3, nt, n, I, H, x + first * I, w_ih_t,
-                               gates)
+                               gates, pack)
             base += 4 * nt  # 3 nt blocks, and each thread's one ticket past them
             went = barrier_wait(bar, team, p)
             if went < 0:
@@ -180,7 +196,7 @@ cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d
         else:
             for part in range(pa, pb):
                 for k in range(3):
-                    _project_block(part, k, nt, n, I, H, x + first * I, w_ih_t, gates)
+                    _project_block(part, k, nt, n, I, H, x + first * I, w_ih_t, gates, pack)
         for q in range(s, s + n):
             t = T - 1 - q if reverse else q
             gi = gates + (t - first) * G
@@ -320,15 +336,14 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
     w_ih_t (I, 3H) is W_ih transposed, read by the projections of a split by hidden units
-    (in column blocks: unpacked, their tiles round as one thread's whole-width tiles do);
+    (in column blocks, each panel copied at the call: their tiles round as one thread's
+    whole-width tiles do);
     w_ih_pp and w_hh_pp are W_ih^T and W_hh^T packed for the register-tiled GEMM
     (pack_gemm_panels), read by the input projections of few rows and of each thread's
     sequences, and by the recurrent products of batches;
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
     sequences. w_ih_t, w_hh_pp and w_hh_p may be None where this call does not read them
-    (recurrence_plan: w_ih_t unless split by units, w_hh_pp when the recurrence is not
-    tiled, w_hh_p unless split by units or not tiled with B < 4); a call that would read
-    a missing one is refused.
+    (forward_reads says which it does); a call that would read a missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
@@ -354,21 +369,21 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
     # The plan is made here, once, so that the copies checked are the copies it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
     if w_ih_t is None:
-        if plan.split == BY_UNITS:
+        if _reads_w_ih_t(plan):
             raise ValueError("w_ih_t is None, but this call is split by hidden units, whose "
                              "input projections read it")
     elif w_ih_t.shape[0] != w_ih.shape[1] or w_ih_t.shape[1] != w_ih.shape[0]:
         raise ValueError(f"w_ih_t must have shape ({w_ih.shape[1]}, {w_ih.shape[0]}) (W_ih "
                          f"transposed), got ({w_ih_t.shape[0]}, {w_ih_t.shape[1]})")
     if w_hh_pp is None:
-        if plan.tiled_recurrence:
+        if _reads_w_hh_pp(plan):
             raise ValueError("w_hh_pp is None, but this call's recurrent products run in the "
                              "register-tiled GEMM, which reads it")
     elif w_hh_pp.shape[0] != 3 * d.H * d.H:
         raise ValueError(f"w_hh_pp must hold {3 * d.H * d.H} elements (W_hh^T packed), got "
                          f"{w_hh_pp.shape[0]}")
     if w_hh_p is None:
-        if plan.split == BY_UNITS or (not plan.tiled_recurrence and d.B < 4):
+        if _reads_w_hh_p(plan, d.B):
             raise ValueError(f"w_hh_p is None, but this call's {d.B} sequence(s) run one "
                              "GEMV each, which reads it")
     elif w_hh_p.shape[0] != panel_size(3, d.H, d.H):

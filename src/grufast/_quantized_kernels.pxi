@@ -319,7 +319,7 @@ cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize
     w_ih_t, then the float kernels' block product."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
     qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, 3 * H)
-    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates)
+    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates, NULL)
 
 
 cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,

@@ -129,21 +129,17 @@ class Weights:
 
     def read_by(self, B: int, training: bool) -> tuple[np.ndarray | None, ...]:
         """(w_ih_t, w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None
-        where the call's plan does not read it (as _kernels.forward checks): w_ih_t for a
-        split by hidden units, the packed W_hh^T when the recurrent products run in the
-        register-tiled GEMM, the panels for a split by units and for one to three
-        sequences otherwise."""
-        tiled, split = _kernels.recurrence_plan(B, self.w_hh.shape[1], training)
-        units = split == "units"  # one sequence's GEMVs, whatever tiling was asked for
-        return (self.w_ih_t if units else None,
-                self.w_hh_pp if tiled else None,
-                self.w_hh_p if units or (not tiled and B < 4) else None)
+        where the call's plan does not read it: the kernels' own rule
+        (``forward_reads``), which their forward checks the copies against."""
+        ih_t, hh_pp, hh_p = _kernels.forward_reads(B, self.w_hh.shape[1], training)
+        return (self.w_ih_t if ih_t else None, self.w_hh_pp if hh_pp else None,
+                self.w_hh_p if hh_p else None)
 
 
 def _transposed(w: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of w.T: the kernels' blocked transpose for the float matrices
-    they take (after every optimiser step, so it is on the training path), NumPy's
-    otherwise."""
+    they take, NumPy's otherwise (made on first use after a weight update, for the cells
+    and a split by hidden units only)."""
     if w.ndim != 2 or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
         return np.ascontiguousarray(w.T)
     out = np.empty(w.shape[::-1], w.dtype)
