@@ -13,6 +13,7 @@ backward 194 vs 189 ms), and OpenBLAS stays 10-20% faster on the long weight-gra
 sums, which grufast therefore leaves to it on one thread.
 """
 
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from grufast._types cimport real
@@ -188,10 +189,11 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
 
 
 cdef inline void _prepacked_window(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t K,
-                                   const real* A, Py_ssize_t lda, const real* P,
-                                   Py_ssize_t NP, real* C, Py_ssize_t ldc,
+                                   const real* A, Py_ssize_t lda, Py_ssize_t a_k,
+                                   const real* P, Py_ssize_t NP, real* C, Py_ssize_t ldc,
                                    bint accumulate) noexcept nogil:
-    """C (M, c1 - c0) (+)= A (M, K) @ W[:, c0:c1], W (K, NP) packed by pack_gemm_weights (P):
+    """C (M, c1 - c0) (+)= A (M, K) @ W[:, c0:c1], W (K, NP) packed by pack_gemm_weights (P),
+    A's element (m, k) at m * lda + k * a_k:
     the packed panels that overlap the columns, each cut to them (a cut panel runs in the
     narrower tile of its width, reading the panel with its own stride). The whole width
     (c0 = 0, c1 = NP) is exactly packed_gemm's walk on the same panels: the same bits."""
@@ -210,7 +212,7 @@ cdef inline void _prepacked_window(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1, P
             o0 = max(n, c0)
             o1 = min(n + w, c1)
             if o1 > o0:
-                _panel(M, o1 - o0, kn, A + k0, lda, 1, P + k0 * NP + kn * n + (o0 - n), w,
+                _panel(M, o1 - o0, kn, A + k0 * a_k, lda, a_k, P + k0 * NP + kn * n + (o0 - n), w,
                        C + (o0 - c0), ldc, accumulate or k0 > 0, cw, vw)
             n += w
         k0 += K_BLOCK
@@ -258,27 +260,31 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     transposing A. By blocks of TN_ROWS columns of A, each copied first (TN_K rows at a
     time) into a small contiguous block: read in place, a tile's K rows of A lie a page
     apart each and it ran 8% slower (B = 64, H = 512 training).
-    W's panels are read in place where a tile's row of W is whole cache lines (AVX-512:
-    48 floats, 192 bytes), and copied into a contiguous panel first where it is not (AVX2:
-    24 floats, 96 bytes, straddling a line in two panels of three, so each k pulled in up
-    to 3 lines for 1.5 lines' data): AVX2 build, one thread, training B = 1, H = 256 and
-    B = 64, H = 256 0.95-0.97x the time; on the AVX-512 build the copy cost 1-2%."""
+    W's TN_K rows are packed into the tiles' panels once (pack_gemm_weights), for all the
+    blocks of A: read in place, a tile's row of W is 24 floats on AVX2 (96 bytes, straddling
+    a cache line in two panels of three) and each row a page apart at H = 512. The same
+    tiles on the same panels as in place: the same bits. If the buffer cannot be had, W is
+    read in place."""
     cdef real block[TN_K * TN_ROWS]
-    # TN_K rows of the widest panel: TILE_MAX floats or TILE_MAX / 2 doubles (48 KB either
-    # way; doubles, so that the buffer is aligned for both).
-    cdef double pack[TN_K * (TILE_MAX / 2)]
-    cdef real* panel = <real*>pack if (TILE_FLOATS * sizeof(float)) % 64 else NULL
+    cdef real* packed = <real*>malloc(min(TN_K, K) * N * sizeof(real))
     cdef Py_ssize_t k0 = 0, kn, m0, mb
     while k0 < K:
         kn = min(TN_K, K - k0)
+        if packed != NULL:
+            pack_gemm_weights(N, kn, W + k0 * ldw, ldw, False, packed)
         m0 = 0
         while m0 < M:
             mb = min(TN_ROWS, M - m0)
             _copy_panel(kn, mb, A + k0 * lda + m0, lda, block)
-            _gemm(mb, N, kn, block, 1, mb, W + k0 * ldw, ldw, C + m0 * ldc, ldc,
-                  accumulate or k0 > 0, panel)
+            if packed != NULL:
+                _prepacked_window(mb, 0, N, kn, block, 1, mb, packed, N, C + m0 * ldc, ldc,
+                                  accumulate or k0 > 0)
+            else:
+                _gemm(mb, N, kn, block, 1, mb, W + k0 * ldw, ldw, C + m0 * ldc, ldc,
+                      accumulate or k0 > 0, NULL)
             m0 += mb
         k0 += kn
+    free(packed)
 
 
 cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -295,7 +301,7 @@ cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const 
                                 bint accumulate) noexcept nogil:
     """packed_gemm on weights packed once by pack_gemm_weights (P): the same tiles on the
     same panels, so the same bits, without the copy at every call."""
-    _prepacked_window(M, 0, N, K, A, lda, P, N, C, ldc, accumulate)
+    _prepacked_window(M, 0, N, K, A, lda, 1, P, N, C, ldc, accumulate)
 
 
 cdef inline void prepacked_gemm_columns(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1,
@@ -304,7 +310,7 @@ cdef inline void prepacked_gemm_columns(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t 
                                         Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, c1 - c0) (+)= A @ W[:, c0:c1] from W (K, NP) packed whole (pack_gemm_weights):
     the recurrent products of some of the gates, from W_hh^T packed once for all three."""
-    _prepacked_window(M, c0, c1, K, A, lda, P, NP, C, ldc, accumulate)
+    _prepacked_window(M, c0, c1, K, A, lda, 1, P, NP, C, ldc, accumulate)
 
 
 cdef extern from "_panels.h":
