@@ -303,23 +303,27 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
     """gates (n, 3H) <- x (n, K) @ w_ih^T for the hidden units of parts pa <= part < pb of
     nt (their rows of all three gate blocks): those rows of the quantized w_ih (3H, K) are
     first widened into their columns of w_ih_t (K, 3H), then multiplied in the
-    register-tiled GEMM. Each element is the same chain of multiply-adds whichever thread
-    computes which part."""
+    register-tiled GEMM, each panel copied first into a buffer of this call's (as the float
+    kernels' split does: _project_block). Each element is the same chain of multiply-adds
+    whichever thread computes which part."""
     cdef int part
     cdef Py_ssize_t k
+    cdef float* pack = <float*>malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(float))
     for part in range(pa, pb):
         for k in range(3):
-            _qproject_block(part, k, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates)
+            _qproject_block(part, k, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates, pack)
+    free(pack)
 
 
 cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t K,
                           Py_ssize_t H, const float* x, int fmt, const void* w_ih,
-                          const float* s_ih, float* w_ih_t, float* gates) noexcept nogil:
+                          const float* s_ih, float* w_ih_t, float* gates,
+                          float* pack) noexcept nogil:
     """_qproject's block for gate k and the units of one part: those rows widened into
-    w_ih_t, then the float kernels' block product."""
+    w_ih_t, then the float kernels' block product (pack: its panel buffer, or NULL)."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
     qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, 3 * H)
-    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates, NULL)
+    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates, pack)
 
 
 cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
@@ -351,15 +355,18 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
     cdef float* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
     states[0] = h
     states[1] = step_scratch + 2 * H
+    cdef float* pack
     if team > 1:
         # Blocks first come first served (a pool thread woken from sleep starts late), then
         # the barrier publishes them: as in _unit_forward.
+        pack = <float*>malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(float))
         while True:
             blk = <Py_ssize_t>ticket(bar)
             if blk >= 3 * nt:
                 break
             _qproject_block(<int>(blk // 3), blk % 3, nt, n, K, H, x, fmt, w_ih, s_ih,
-                            w_ih_t, gates)
+                            w_ih_t, gates, pack)
+        free(pack)
         went = barrier_wait(bar, team, p)
         if went < 0:
             return
