@@ -101,8 +101,8 @@ def test_weight_gradients_of_a_large_flush_match_reference(monkeypatch, threads,
     """On every build: a flush of more rows than small_gemm_tn copies at a time (300 > 256:
     B = 300, one step per flush on one thread), 3H = 39 or 87 gate rows (blocks of 32 and a
     rest that is not a whole register tile), few inputs (dW_ih summed transposed) and more;
-    widths that take full, narrower and edge tiles, in place (AVX-512) or from copied
-    panels (AVX2)."""
+    widths that take full, narrower and edge tiles, from W's rows packed into panels once
+    per 256 rows."""
     from threadpoolctl import threadpool_limits
 
     from grufast import _isa
@@ -291,7 +291,8 @@ def test_one_sequence_split_across_threads(monkeypatch):
                                     (256, 6, [4], np.float32, 5),
                                     (240, 7, [0], np.float64, 5),
                                     (256, 1, None, np.float32, 5),
-                                    (240, 3, None, np.float32, 1030)):
+                                    (240, 3, None, np.float32, 1030),
+                                    (240, 2, [1], np.float64, 1030)):
         for lbr in (True, False):
             for reverse in (False, True):
                 x, h0, *w = problem(rng, T, 1, I, H, dtype, scale=0.5)
@@ -482,12 +483,14 @@ def test_a_split_by_units_reads_its_panels_even_when_tiles_are_forced():
 @pytest.mark.parametrize("path", ["auto", "tiled", "blas"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("B, H", [(1, 16), (1, 256), (3, 16), (8, 16)])
-def test_forward_reads_names_exactly_the_copies_forward_needs(monkeypatch, path, threads,
+def test_forward_reads_names_exactly_the_copies_forward_reads(monkeypatch, path, threads,
                                                               B, H):
-    """One rule for which weight copies a forward reads (forward_reads), used by read_by
-    and by the kernel's checks: each copy it says is read is refused when missing, each
-    other one can be left out without changing a bit (inference and training, every
-    forced path, one thread and a split)."""
+    """One rule for which weight copies a forward reads (forward_reads: read_by makes only
+    those, the kernel checks for them), held against what the kernel does with the copies
+    when it is handed all three: each one the rule names is read (filled with NaN, it turns
+    the output NaN) and refused when missing; each other one can be dropped without
+    changing a bit. Inference and training, every forced path, one thread and a split by
+    units (B = 1, H = 256 on two)."""
     from threadpoolctl import threadpool_limits
 
     from grufast._isa import kernels
@@ -495,27 +498,39 @@ def test_forward_reads_names_exactly_the_copies_forward_needs(monkeypatch, path,
     names = ("w_ih_t", "w_hh_pp", "w_hh_p")
     rng = np.random.default_rng(16)
     x, h0, *w = problem(rng, 3, B, 5, H, np.float32)
-    every = F.Weights.read_by
+
+    def handing(change=None):
+        def read_by(self, B, training):
+            copies = [self.w_ih_t, self.w_hh_pp, self.w_hh_p]
+            if change is not None:
+                i, how = change
+                copies[i] = None if how == "drop" else np.full_like(copies[i], np.nan)
+            return tuple(copies)
+        monkeypatch.setattr(F.Weights, "read_by", read_by)
+
     try:
         kernels.force_recurrence_path(path)
         with threadpool_limits(threads, user_api="openmp"):
+            split = kernels.recurrence_plan(B, H, False)[1]
+            assert split == ("units" if (B, H, threads) == (1, 256, 2) else "serial"), split
             for training in (False, True):
-                want = F.gru_forward(x, h0, *w, training=training)[0]
                 reads = kernels.forward_reads(B, H, training)
+                handing()
+                want = F.gru_forward(x, h0, *w, training=training)[0]
+                assert np.isfinite(want).all()
                 for i, name in enumerate(names):
-                    def without(self, B, training, i=i):
-                        copies = list(every(self, B, training))
-                        copies[i] = None
-                        return tuple(copies)
-
-                    monkeypatch.setattr(F.Weights, "read_by", without)
+                    where = f"{name} path={path} training={training}"
                     if reads[i]:
+                        handing((i, "nan"))
+                        y = F.gru_forward(x, h0, *w, training=training)[0]
+                        assert np.isnan(y).any(), f"{where}: named as read, but not read"
+                        handing((i, "drop"))
                         with pytest.raises(ValueError, match=f"{name} is None"):
                             F.gru_forward(x, h0, *w, training=training)
                     else:
+                        handing((i, "drop"))
                         y = F.gru_forward(x, h0, *w, training=training)[0]
-                        np.testing.assert_array_equal(y, want)
-                    monkeypatch.setattr(F.Weights, "read_by", every)
+                        np.testing.assert_array_equal(y, want, err_msg=where)
     finally:
         kernels.force_recurrence_path("auto")
 

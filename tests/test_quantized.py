@@ -307,13 +307,14 @@ def test_kernels_match_the_float_kernels(kernels, fmt, I, H, lbr, monkeypatch):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("lbr", [True, False])
-def test_one_sequence_split_across_threads(fmt, lbr):
+@pytest.mark.parametrize("I", [8, 1030])  # 1030: the projections' panels in two K blocks
+def test_one_sequence_split_across_threads(fmt, lbr, I):
     from threadpoolctl import threadpool_limits
 
-    g = grufast.GRU(8, 256, linear_before_reset=lbr, bidirectional=True, seed=2).eval()
+    g = grufast.GRU(I, 256, linear_before_reset=lbr, bidirectional=True, seed=2).eval()
     q = g.quantized(fmt)
     f = q.dequantized()
-    x = seq(7, 1, 8, 3)  # B = 1, H = 256: split by hidden units on two threads
+    x = seq(7, 1, I, 3)  # B = 1, H = 256: split by hidden units on two threads
     with threadpool_limits(2):
         for lengths in (None, [4]):
             for a, b in zip(q(x, lengths=lengths), f(x, lengths=lengths)):

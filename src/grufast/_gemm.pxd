@@ -262,9 +262,10 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     apart each and it ran 8% slower (B = 64, H = 512 training).
     W's TN_K rows are packed into the tiles' panels once (pack_gemm_weights), for all the
     blocks of A: read in place, a tile's row of W is 24 floats on AVX2 (96 bytes, straddling
-    a cache line in two panels of three) and each row a page apart at H = 512. The same
-    tiles on the same panels as in place: the same bits. If the buffer cannot be had, W is
-    read in place."""
+    a cache line in two panels of three) and W's rows are H or I apart (2 KB at 512); copied
+    per block of A, as before, W was copied 48 times per flush at H = 512. The same tiles on
+    the same panels as in place: the same bits. If the buffer cannot be had, W is read in
+    place."""
     cdef real block[TN_K * TN_ROWS]
     cdef real* packed = <real*>malloc(min(TN_K, K) * N * sizeof(real))
     cdef Py_ssize_t k0 = 0, kn, m0, mb
@@ -292,7 +293,7 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                              real* C, Py_ssize_t ldc, bint accumulate, real* pack
                              ) noexcept nogil:
     """small_gemm for long products (many row tiles per panel), W's panels packed first
-    into pack (K_BLOCK x TILE_MAX reals)."""
+    into pack (min(K, K_BLOCK) x TILE_MAX reals), or read in place if pack is NULL."""
     _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, pack)
 
 

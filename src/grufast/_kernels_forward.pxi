@@ -109,10 +109,11 @@ cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py
                                 Py_ssize_t H, const real* x, const real* w_ih_t,
                                 real* gates, real* pack) noexcept nogil:
     """gates (n, 3H) <- x (n, I) @ w_ih_t for gate k's columns of one part's hidden units
-    (_unit_forward's blocks of the input projections, and the quantized forward's on its
-    widened columns). With ``pack`` (project_pack_size reals), each panel of w_ih_t is
-    copied there first, so that the tiles do not read it with its stride of 3H (a page
-    per row at H = 512); the same tiles on the same panels either way: the same bits."""
+    (_unit_steps' blocks of the input projections, and the quantized forward's on its
+    widened columns). With ``pack`` (min(I, K_BLOCK) x TILE_MAX reals: project_pack), each
+    panel of w_ih_t is copied there first, so that the tiles do not read it with its stride
+    of 3H (6 KB per row at H = 512); the same tiles on the same panels either way: the same
+    bits."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
     packed_gemm(n, j1 - j0, I, x, I, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
                 False, pack)
