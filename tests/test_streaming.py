@@ -65,6 +65,33 @@ def test_gru_step_after_weights_change():
     np.testing.assert_array_equal(a.step(x)[1], b.step(x)[1])
 
 
+def test_gru_step_h_none_uses_default_h0_on_every_call():
+    """h=None means the model's default_h0 (not zeros) also once the fast path's plans
+    are built, and when default_h0 is set or cleared between steps."""
+    model = grufast.GRU(I, H, num_layers=2, seed=4).eval()
+    x = _xs(1)[0]
+    h0 = np.random.default_rng(3).standard_normal((2, 1, H)).astype(np.float32)
+    zeros = model.step(x)  # builds the plans
+    model.default_h0 = h0
+    for _ in range(2):
+        y, h = model.step(x)
+        y_given, h_given = model.step(x, h0)
+        np.testing.assert_array_equal(h, h_given)
+        np.testing.assert_array_equal(y, y_given)
+        assert np.any(h != zeros[1])
+    model.default_h0 = None
+    np.testing.assert_array_equal(model.step(x)[1], zeros[1])
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "reverse"])
+def test_gru_step_refuses_a_layer_that_must_see_the_whole_sequence(kind):
+    model = grufast.GRU(I, H, seed=4, **{kind: True}).eval()
+    model(_xs(1))  # a full forward first: nothing it prepares opens the step's fast path
+    for _ in range(2):
+        with pytest.raises(ValueError, match="unidirectional"):
+            model.step(_xs(1)[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lbr", [True, False])
 @pytest.mark.parametrize("B", [None, 1, 3, 8, 16, 20])
