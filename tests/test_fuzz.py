@@ -179,17 +179,18 @@ def test_fuzz_layer(data, T, B, layers, bidirectional, batch_first, unbatched, d
     valid = (real_of_shape(x, x_shape) and (h0 is None or real_of_shape(h0, h_shape))
              and valid_lengths(lengths, batch, T))
     if not valid:
-        # A messy x may happen to be a valid input of the other form: a 2-D one an unbatched
-        # (T', I) input, a 3-D one a batched (T', B', I) (or (B', T', I)) input.
+        # A messy x may happen to be a valid input of another shape: a 2-D one an unbatched
+        # (T', I) input, a 3-D one a batched (T', B', I) (or (B', T', I)) input, of either
+        # form and of its own T' and B' (x (0, 1, I) where (0, 0, I) was drawn).
         try:
             shape = np.shape(x)
         except Exception:
             shape = ()
-        if len(shape) == 2 and not unbatched:
+        if len(shape) == 2:
             valid = (real_of_shape(x, (shape[0], I))
                      and (h0 is None or real_of_shape(h0, (LD, H)))
                      and valid_lengths(lengths, 1, shape[0]))
-        elif len(shape) == 3 and unbatched:
+        elif len(shape) == 3:
             t, b = (shape[1], shape[0]) if batch_first else (shape[0], shape[1])
             valid = (real_of_shape(x, shape[:2] + (I,))
                      and (h0 is None or real_of_shape(h0, (LD, b, H)))

@@ -154,6 +154,16 @@ cdef inline void _copy_panel_t(Py_ssize_t rows, Py_ssize_t w, const real* Wt,
                 out[k * w + i] = Wt[i * ldwt + k]
 
 
+cdef inline Py_ssize_t _tile_width(const real* like) noexcept nogil:
+    """The full tile's width in reals: 3 vectors (``like`` only picks the dtype)."""
+    return TILE_FLOATS if real is float else TILE_FLOATS // 2
+
+
+cdef inline Py_ssize_t _vec_width(const real* like) noexcept nogil:
+    """A vector register's width in reals (``like`` only picks the dtype)."""
+    return VEC_FLOATS if real is float else VEC_FLOATS // 2
+
+
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
                        Py_ssize_t lda, Py_ssize_t a_k, const real* W, Py_ssize_t ldw,
                        real* C, Py_ssize_t ldc, bint accumulate, real* pack) noexcept nogil:
@@ -165,13 +175,7 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,
     With ``pack`` (min(K, K_BLOCK) x TILE_MAX floats, or half as many doubles), each panel is
     first copied there: the tiles then read it contiguously, without W's stride (a page per
     row when rows are long)."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
+    cdef Py_ssize_t cw = _tile_width(A), vw = _vec_width(A), k0 = 0, kn, n, w
     while k0 < K or k0 == 0:
         kn = min(K_BLOCK, K - k0)
         n = 0
@@ -197,13 +201,7 @@ cdef inline void _prepacked_window(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t c1, P
     the packed panels that overlap the columns, each cut to them (a cut panel runs in the
     narrower tile of its width, reading the panel with its own stride). The whole width
     (c0 = 0, c1 = NP) is exactly packed_gemm's walk on the same panels: the same bits."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w, o0, o1
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
+    cdef Py_ssize_t cw = _tile_width(A), vw = _vec_width(A), k0 = 0, kn, n, w, o0, o1
     while k0 < K or k0 == 0:
         kn = min(K_BLOCK, K - k0)
         n = 0
@@ -225,13 +223,7 @@ cdef inline void pack_gemm_weights(Py_ssize_t N, Py_ssize_t K, const real* W, Py
     other, each (rows x width) contiguous. out holds K * N reals. ``transposed``: W is given
     as its transpose (N, K) (row stride ldw), as W_ih is, so no transposed copy is made
     first."""
-    cdef Py_ssize_t cw, vw, k0 = 0, kn, n, w
-    if real is float:
-        cw = TILE_FLOATS
-        vw = VEC_FLOATS
-    else:
-        cw = TILE_FLOATS // 2
-        vw = VEC_FLOATS // 2
+    cdef Py_ssize_t cw = _tile_width(W), vw = _vec_width(W), k0 = 0, kn, n, w
     while k0 < K:
         kn = min(K_BLOCK, K - k0)
         n = 0
@@ -295,6 +287,13 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     """small_gemm for long products (many row tiles per panel), W's panels packed first
     into pack (min(K, K_BLOCK) x TILE_MAX reals), or read in place if pack is NULL."""
     _gemm(M, N, K, A, lda, 1, W, ldw, C, ldc, accumulate, pack)
+
+
+cdef inline real* gemm_pack_buffer(Py_ssize_t K, const real* like) noexcept nogil:
+    """A panel buffer for packed_gemm's products of inner size up to K (min(K, K_BLOCK) x
+    TILE_MAX reals; ``like`` only picks the dtype), to free() after; NULL if malloc fails,
+    and packed_gemm then reads W in place (the same bits)."""
+    return <real*>malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
 
 
 cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,

@@ -110,7 +110,7 @@ cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py
                                 real* gates, real* pack) noexcept nogil:
     """gates (n, 3H) <- x (n, I) @ w_ih_t for gate k's columns of one part's hidden units
     (_unit_steps' blocks of the input projections, and the quantized forward's on its
-    widened columns). With ``pack`` (min(I, K_BLOCK) x TILE_MAX reals: project_pack), each
+    widened columns). With ``pack`` (gemm_pack_buffer), each
     panel of w_ih_t is copied there first, so that the tiles do not read it with its stride
     of 3H (6 KB per row at H = 512); the same tiles on the same panels either way: the same
     bits."""
@@ -119,16 +119,10 @@ cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py
                 False, pack)
 
 
-cdef inline real* project_pack(Py_ssize_t I, real* like) noexcept nogil:
-    """A panel buffer for _project_block (NULL if malloc fails: the tiles then read w_ih_t
-    in place). ``like`` only picks the dtype."""
-    return <real*>malloc(min(I, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
-
-
 cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                         const ForwardArrays* a, real* h) noexcept nogil:
     """_unit_steps with this thread's panel buffer for the projections."""
-    cdef real* pack = project_pack(d.n_in, h)
+    cdef real* pack = gemm_pack_buffer(d.n_in, h)
     _unit_steps(p, nt, alone, bar, d, a, h, pack)
     free(pack)
 

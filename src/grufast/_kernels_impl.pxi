@@ -18,7 +18,7 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm, gemv_rm
-from grufast._gemm cimport (K_BLOCK, PANEL, TILE_MAX, pack_column_panels, pack_gemm_weights,
+from grufast._gemm cimport (PANEL, gemm_pack_buffer, pack_column_panels, pack_gemm_weights,
                             pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
                             prepacked_gemm, prepacked_gemm_columns, small_gemm,
                             small_gemm_tn)

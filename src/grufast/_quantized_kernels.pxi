@@ -308,7 +308,7 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
     whichever thread computes which part."""
     cdef int part
     cdef Py_ssize_t k
-    cdef float* pack = project_pack(K, gates)
+    cdef float* pack = gemm_pack_buffer(K, gates)
     for part in range(pa, pb):
         for k in range(3):
             _qproject_block(part, k, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates, pack)
@@ -359,11 +359,13 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
     if team > 1:
         # Blocks first come first served (a pool thread woken from sleep starts late), then
         # the barrier publishes them: as in _unit_forward.
-        pack = project_pack(K, gates)
+        pack = NULL  # allocated by a thread that takes a block
         while True:
             blk = <Py_ssize_t>ticket(bar)
             if blk >= 3 * nt:
                 break
+            if pack == NULL:
+                pack = gemm_pack_buffer(K, gates)
             _qproject_block(<int>(blk // 3), blk % 3, nt, n, K, H, x, fmt, w_ih, s_ih,
                             w_ih_t, gates, pack)
         free(pack)
