@@ -32,6 +32,26 @@ cdef extern from *:
     const Py_ssize_t VEC_FLOATS "GRUFAST_VEC_FLOATS"
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
 
+cdef extern from "_tiles.h":
+    # The pair and vector tiles with named accumulators (why: _tiles.h).
+    void _tile_pair_f "grufast_tile_pair_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                            Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
+                                            float* C, Py_ssize_t ldc, bint accumulate
+                                            ) noexcept nogil
+    void _tile_pair_d "grufast_tile_pair_d"(Py_ssize_t K, const double* A, Py_ssize_t lda,
+                                            Py_ssize_t a_k, const double* W, Py_ssize_t ldw,
+                                            double* C, Py_ssize_t ldc, bint accumulate
+                                            ) noexcept nogil
+    void _tile_vector_f "grufast_tile_vector_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                                Py_ssize_t a_k, const float* W,
+                                                Py_ssize_t ldw, float* C, Py_ssize_t ldc,
+                                                bint accumulate) noexcept nogil
+    void _tile_vector_d "grufast_tile_vector_d"(Py_ssize_t K, const double* A,
+                                                Py_ssize_t lda, Py_ssize_t a_k,
+                                                const double* W, Py_ssize_t ldw, double* C,
+                                                Py_ssize_t ldc, bint accumulate
+                                                ) noexcept nogil
+
 cdef enum:
     TILE_ROWS = 4
     TILE_MAX = 48
@@ -41,8 +61,10 @@ cdef enum:
 
 
 # The tile's shape, as a fused type so that each shape gets its own compiled function: in
-# the full and one-vector shapes the bounds are compile-time constants, which the compiler
-# unrolls into registers (gcc does not inline or clone a generic tile for each caller).
+# the full shape the bounds are compile-time constants, which the compiler unrolls into
+# registers (gcc does not inline or clone a generic tile for each caller); the pair and
+# vector shapes are _tiles.h's, whose sums are named vector variables (gcc kept some of
+# them in memory when they were this loop's).
 ctypedef struct full_tile:
     char unused
 ctypedef struct pair_tile:
@@ -69,14 +91,21 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
     cdef real acc[TILE_ROWS][TILE_MAX]
     cdef Py_ssize_t r, i, k
     cdef real a
+    if tile_shape is pair_tile:
+        if real is float:
+            _tile_pair_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        else:
+            _tile_pair_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        return
+    if tile_shape is vector_tile:
+        if real is float:
+            _tile_vector_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        else:
+            _tile_vector_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        return
     if tile_shape is not edge_tile:
         rows = TILE_ROWS
-        if tile_shape is full_tile:
-            width = TILE_FLOATS
-        elif tile_shape is pair_tile:
-            width = 2 * VEC_FLOATS
-        else:
-            width = VEC_FLOATS
+        width = TILE_FLOATS
         if real is double:
             width = width // 2
     for r in range(rows):

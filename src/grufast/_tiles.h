@@ -1,0 +1,158 @@
+/* The tiled GEMM's narrow register tiles (_gemm.pxd's _tile): 4 rows x 2 vectors ("pair")
+   and 4 rows x 1 vector ("vector") of C, C (+)= A @ W over K, with each accumulator a named
+   vector variable.
+
+   Why not the generic loop over an accumulator array, as the full tile is written: gcc
+   compiles that loop well for the full tile but not always for these two. In the AVX2 build
+   the pair tile kept half of its sums in memory (a load-FMA-store chain per k) and ran at
+   ~30 GFLOP/s where these run at ~60-80 (C micro-benchmark, one Zen 4 core, K = 128-512);
+   in the AVX-512 build the vector tile did the same (26 against 69), and the AVX2 build's
+   vector tile multiplied and added in separate instructions (two roundings, where every
+   other tile fuses them). Here each element's sum is one chain of fused multiply-adds over
+   k = 0, 1, ... starting from 0, then stored or added to C, as in every other tile: the
+   same bits as the full tile gives an element.
+
+   Without AVX2 + FMA (the baseline build) the same tiles are plain loops, rounding as that
+   build's other loops do. */
+
+#ifndef GRUFAST_TILES_H
+#define GRUFAST_TILES_H
+
+#include <stddef.h>
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define GT_VEC_f __m512
+#define GT_VEC_d __m512d
+#define GT_W_f 16
+#define GT_W_d 8
+#define GT_LOAD_f _mm512_loadu_ps
+#define GT_LOAD_d _mm512_loadu_pd
+#define GT_STORE_f _mm512_storeu_ps
+#define GT_STORE_d _mm512_storeu_pd
+#define GT_SET1_f _mm512_set1_ps
+#define GT_SET1_d _mm512_set1_pd
+#define GT_FMA_f _mm512_fmadd_ps
+#define GT_FMA_d _mm512_fmadd_pd
+#define GT_ADD_f _mm512_add_ps
+#define GT_ADD_d _mm512_add_pd
+#define GT_ZERO_f _mm512_setzero_ps
+#define GT_ZERO_d _mm512_setzero_pd
+#elif defined(__AVX2__) && defined(__FMA__)
+#define GT_VEC_f __m256
+#define GT_VEC_d __m256d
+#define GT_W_f 8
+#define GT_W_d 4
+#define GT_LOAD_f _mm256_loadu_ps
+#define GT_LOAD_d _mm256_loadu_pd
+#define GT_STORE_f _mm256_storeu_ps
+#define GT_STORE_d _mm256_storeu_pd
+#define GT_SET1_f _mm256_set1_ps
+#define GT_SET1_d _mm256_set1_pd
+#define GT_FMA_f _mm256_fmadd_ps
+#define GT_FMA_d _mm256_fmadd_pd
+#define GT_ADD_f _mm256_add_ps
+#define GT_ADD_d _mm256_add_pd
+#define GT_ZERO_f _mm256_setzero_ps
+#define GT_ZERO_d _mm256_setzero_pd
+#endif
+
+#ifdef GT_VEC_f
+
+#if defined(GRUFAST_VEC_FLOATS) && GRUFAST_VEC_FLOATS != GT_W_f
+#error "GRUFAST_VEC_FLOATS does not match this build's vector width"
+#endif
+
+/* One row's sums into C: stored, or added to what C holds. */
+#define GT_OUT(S, p, v, accumulate) \
+    GT_STORE_##S(p, (accumulate) ? GT_ADD_##S(GT_LOAD_##S(p), v) : (v))
+
+/* 4 x 2 vectors: per k, 2 loads of W, 4 broadcasts of A, 8 independent FMAs. */
+#define GT_PAIR(S, T)                                                                      \
+static inline void grufast_tile_pair_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,           \
+                                         ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,    \
+                                         ptrdiff_t ldc, int accumulate)                     \
+{                                                                                          \
+    const ptrdiff_t n = GT_W_##S;                                                          \
+    GT_VEC_##S c00 = GT_ZERO_##S(), c01 = GT_ZERO_##S(), c10 = GT_ZERO_##S();              \
+    GT_VEC_##S c11 = GT_ZERO_##S(), c20 = GT_ZERO_##S(), c21 = GT_ZERO_##S();              \
+    GT_VEC_##S c30 = GT_ZERO_##S(), c31 = GT_ZERO_##S();                                   \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                    \
+        const T* w = W + k * ldw;                                                          \
+        const T* a = A + k * a_k;                                                          \
+        GT_VEC_##S w0 = GT_LOAD_##S(w), w1 = GT_LOAD_##S(w + n), b;                        \
+        b = GT_SET1_##S(a[0]);                                                             \
+        c00 = GT_FMA_##S(b, w0, c00); c01 = GT_FMA_##S(b, w1, c01);                         \
+        b = GT_SET1_##S(a[lda]);                                                           \
+        c10 = GT_FMA_##S(b, w0, c10); c11 = GT_FMA_##S(b, w1, c11);                         \
+        b = GT_SET1_##S(a[2 * lda]);                                                       \
+        c20 = GT_FMA_##S(b, w0, c20); c21 = GT_FMA_##S(b, w1, c21);                         \
+        b = GT_SET1_##S(a[3 * lda]);                                                       \
+        c30 = GT_FMA_##S(b, w0, c30); c31 = GT_FMA_##S(b, w1, c31);                         \
+    }                                                                                      \
+    GT_OUT(S, C, c00, accumulate); GT_OUT(S, C + n, c01, accumulate);                      \
+    GT_OUT(S, C + ldc, c10, accumulate); GT_OUT(S, C + ldc + n, c11, accumulate);          \
+    GT_OUT(S, C + 2 * ldc, c20, accumulate); GT_OUT(S, C + 2 * ldc + n, c21, accumulate);  \
+    GT_OUT(S, C + 3 * ldc, c30, accumulate); GT_OUT(S, C + 3 * ldc + n, c31, accumulate);  \
+}
+
+/* 4 x 1 vector: 4 chains, bound by the FMA's latency (hence _panel_width avoids it). */
+#define GT_VECTOR(S, T)                                                                    \
+static inline void grufast_tile_vector_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,         \
+                                           ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,  \
+                                           ptrdiff_t ldc, int accumulate)                   \
+{                                                                                          \
+    GT_VEC_##S c0 = GT_ZERO_##S(), c1 = GT_ZERO_##S(), c2 = GT_ZERO_##S();                 \
+    GT_VEC_##S c3 = GT_ZERO_##S();                                                         \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                    \
+        const T* a = A + k * a_k;                                                          \
+        GT_VEC_##S w0 = GT_LOAD_##S(W + k * ldw);                                          \
+        c0 = GT_FMA_##S(GT_SET1_##S(a[0]), w0, c0);                                        \
+        c1 = GT_FMA_##S(GT_SET1_##S(a[lda]), w0, c1);                                      \
+        c2 = GT_FMA_##S(GT_SET1_##S(a[2 * lda]), w0, c2);                                  \
+        c3 = GT_FMA_##S(GT_SET1_##S(a[3 * lda]), w0, c3);                                  \
+    }                                                                                      \
+    GT_OUT(S, C, c0, accumulate); GT_OUT(S, C + ldc, c1, accumulate);                      \
+    GT_OUT(S, C + 2 * ldc, c2, accumulate); GT_OUT(S, C + 3 * ldc, c3, accumulate);        \
+}
+
+#else /* the baseline build: plain loops over the same shapes */
+
+/* The widths _gemm.pxd's tiles assume in this build (GRUFAST_VEC_FLOATS). */
+#ifndef GRUFAST_VEC_FLOATS
+#error "_tiles.h needs GRUFAST_VEC_FLOATS (defined in _gemm.pxd) first"
+#endif
+#define GT_W_f GRUFAST_VEC_FLOATS
+#define GT_W_d (GRUFAST_VEC_FLOATS / 2)
+
+#define GT_LOOP(NAME, S, T, NV)                                                            \
+static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,             \
+                        const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)    \
+{                                                                                          \
+    T acc[4][NV * GT_W_##S];                                                               \
+    for (ptrdiff_t r = 0; r < 4; r++)                                                      \
+        for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                      \
+            acc[r][i] = 0;                                                                 \
+    for (ptrdiff_t k = 0; k < K; k++)                                                      \
+        for (ptrdiff_t r = 0; r < 4; r++) {                                                \
+            T a = A[r * lda + k * a_k];                                                    \
+            for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                  \
+                acc[r][i] += a * W[k * ldw + i];                                           \
+        }                                                                                  \
+    for (ptrdiff_t r = 0; r < 4; r++)                                                      \
+        for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                      \
+            C[r * ldc + i] = accumulate ? C[r * ldc + i] + acc[r][i] : acc[r][i];          \
+}
+#define GT_PAIR(S, T) GT_LOOP(grufast_tile_pair_##S, S, T, 2)
+#define GT_VECTOR(S, T) GT_LOOP(grufast_tile_vector_##S, S, T, 1)
+
+#endif
+
+GT_PAIR(f, float)
+GT_PAIR(d, double)
+GT_VECTOR(f, float)
+GT_VECTOR(d, double)
+
+#endif /* GRUFAST_TILES_H */
