@@ -34,6 +34,14 @@ cdef extern from *:
 
 cdef extern from "_tiles.h":
     # The pair and vector tiles with named accumulators (why: _tiles.h).
+    void _tile_full_f "grufast_tile_full_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
+                                            Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
+                                            float* C, Py_ssize_t ldc, bint accumulate
+                                            ) noexcept nogil
+    void _tile_full_d "grufast_tile_full_d"(Py_ssize_t K, const double* A, Py_ssize_t lda,
+                                            Py_ssize_t a_k, const double* W, Py_ssize_t ldw,
+                                            double* C, Py_ssize_t ldc, bint accumulate
+                                            ) noexcept nogil
     void _tile_pair_f "grufast_tile_pair_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
                                             Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
                                             float* C, Py_ssize_t ldc, bint accumulate
@@ -60,54 +68,38 @@ cdef enum:
     TN_K = 256
 
 
-# The tile's shape, as a fused type so that each shape gets its own compiled function: in
-# the full shape the bounds are compile-time constants, which the compiler unrolls into
-# registers (gcc does not inline or clone a generic tile for each caller); the pair and
-# vector shapes are _tiles.h's, whose sums are named vector variables (gcc kept some of
-# them in memory when they were this loop's).
-ctypedef struct full_tile:
-    char unused
-ctypedef struct pair_tile:
-    char unused
-ctypedef struct vector_tile:
-    char unused
-ctypedef struct edge_tile:
-    char unused
-ctypedef fused tile_shape:
-    full_tile
-    pair_tile
-    vector_tile
-    edge_tile
+cdef inline void _whole_tile(int vectors, Py_ssize_t K, const real* A, Py_ssize_t lda,
+                             Py_ssize_t a_k, const real* W, Py_ssize_t ldw, real* C,
+                             Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C[:4, :vectors * VEC_FLOATS] (+)= A[:4, :K] @ W[:K, :vectors * VEC_FLOATS] (half as
+    many columns for doubles), A's element (r, k) at r * lda + k * a_k: the full (3 vectors),
+    pair (2) and vector (1) tiles of _tiles.h, whose sums are named vector variables (as
+    loops over an array here, gcc kept some of them in memory: see _tiles.h)."""
+    if real is float:
+        if vectors == 3:
+            _tile_full_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        elif vectors == 2:
+            _tile_pair_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        else:
+            _tile_vector_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+    else:
+        if vectors == 3:
+            _tile_full_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        elif vectors == 2:
+            _tile_pair_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        else:
+            _tile_vector_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
 
 
-cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t width,
-                       Py_ssize_t K, const real* A, Py_ssize_t lda, Py_ssize_t a_k,
-                       const real* W, Py_ssize_t ldw, real* C, Py_ssize_t ldc,
-                       bint accumulate) noexcept nogil:
-    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width], A's element (r, k) at
-    r * lda + k * a_k. Full, pair and vector tiles are 4 rows x 3, 2 and 1 vectors
-    (VEC_FLOATS floats or half as many doubles each), whatever rows and width say; edge
-    tiles take them."""
+cdef inline void _edge_tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K, const real* A,
+                            Py_ssize_t lda, Py_ssize_t a_k, const real* W, Py_ssize_t ldw,
+                            real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width] for the remainders, rows <= 4
+    and width <= TILE_MAX (plain loops: a small share of the work). Each element's sum is
+    one chain over k from 0, as in the whole tiles."""
     cdef real acc[TILE_ROWS][TILE_MAX]
     cdef Py_ssize_t r, i, k
     cdef real a
-    if tile_shape is pair_tile:
-        if real is float:
-            _tile_pair_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        else:
-            _tile_pair_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        return
-    if tile_shape is vector_tile:
-        if real is float:
-            _tile_vector_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        else:
-            _tile_vector_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        return
-    if tile_shape is not edge_tile:
-        rows = TILE_ROWS
-        width = TILE_FLOATS
-        if real is double:
-            width = width // 2
     for r in range(rows):
         for i in range(width):
             acc[r][i] = 0
@@ -127,8 +119,8 @@ cdef inline void _tile(const tile_shape* shape, Py_ssize_t rows, Py_ssize_t widt
 cdef inline Py_ssize_t _panel_width(Py_ssize_t n, Py_ssize_t N, Py_ssize_t cw,
                                     Py_ssize_t vw) noexcept nogil:
     """Panels of 3 vectors (cw), then of 2 or 1 (vw each), then the remainder: all but the
-    last have compile-time widths, which the compiler unrolls into registers. Four vectors
-    left go as two pairs, not 3 + 1: a one-vector tile runs at half the speed."""
+    last run in _tiles.h's whole tiles. Four vectors left go as two pairs, not 3 + 1: a
+    one-vector tile has 4 chains of FMAs, too few to cover their latency."""
     if N - n == cw + vw:
         return 2 * vw
     return cw if n + cw <= N else (2 * vw if n + 2 * vw <= N else (
@@ -142,23 +134,17 @@ cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
     """C[:, :w] (+)= A @ W[:, :w] for one column panel, by row tiles: the panel of W
     (K x w) stays in L2 while every row tile passes over it."""
     cdef Py_ssize_t m = 0
+    cdef int vectors = 3 if w == cw else (2 if w == 2 * vw else (1 if w == vw else 0))
     while m + TILE_ROWS <= M:
-        if w == cw:
-            _tile(<full_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw,
-                  C + m * ldc, ldc, accumulate)
-        elif w == 2 * vw:
-            _tile(<pair_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw,
-                  C + m * ldc, ldc, accumulate)
-        elif w == vw:
-            _tile(<vector_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw,
-                  C + m * ldc, ldc, accumulate)
+        if vectors:
+            _whole_tile(vectors, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
+                        accumulate)
         else:
-            _tile(<edge_tile*>NULL, TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw,
-                  C + m * ldc, ldc, accumulate)
+            _edge_tile(TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
+                       accumulate)
         m += TILE_ROWS
     if m < M:
-        _tile(<edge_tile*>NULL, M - m, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc,
-              ldc, accumulate)
+        _edge_tile(M - m, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc, accumulate)
 
 
 cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ssize_t ldw,

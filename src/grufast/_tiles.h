@@ -1,19 +1,21 @@
-/* The tiled GEMM's narrow register tiles (_gemm.pxd's _tile): 4 rows x 2 vectors ("pair")
-   and 4 rows x 1 vector ("vector") of C, C (+)= A @ W over K, with each accumulator a named
+/* The tiled GEMM's register tiles (_gemm.pxd's _whole_tile): 4 rows x 3 vectors ("full"),
+   x 2 ("pair") and x 1 ("vector") of C, C (+)= A @ W over K, each accumulator a named
    vector variable.
 
-   Why not the generic loop over an accumulator array, as the full tile is written: gcc
-   compiles that loop well for the full tile but not always for these two. In the AVX2 build
-   the pair tile kept half of its sums in memory (a load-FMA-store chain per k) and ran at
-   ~30 GFLOP/s where these run at ~60-80 (C micro-benchmark, one Zen 4 core, K = 128-512);
-   in the AVX-512 build the vector tile did the same (26 against 69), and the AVX2 build's
-   vector tile multiplied and added in separate instructions (two roundings, where every
-   other tile fuses them). Here each element's sum is one chain of fused multiply-adds over
-   k = 0, 1, ... starting from 0, then stored or added to C, as in every other tile: the
-   same bits as the full tile gives an element.
+   Why not a loop over an accumulator array, as these tiles were written in Cython before:
+   gcc compiled that loop well for some shapes and builds and not for others. The AVX2
+   build's pair tile kept half of its sums in memory (a load-FMA-store chain per k) and ran
+   at ~30 GFLOP/s where this one runs at ~60-80 (C micro-benchmark, one Zen 4 core, K = 128
+   to 512); the AVX-512 build's vector tile did the same (26 against 69) and so did the
+   AVX2 build's full tile for doubles; the AVX2 build's vector tile multiplied and added in
+   separate instructions (two roundings where the other tiles fuse them). The full tile for
+   floats was compiled well: 81-87 GFLOP/s there against 85-99 here (AVX2), 84-102 against
+   83-102 (AVX-512).
 
-   Without AVX2 + FMA (the baseline build) the same tiles are plain loops, rounding as that
-   build's other loops do. */
+   Each element's sum is one chain of fused multiply-adds over k = 0, 1, ... starting from
+   0, then stored or added to C, whatever the tile's shape: the same bits for an element
+   whichever tile computes it. Without AVX2 + FMA (the baseline build) the same tiles are
+   plain loops, rounding as that build's other loops do. */
 
 #ifndef GRUFAST_TILES_H
 #define GRUFAST_TILES_H
@@ -68,6 +70,45 @@
 /* One row's sums into C: stored, or added to what C holds. */
 #define GT_OUT(S, p, v, accumulate) \
     GT_STORE_##S(p, (accumulate) ? GT_ADD_##S(GT_LOAD_##S(p), v) : (v))
+
+/* 4 x 3 vectors: per k, 3 loads of W, 4 broadcasts of A, 12 independent FMAs. */
+#define GT_FULL(S, T)                                                                      \
+static inline void grufast_tile_full_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,           \
+                                         ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,    \
+                                         ptrdiff_t ldc, int accumulate)                     \
+{                                                                                          \
+    const ptrdiff_t n = GT_W_##S;                                                          \
+    GT_VEC_##S c00 = GT_ZERO_##S(), c01 = GT_ZERO_##S(), c02 = GT_ZERO_##S();              \
+    GT_VEC_##S c10 = GT_ZERO_##S(), c11 = GT_ZERO_##S(), c12 = GT_ZERO_##S();              \
+    GT_VEC_##S c20 = GT_ZERO_##S(), c21 = GT_ZERO_##S(), c22 = GT_ZERO_##S();              \
+    GT_VEC_##S c30 = GT_ZERO_##S(), c31 = GT_ZERO_##S(), c32 = GT_ZERO_##S();              \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                    \
+        const T* w = W + k * ldw;                                                          \
+        const T* a = A + k * a_k;                                                          \
+        GT_VEC_##S w0 = GT_LOAD_##S(w), w1 = GT_LOAD_##S(w + n), w2 = GT_LOAD_##S(w + 2 * n); \
+        GT_VEC_##S b;                                                                      \
+        b = GT_SET1_##S(a[0]);                                                             \
+        c00 = GT_FMA_##S(b, w0, c00); c01 = GT_FMA_##S(b, w1, c01);                         \
+        c02 = GT_FMA_##S(b, w2, c02);                                                      \
+        b = GT_SET1_##S(a[lda]);                                                           \
+        c10 = GT_FMA_##S(b, w0, c10); c11 = GT_FMA_##S(b, w1, c11);                         \
+        c12 = GT_FMA_##S(b, w2, c12);                                                      \
+        b = GT_SET1_##S(a[2 * lda]);                                                       \
+        c20 = GT_FMA_##S(b, w0, c20); c21 = GT_FMA_##S(b, w1, c21);                         \
+        c22 = GT_FMA_##S(b, w2, c22);                                                      \
+        b = GT_SET1_##S(a[3 * lda]);                                                       \
+        c30 = GT_FMA_##S(b, w0, c30); c31 = GT_FMA_##S(b, w1, c31);                         \
+        c32 = GT_FMA_##S(b, w2, c32);                                                      \
+    }                                                                                      \
+    GT_OUT(S, C, c00, accumulate); GT_OUT(S, C + n, c01, accumulate);                      \
+    GT_OUT(S, C + 2 * n, c02, accumulate);                                                 \
+    GT_OUT(S, C + ldc, c10, accumulate); GT_OUT(S, C + ldc + n, c11, accumulate);          \
+    GT_OUT(S, C + ldc + 2 * n, c12, accumulate);                                           \
+    GT_OUT(S, C + 2 * ldc, c20, accumulate); GT_OUT(S, C + 2 * ldc + n, c21, accumulate);  \
+    GT_OUT(S, C + 2 * ldc + 2 * n, c22, accumulate);                                       \
+    GT_OUT(S, C + 3 * ldc, c30, accumulate); GT_OUT(S, C + 3 * ldc + n, c31, accumulate);  \
+    GT_OUT(S, C + 3 * ldc + 2 * n, c32, accumulate);                                       \
+}
 
 /* 4 x 2 vectors: per k, 2 loads of W, 4 broadcasts of A, 8 independent FMAs. */
 #define GT_PAIR(S, T)                                                                      \
@@ -145,11 +186,14 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
         for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                      \
             C[r * ldc + i] = accumulate ? C[r * ldc + i] + acc[r][i] : acc[r][i];          \
 }
+#define GT_FULL(S, T) GT_LOOP(grufast_tile_full_##S, S, T, 3)
 #define GT_PAIR(S, T) GT_LOOP(grufast_tile_pair_##S, S, T, 2)
 #define GT_VECTOR(S, T) GT_LOOP(grufast_tile_vector_##S, S, T, 1)
 
 #endif
 
+GT_FULL(f, float)
+GT_FULL(d, double)
 GT_PAIR(f, float)
 GT_PAIR(d, double)
 GT_VECTOR(f, float)
