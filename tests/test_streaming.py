@@ -92,6 +92,16 @@ def test_gru_step_refuses_a_layer_that_must_see_the_whole_sequence(kind):
             model.step(_xs(1)[0])
 
 
+def test_gru_step_refuses_once_reverse_is_set_after_steps():
+    """reverse is a plain attribute: set after the fast path's plans exist, the next step
+    is refused, not run forward."""
+    model = grufast.GRU(I, H, seed=4).eval()
+    model.step(_xs(1)[0])
+    model.reverse = True
+    with pytest.raises(ValueError, match="unidirectional"):
+        model.step(_xs(1)[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lbr", [True, False])
 @pytest.mark.parametrize("B", [None, 1, 3, 8, 16, 20])

@@ -33,7 +33,7 @@ cdef extern from *:
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
 
 cdef extern from "_tiles.h":
-    # The pair and vector tiles with named accumulators (why: _tiles.h).
+    # The full, pair and vector tiles with named accumulators (why: _tiles.h).
     void _tile_full_f "grufast_tile_full_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
                                             Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
                                             float* C, Py_ssize_t ldc, bint accumulate

@@ -98,8 +98,8 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
     cdef Py_ssize_t r0 = TB * p // nt, r1 = TB * (p + 1) // nt
     cdef Py_ssize_t g0 = _share(G, nt, p, 4), g1 = _share(G, nt, p + 1, 4)
     cdef Py_ssize_t i0 = _share(I, nt, p, 16), i1 = _share(I, nt, p + 1, 16)
-    # This thread's panel buffer (up to 196 KB), for products of inner size G (dx) and TB
-    # (dW); without it the GEMMs read W in place.
+    # This thread's panel buffer (up to 196 KB in float32), for products of inner size G
+    # (dx) and TB (dW); without it the GEMMs read W in place.
     cdef real* pack = gemm_pack_buffer(max(G, TB), dw_ih)
     # dx by columns: each thread copies only its own panels of W_ih (by rows, every thread
     # copied all of them: 3 MB each at I = H = 512).

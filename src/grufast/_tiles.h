@@ -13,19 +13,40 @@
    83-102 (AVX-512).
 
    Each element's sum is one chain of fused multiply-adds over k = 0, 1, ... starting from
-   0, then stored or added to C, whatever the tile's shape: the same bits for an element
-   whichever tile computes it. Without AVX2 + FMA (the baseline build) the same tiles are
-   plain loops, rounding as that build's other loops do. */
+   0, then stored or added to C, whatever the tile's shape. The edge tiles (_gemm.pxd's
+   _edge_tile, a plain loop) fuse too where the compiler contracts a * b + c, as gcc does in
+   the optimised builds (checked in their disassembly): there an element has the same bits
+   whichever tile computes it. At -O0 and -O1 (the debug and sanitizer builds) gcc does not
+   contract, and an element may round differently in an edge tile than in a whole one
+   (tests/helpers.py compares such paths within rounding on a debug build). Without AVX2 +
+   FMA (the baseline build) the same tiles are plain loops, rounding as that build's other
+   loops do. */
 
 #ifndef GRUFAST_TILES_H
 #define GRUFAST_TILES_H
 
 #include <stddef.h>
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+
+/* The vector width comes from the build (_gemm.pxd's GRUFAST_VEC_FLOATS: 16 floats in the
+   AVX-512 build, 8 otherwise), not from the compiler's ISA macros alone: a build given
+   wider CFLAGS (-march=native on an AVX-512 machine) keeps its own tile widths and uses
+   256-bit intrinsics where it can. */
+#ifndef GRUFAST_VEC_FLOATS
+#error "_tiles.h needs GRUFAST_VEC_FLOATS (defined in _gemm.pxd) first"
+#endif
+#if defined(GRUFAST_TILE_FLOATS) && GRUFAST_TILE_FLOATS != 3 * GRUFAST_VEC_FLOATS
+#error "the full tile is 3 vectors: GRUFAST_TILE_FLOATS must be 3 * GRUFAST_VEC_FLOATS"
+#endif
+#if GRUFAST_VEC_FLOATS == 16 && defined(__AVX512F__)
+#define GT_AVX512 1
+#elif GRUFAST_VEC_FLOATS == 8 && defined(__AVX2__) && defined(__FMA__)
+#define GT_AVX2 1
+#endif
+#if defined(GT_AVX512) || defined(GT_AVX2)
 #include <immintrin.h>
 #endif
 
-#if defined(__AVX512F__)
+#if defined(GT_AVX512)
 #define GT_VEC_f __m512
 #define GT_VEC_d __m512d
 #define GT_W_f 16
@@ -42,7 +63,7 @@
 #define GT_ADD_d _mm512_add_pd
 #define GT_ZERO_f _mm512_setzero_ps
 #define GT_ZERO_d _mm512_setzero_pd
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(GT_AVX2)
 #define GT_VEC_f __m256
 #define GT_VEC_d __m256d
 #define GT_W_f 8
@@ -62,10 +83,6 @@
 #endif
 
 #ifdef GT_VEC_f
-
-#if defined(GRUFAST_VEC_FLOATS) && GRUFAST_VEC_FLOATS != GT_W_f
-#error "GRUFAST_VEC_FLOATS does not match this build's vector width"
-#endif
 
 /* One row's sums into C: stored, or added to what C holds. */
 #define GT_OUT(S, p, v, accumulate) \
@@ -161,10 +178,6 @@ static inline void grufast_tile_vector_##S(ptrdiff_t K, const T* A, ptrdiff_t ld
 
 #else /* the baseline build: plain loops over the same shapes */
 
-/* The widths _gemm.pxd's tiles assume in this build (GRUFAST_VEC_FLOATS). */
-#ifndef GRUFAST_VEC_FLOATS
-#error "_tiles.h needs GRUFAST_VEC_FLOATS (defined in _gemm.pxd) first"
-#endif
 #define GT_W_f GRUFAST_VEC_FLOATS
 #define GT_W_d (GRUFAST_VEC_FLOATS / 2)
 

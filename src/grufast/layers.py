@@ -464,9 +464,11 @@ class GRU(_Parameters):
         # Streaming fast path: C-contiguous arrays of the model's dtype, up to 16 rows,
         # through one cell plan per layer (h=None means zeros there, so not with a
         # default_h0). Its checks are in the kernel: at ~5 us a call, each Python-level
-        # attribute or call here costs ~1%.
+        # attribute or call here costs ~1%. (reverse and bidirectional are read on every
+        # call: they are plain attributes, which a caller may change after the plans exist.)
         plans = self._step_plan_list
-        if plans is not None and (h is not None or self._default_h0 is None):
+        if (plans is not None and not (self.reverse or self.bidirectional)
+                and (h is not None or self._default_h0 is None)):
             fast = _stack_step(plans, x_t, h)
             if fast is not None:
                 return fast
