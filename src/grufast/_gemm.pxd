@@ -33,7 +33,16 @@ cdef extern from *:
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
 
 cdef extern from "_tiles.h":
-    # The full, pair and vector tiles with named accumulators (why: _tiles.h).
+    # The full, pair and vector tiles with named accumulators, and the edge tiles (why:
+    # _tiles.h).
+    void _tile_edge_f "grufast_tile_edge_f"(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
+                                            const float* A, Py_ssize_t lda, Py_ssize_t a_k,
+                                            const float* W, Py_ssize_t ldw, float* C,
+                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
+    void _tile_edge_d "grufast_tile_edge_d"(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
+                                            const double* A, Py_ssize_t lda, Py_ssize_t a_k,
+                                            const double* W, Py_ssize_t ldw, double* C,
+                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
     void _tile_full_f "grufast_tile_full_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
                                             Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
                                             float* C, Py_ssize_t ldc, bint accumulate
@@ -95,25 +104,12 @@ cdef inline void _edge_tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K, con
                             Py_ssize_t lda, Py_ssize_t a_k, const real* W, Py_ssize_t ldw,
                             real* C, Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C[:rows, :width] (+)= A[:rows, :K] @ W[:K, :width] for the remainders, rows <= 4
-    and width <= TILE_MAX (plain loops: a small share of the work). Each element's sum is
-    one chain over k from 0, as in the whole tiles."""
-    cdef real acc[TILE_ROWS][TILE_MAX]
-    cdef Py_ssize_t r, i, k
-    cdef real a
-    for r in range(rows):
-        for i in range(width):
-            acc[r][i] = 0
-    for k in range(K):
-        for r in range(rows):
-            a = A[r * lda + k * a_k]
-            for i in range(width):
-                acc[r][i] += a * W[k * ldw + i]
-    for r in range(rows):
-        for i in range(width):
-            if accumulate:
-                C[r * ldc + i] += acc[r][i]
-            else:
-                C[r * ldc + i] = acc[r][i]
+    and width <= TILE_MAX (_tiles.h's plain loops: a small share of the work). Each
+    element's sum is one chain over k from 0, fused as in the whole tiles."""
+    if real is float:
+        _tile_edge_f(rows, width, K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+    else:
+        _tile_edge_d(rows, width, K, A, lda, a_k, W, ldw, C, ldc, accumulate)
 
 
 cdef inline Py_ssize_t _panel_width(Py_ssize_t n, Py_ssize_t N, Py_ssize_t cw,

@@ -13,14 +13,10 @@
    83-102 (AVX-512).
 
    Each element's sum is one chain of fused multiply-adds over k = 0, 1, ... starting from
-   0, then stored or added to C, whatever the tile's shape. The edge tiles (_gemm.pxd's
-   _edge_tile, a plain loop) fuse too where the compiler contracts a * b + c, as gcc does in
-   the optimised builds (checked in their disassembly): there an element has the same bits
-   whichever tile computes it. At -O0 and -O1 (the debug and sanitizer builds) gcc does not
-   contract, and an element may round differently in an edge tile than in a whole one
-   (tests/helpers.py compares such paths within rounding on a debug build). Without AVX2 +
-   FMA (the baseline build) the same tiles are plain loops, rounding as that build's other
-   loops do. */
+   0, then stored or added to C, whatever the tile's shape, the edge tiles included (below):
+   an element has the same bits whichever tile computes it, on every build and optimisation
+   level. Without AVX2 + FMA (the baseline build) the same tiles are plain loops, rounding
+   as that build's other loops do. */
 
 #ifndef GRUFAST_TILES_H
 #define GRUFAST_TILES_H
@@ -205,6 +201,44 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
 
 #endif
 
+/* The edge tiles: rows <= 4 and width <= 48 (_gemm.pxd's TILE_MAX) of the remainders, as
+   plain loops. In the SIMD builds each multiply-add is an explicit fma (as the whole tiles'
+   intrinsics are), so that an element rounds the same in an edge tile as in a whole one
+   even where the compiler does not contract a * b + c (-O0 in the debug build, -O1 in the
+   sanitizer builds): paths that split the work differently, by batch or by thread, then
+   agree to the bit on every build. Optimised, gcc vectorises the fma as it did the
+   contracted a * b + c. The baseline build has no FMA: a * b + c, as its other loops. */
+#include <math.h>
+#if defined(GT_VEC_f)
+#define GT_MADD_f(a, w, c) fmaf(a, w, c)
+#define GT_MADD_d(a, w, c) fma(a, w, c)
+#else
+#define GT_MADD_f(a, w, c) ((c) + (a) * (w))
+#define GT_MADD_d(a, w, c) ((c) + (a) * (w))
+#endif
+#define GT_EDGE(S, T)                                                                      \
+static inline void grufast_tile_edge_##S(ptrdiff_t rows, ptrdiff_t width, ptrdiff_t K,     \
+                                         const T* A, ptrdiff_t lda, ptrdiff_t a_k,          \
+                                         const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc,    \
+                                         int accumulate)                                    \
+{                                                                                          \
+    T acc[4][48];                                                                          \
+    for (ptrdiff_t r = 0; r < rows; r++)                                                   \
+        for (ptrdiff_t i = 0; i < width; i++)                                              \
+            acc[r][i] = 0;                                                                 \
+    for (ptrdiff_t k = 0; k < K; k++)                                                      \
+        for (ptrdiff_t r = 0; r < rows; r++) {                                             \
+            T a = A[r * lda + k * a_k];                                                    \
+            for (ptrdiff_t i = 0; i < width; i++)                                          \
+                acc[r][i] = GT_MADD_##S(a, W[k * ldw + i], acc[r][i]);                     \
+        }                                                                                  \
+    for (ptrdiff_t r = 0; r < rows; r++)                                                   \
+        for (ptrdiff_t i = 0; i < width; i++)                                              \
+            C[r * ldc + i] = accumulate ? C[r * ldc + i] + acc[r][i] : acc[r][i];          \
+}
+
+GT_EDGE(f, float)
+GT_EDGE(d, double)
 GT_FULL(f, float)
 GT_FULL(d, double)
 GT_PAIR(f, float)
