@@ -20,7 +20,7 @@ def _forward_args(b_ih_size: int):
     """A one-step problem (T = B = I = H = 1) for the raw kernel, with b_ih of the given size
     (3 is right; 0 makes the kernel's &b_ih[0] an out-of-range access)."""
     f = np.float64
-    return (np.zeros((1, 1, 1), f), np.zeros((3, 1), f), np.zeros((1, 3), f), np.zeros(3, f),
+    return (np.zeros((1, 1, 1), f), np.zeros((3, 1), f), np.zeros(3, f),
             np.zeros((3, 1), f), np.zeros(3, f), np.zeros(48, f), np.zeros(b_ih_size, f),
             np.zeros(3, f),
             np.ones(1, np.intp), False, True, np.zeros((1, 1, 1), f), 0, np.zeros((1, 1), f),

@@ -34,8 +34,8 @@ def gates_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rever
     scratch = np.empty(7 * B * H, w.w_ih.dtype)  # gh (B, 3H), rh (B, H), 3 x (B, H)
     # gates holding all T steps makes the kernel project every input at once and leave the
     # gates there, as in training; hprev and ghn None: nothing is kept for backward.
-    w_ih_t, w_hh_pp, w_hh_p = w.read_by(B, False)
-    _kernels.forward(x, w.w_ih, w_ih_t, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
+    w_hh_pp, w_hh_p = w.read_by(B, False)
+    _kernels.forward(x, w.w_ih, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
                      w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h, gates, None, None,
                      scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),

@@ -105,30 +105,20 @@ cdef inline void _recurrent_gemv(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H,
         panel_gemv(H, H, v, _panels_of(w_hh_p, H, k, 0), out + k * H, backwards)
 
 
-cdef inline void _project_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t I,
-                                Py_ssize_t H, const real* x, const real* w_ih_t,
-                                real* gates, real* pack) noexcept nogil:
-    """gates (n, 3H) <- x (n, I) @ w_ih_t for gate k's columns of one part's hidden units
-    (_unit_steps' blocks of the input projections, and the quantized forward's on its
-    widened columns). With ``pack`` (gemm_pack_buffer), each
-    panel of w_ih_t is copied there first, so that the tiles do not read it with its stride
-    of 3H (6 KB per row at H = 512); the same tiles on the same panels either way: the same
-    bits."""
+cdef inline void _project_window(int part, Py_ssize_t k, int nt, Py_ssize_t n,
+                                 Py_ssize_t I, Py_ssize_t H, const real* x,
+                                 const real* w_ih_pp, real* gates) noexcept nogil:
+    """gates (n, 3H) <- x (n, I) @ W_ih^T for gate k's columns of one part's hidden units:
+    the window of W_ih^T packed once for the tiled GEMM (w_ih_pp, pack_gemm_panels), read in
+    place; every element the same chain of fused multiply-adds as in the whole-width
+    product, whichever tile computes it (_tiles.h)."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
-    packed_gemm(n, j1 - j0, I, x, I, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
-                False, pack)
-
-
-cdef void _unit_forward(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
-                        const ForwardArrays* a, real* h) noexcept nogil:
-    """_unit_steps with this thread's panel buffer for the projections."""
-    cdef real* pack = gemm_pack_buffer(d.n_in, h)
-    _unit_steps(p, nt, alone, bar, d, a, h, pack)
-    free(pack)
+    prepacked_gemm_columns(n, k * H + j0, k * H + j1, I, x, I, w_ih_pp, 3 * H,
+                           gates + k * H + j0, 3 * H, False)
 
 
 cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
-                      const ForwardArrays* a, real* h, real* pack) noexcept nogil:
+                      const ForwardArrays* a, real* h) noexcept nogil:
     """Thread p of nt runs one sequence (B = 1) for its part of the hidden units,
     j0 <= j < j1: their columns of h W_hh^T (so each thread streams a 1/nt slice of the
     weights, which stays in its own cache) and of the gates; the columns of x W_ih^T, per
@@ -145,7 +135,7 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
     cdef Py_ssize_t T = d.T, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* x = <const real*>a.x
-    cdef const real* w_ih_t = <const real*>a.w_ih_t
+    cdef const real* w_ih_pp = <const real*>a.w_ih_pp
     cdef const real* w_hh_p = <const real*>a.w_hh_p
     cdef const real* b_ih = <const real*>a.b_ih
     cdef const real* b_hh = <const real*>a.b_hh
@@ -180,8 +170,8 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                 blk = <Py_ssize_t>ticket(bar) - base
                 if blk >= 3 * nt:
                     break
-                _project_block(<int>(blk // 3), blk % 3, nt, n, I, H, x + first * I, w_ih_t,
-                               gates, pack)
+                _project_window(<int>(blk // 3), blk % 3, nt, n, I, H, x + first * I,
+                                w_ih_pp, gates)
             base += 4 * nt  # 3 nt blocks, and each thread's one ticket past them
             went = barrier_wait(bar, team, p)
             if went < 0:
@@ -191,7 +181,7 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
         else:
             for part in range(pa, pb):
                 for k in range(3):
-                    _project_block(part, k, nt, n, I, H, x + first * I, w_ih_t, gates, pack)
+                    _project_window(part, k, nt, n, I, H, x + first * I, w_ih_pp, gates)
         for q in range(s, s + n):
             t = T - 1 - q if reverse else q
             gi = gates + (t - first) * G
@@ -273,12 +263,12 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h,
     if plan.split == BY_UNITS:
         barrier_init(barp, True)
         if plan.alone:
-            _unit_forward(0, nt, True, barp, d, a, h)
+            _unit_steps(0, nt, True, barp, d, a, h)
             return
         with parallel(num_threads=nt):
             # The team may be smaller than asked for: split among the threads that came.
             leave_caller_cpu(barp, thread_id())
-            _unit_forward(thread_id(), team_size(), False, barp, d, a, h)
+            _unit_steps(thread_id(), team_size(), False, barp, d, a, h)
             restore_cpu_mask()
         return
     # Split by sequences, each thread also projects its own sequences' inputs, step by
@@ -321,23 +311,20 @@ cdef void _forward(const Dims* d, const ForwardArrays* a, real* h,
         s += n
 
 
-def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1] w_ih_t,
-            const real[::1] w_ih_pp, const real[:, ::1] w_hh, const real[::1] w_hh_pp,
-            const real[::1] w_hh_p, const real[::1] b_ih, const real[::1] b_hh,
-            const Py_ssize_t[::1] lengths, bint reverse, bint linear_before_reset,
-            real[:, :, ::1] y, Py_ssize_t y_col, real[:, ::1] h, real[:, :, ::1] gates,
-            real[:, :, ::1] hprev, real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh,
-            real[:, ::1] step_scratch):
+def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_ih_pp,
+            const real[:, ::1] w_hh, const real[::1] w_hh_pp, const real[::1] w_hh_p,
+            const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
+            bint reverse, bint linear_before_reset, real[:, :, ::1] y, Py_ssize_t y_col,
+            real[:, ::1] h, real[:, :, ::1] gates, real[:, :, ::1] hprev,
+            real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh, real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
-    w_ih_t (I, 3H) is W_ih transposed, read by the projections of a split by hidden units
-    (in column blocks, each panel copied at the call: their tiles round as one thread's
-    whole-width tiles do);
     w_ih_pp and w_hh_pp are W_ih^T and W_hh^T packed for the register-tiled GEMM
-    (pack_gemm_panels), read by the input projections of few rows and of each thread's
-    sequences, and by the recurrent products of batches;
+    (pack_gemm_panels), read by the input projections of few rows, of each thread's
+    sequences and of a split by hidden units (each thread a window of its columns), and by
+    the recurrent products of batches;
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
-    sequences. w_ih_t, w_hh_pp and w_hh_p may be None where this call does not read them
+    sequences. w_hh_pp and w_hh_p may be None where this call does not read them
     (forward_reads says which it does); a call that would read a missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
@@ -363,13 +350,6 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
                          f"(W_ih^T packed), got {w_ih_pp.shape[0]}")
     # The plan is made here, once, so that the copies checked are the copies it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
-    if w_ih_t is None:
-        if _reads_w_ih_t(plan):
-            raise ValueError("w_ih_t is None, but this call is split by hidden units, whose "
-                             "input projections read it")
-    elif w_ih_t.shape[0] != w_ih.shape[1] or w_ih_t.shape[1] != w_ih.shape[0]:
-        raise ValueError(f"w_ih_t must have shape ({w_ih.shape[1]}, {w_ih.shape[0]}) (W_ih "
-                         f"transposed), got ({w_ih_t.shape[0]}, {w_ih_t.shape[1]})")
     if w_hh_pp is None:
         if _reads_w_hh_pp(plan):
             raise ValueError("w_hh_pp is None, but this call's recurrent products run in the "
@@ -388,7 +368,6 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
         return
     a.x = &x[0, 0, 0]
     a.w_ih = &w_ih[0, 0]
-    a.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     a.w_ih_pp = &w_ih_pp[0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_pp = NULL if w_hh_pp is None else &w_hh_pp[0]
@@ -414,8 +393,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1]
 
 def transpose_into(const real[:, ::1] a, real[:, ::1] out):
     """out (C, R) <- a (R, C) transposed: the transposed weight copies (w_ih_t, w_hh_t) the
-    cells and a split by hidden units read, made after an optimiser step where a call
-    needs them (functional.Weights), through the backward's blocked transpose
+    cells read, made after an optimiser step where a call needs them (functional.Weights),
+    through the backward's blocked transpose
     (_transpose_rows: blocks of 16 rows, each cache line read serving 16 columns). A
     (1536, 512) float32 matrix: 0.25 ms (NumPy's strided copy 2.6 ms)."""
     cdef Py_ssize_t R = a.shape[0], C = a.shape[1]

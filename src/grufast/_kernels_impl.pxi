@@ -44,7 +44,6 @@ cdef struct Dims:
 cdef struct ForwardArrays:
     const void* x           # (T, B, I)
     const void* w_ih        # (3H, I)
-    const void* w_ih_t      # (I, 3H): a split by hidden units only; else may be NULL
     const void* w_ih_pp     # W_ih^T packed for the tiled GEMM (pack_gemm_panels)
     const void* w_hh        # (3H, H)
     const void* w_hh_pp     # W_hh^T packed for the tiled GEMM; NULL unless tiled

@@ -143,12 +143,6 @@ def recurrence_plan(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
             ("serial", "sequences", "units")[<int>plan.split])
 
 
-cdef inline bint _reads_w_ih_t(ThreadPlan plan) noexcept nogil:
-    """Whether forward under this plan reads W_ih^T unpacked: a split by hidden units'
-    projections (their column blocks, copied panel by panel)."""
-    return plan.split == BY_UNITS
-
-
 cdef inline bint _reads_w_hh_pp(ThreadPlan plan) noexcept nogil:
     """Whether forward under this plan reads the packed W_hh^T: the register-tiled
     recurrent products of a batch (a split by units runs GEMVs, even when tiles are
@@ -163,12 +157,11 @@ cdef inline bint _reads_w_hh_p(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
 
 
 def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
-    """(w_ih_t, w_hh_pp, w_hh_p): which weight copies forward on B sequences of H units
-    reads now (its plan, with this thread count and limit); forward refuses None for
-    these, and functional.Weights.read_by makes only these."""
+    """(w_hh_pp, w_hh_p): which weight copies forward on B sequences of H units reads now
+    (its plan, with this thread count and limit); forward refuses None for these, and
+    functional.Weights.read_by makes only these."""
     cdef ThreadPlan plan = plan_threads(B, H, training)
-    return (bool(_reads_w_ih_t(plan)), bool(_reads_w_hh_pp(plan)),
-            bool(_reads_w_hh_p(plan, B)))
+    return bool(_reads_w_hh_pp(plan)), bool(_reads_w_hh_p(plan, B))
 
 
 def tiled_limit() -> int:

@@ -303,9 +303,8 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
     """gates (n, 3H) <- x (n, K) @ w_ih^T for the hidden units of parts pa <= part < pb of
     nt (their rows of all three gate blocks): those rows of the quantized w_ih (3H, K) are
     first widened into their columns of w_ih_t (K, 3H), then multiplied in the
-    register-tiled GEMM, each panel copied first into a buffer of this call's (as the float
-    kernels' split does: _project_block). Each element is the same chain of multiply-adds
-    whichever thread computes which part."""
+    register-tiled GEMM, each panel copied first into a buffer of this call's. Each element
+    is the same chain of multiply-adds whichever thread computes which part."""
     cdef int part
     cdef Py_ssize_t k
     cdef float* pack = gemm_pack_buffer(K, gates)
@@ -320,10 +319,13 @@ cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize
                           const float* s_ih, float* w_ih_t, float* gates,
                           float* pack) noexcept nogil:
     """_qproject's block for gate k and the units of one part: those rows widened into
-    w_ih_t, then the float kernels' block product (pack: its panel buffer, or NULL)."""
+    their columns of w_ih_t, then multiplied in the tiled GEMM, each panel of the block
+    copied first into pack (gemm_pack_buffer; read in place if NULL, the same bits), so that
+    the tiles do not read it with w_ih_t's row stride of 3H."""
     cdef Py_ssize_t j0 = _share(H, nt, part, 16), j1 = _share(H, nt, part + 1, 16)
     qwiden_t(fmt, k * H + j0, j1 - j0, K, w_ih, s_ih, w_ih_t, 3 * H)
-    _project_block(part, k, nt, n, K, H, x, w_ih_t, gates, pack)
+    packed_gemm(n, j1 - j0, K, x, K, w_ih_t + k * H + j0, 3 * H, gates + k * H + j0, 3 * H,
+                False, pack)
 
 
 cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,

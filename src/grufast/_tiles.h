@@ -84,11 +84,23 @@
 #define GT_OUT(S, p, v, accumulate) \
     GT_STORE_##S(p, (accumulate) ? GT_ADD_##S(GT_LOAD_##S(p), v) : (v))
 
-/* 4 x 3 vectors: per k, 3 loads of W, 4 broadcasts of A, 12 independent FMAs. */
-#define GT_FULL(S, T)                                                                      \
-static inline void grufast_tile_full_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,           \
-                                         ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,    \
-                                         ptrdiff_t ldc, int accumulate)                     \
+/* Row r of a tile of NV vectors: its sums c<r>0 ... take b * w0 ... (NV is a constant: the
+   compiler drops the other vectors' code and variables). */
+#define GT_ROW_FMA(S, NV, r, b)                                                            \
+    c##r##0 = GT_FMA_##S(b, w0, c##r##0);                                                  \
+    if (NV > 1) c##r##1 = GT_FMA_##S(b, w1, c##r##1);                                      \
+    if (NV > 2) c##r##2 = GT_FMA_##S(b, w2, c##r##2)
+#define GT_ROW_OUT(S, NV, r)                                                               \
+    GT_OUT(S, C + r * ldc, c##r##0, accumulate);                                           \
+    if (NV > 1) GT_OUT(S, C + r * ldc + n, c##r##1, accumulate);                           \
+    if (NV > 2) GT_OUT(S, C + r * ldc + 2 * n, c##r##2, accumulate)
+
+/* 4 rows x NV vectors: per k, NV loads of W, 4 broadcasts of A, 4 NV independent FMAs,
+   one named variable per sum. The full tile (3 vectors) has 12 chains; the vector tile
+   (1) only 4, bound by the FMA's latency (hence _panel_width avoids it). */
+#define GT_TILE(NAME, S, T, NV)                                                            \
+static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,             \
+                        const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)    \
 {                                                                                          \
     const ptrdiff_t n = GT_W_##S;                                                          \
     GT_VEC_##S c00 = GT_ZERO_##S(), c01 = GT_ZERO_##S(), c02 = GT_ZERO_##S();              \
@@ -98,107 +110,35 @@ static inline void grufast_tile_full_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,
     for (ptrdiff_t k = 0; k < K; k++) {                                                    \
         const T* w = W + k * ldw;                                                          \
         const T* a = A + k * a_k;                                                          \
-        GT_VEC_##S w0 = GT_LOAD_##S(w), w1 = GT_LOAD_##S(w + n), w2 = GT_LOAD_##S(w + 2 * n); \
+        GT_VEC_##S w0 = GT_LOAD_##S(w);                                                    \
+        GT_VEC_##S w1 = NV > 1 ? GT_LOAD_##S(w + n) : w0;                                  \
+        GT_VEC_##S w2 = NV > 2 ? GT_LOAD_##S(w + 2 * n) : w0;                              \
         GT_VEC_##S b;                                                                      \
         b = GT_SET1_##S(a[0]);                                                             \
-        c00 = GT_FMA_##S(b, w0, c00); c01 = GT_FMA_##S(b, w1, c01);                         \
-        c02 = GT_FMA_##S(b, w2, c02);                                                      \
+        GT_ROW_FMA(S, NV, 0, b);                                                           \
         b = GT_SET1_##S(a[lda]);                                                           \
-        c10 = GT_FMA_##S(b, w0, c10); c11 = GT_FMA_##S(b, w1, c11);                         \
-        c12 = GT_FMA_##S(b, w2, c12);                                                      \
+        GT_ROW_FMA(S, NV, 1, b);                                                           \
         b = GT_SET1_##S(a[2 * lda]);                                                       \
-        c20 = GT_FMA_##S(b, w0, c20); c21 = GT_FMA_##S(b, w1, c21);                         \
-        c22 = GT_FMA_##S(b, w2, c22);                                                      \
+        GT_ROW_FMA(S, NV, 2, b);                                                           \
         b = GT_SET1_##S(a[3 * lda]);                                                       \
-        c30 = GT_FMA_##S(b, w0, c30); c31 = GT_FMA_##S(b, w1, c31);                         \
-        c32 = GT_FMA_##S(b, w2, c32);                                                      \
+        GT_ROW_FMA(S, NV, 3, b);                                                           \
     }                                                                                      \
-    GT_OUT(S, C, c00, accumulate); GT_OUT(S, C + n, c01, accumulate);                      \
-    GT_OUT(S, C + 2 * n, c02, accumulate);                                                 \
-    GT_OUT(S, C + ldc, c10, accumulate); GT_OUT(S, C + ldc + n, c11, accumulate);          \
-    GT_OUT(S, C + ldc + 2 * n, c12, accumulate);                                           \
-    GT_OUT(S, C + 2 * ldc, c20, accumulate); GT_OUT(S, C + 2 * ldc + n, c21, accumulate);  \
-    GT_OUT(S, C + 2 * ldc + 2 * n, c22, accumulate);                                       \
-    GT_OUT(S, C + 3 * ldc, c30, accumulate); GT_OUT(S, C + 3 * ldc + n, c31, accumulate);  \
-    GT_OUT(S, C + 3 * ldc + 2 * n, c32, accumulate);                                       \
+    GT_ROW_OUT(S, NV, 0);                                                                  \
+    GT_ROW_OUT(S, NV, 1);                                                                  \
+    GT_ROW_OUT(S, NV, 2);                                                                  \
+    GT_ROW_OUT(S, NV, 3);                                                                  \
 }
-
-/* 4 x 2 vectors: per k, 2 loads of W, 4 broadcasts of A, 8 independent FMAs. */
-#define GT_PAIR(S, T)                                                                      \
-static inline void grufast_tile_pair_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,           \
-                                         ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,    \
-                                         ptrdiff_t ldc, int accumulate)                     \
-{                                                                                          \
-    const ptrdiff_t n = GT_W_##S;                                                          \
-    GT_VEC_##S c00 = GT_ZERO_##S(), c01 = GT_ZERO_##S(), c10 = GT_ZERO_##S();              \
-    GT_VEC_##S c11 = GT_ZERO_##S(), c20 = GT_ZERO_##S(), c21 = GT_ZERO_##S();              \
-    GT_VEC_##S c30 = GT_ZERO_##S(), c31 = GT_ZERO_##S();                                   \
-    for (ptrdiff_t k = 0; k < K; k++) {                                                    \
-        const T* w = W + k * ldw;                                                          \
-        const T* a = A + k * a_k;                                                          \
-        GT_VEC_##S w0 = GT_LOAD_##S(w), w1 = GT_LOAD_##S(w + n), b;                        \
-        b = GT_SET1_##S(a[0]);                                                             \
-        c00 = GT_FMA_##S(b, w0, c00); c01 = GT_FMA_##S(b, w1, c01);                         \
-        b = GT_SET1_##S(a[lda]);                                                           \
-        c10 = GT_FMA_##S(b, w0, c10); c11 = GT_FMA_##S(b, w1, c11);                         \
-        b = GT_SET1_##S(a[2 * lda]);                                                       \
-        c20 = GT_FMA_##S(b, w0, c20); c21 = GT_FMA_##S(b, w1, c21);                         \
-        b = GT_SET1_##S(a[3 * lda]);                                                       \
-        c30 = GT_FMA_##S(b, w0, c30); c31 = GT_FMA_##S(b, w1, c31);                         \
-    }                                                                                      \
-    GT_OUT(S, C, c00, accumulate); GT_OUT(S, C + n, c01, accumulate);                      \
-    GT_OUT(S, C + ldc, c10, accumulate); GT_OUT(S, C + ldc + n, c11, accumulate);          \
-    GT_OUT(S, C + 2 * ldc, c20, accumulate); GT_OUT(S, C + 2 * ldc + n, c21, accumulate);  \
-    GT_OUT(S, C + 3 * ldc, c30, accumulate); GT_OUT(S, C + 3 * ldc + n, c31, accumulate);  \
-}
-
-/* 4 x 1 vector: 4 chains, bound by the FMA's latency (hence _panel_width avoids it). */
-#define GT_VECTOR(S, T)                                                                    \
-static inline void grufast_tile_vector_##S(ptrdiff_t K, const T* A, ptrdiff_t lda,         \
-                                           ptrdiff_t a_k, const T* W, ptrdiff_t ldw, T* C,  \
-                                           ptrdiff_t ldc, int accumulate)                   \
-{                                                                                          \
-    GT_VEC_##S c0 = GT_ZERO_##S(), c1 = GT_ZERO_##S(), c2 = GT_ZERO_##S();                 \
-    GT_VEC_##S c3 = GT_ZERO_##S();                                                         \
-    for (ptrdiff_t k = 0; k < K; k++) {                                                    \
-        const T* a = A + k * a_k;                                                          \
-        GT_VEC_##S w0 = GT_LOAD_##S(W + k * ldw);                                          \
-        c0 = GT_FMA_##S(GT_SET1_##S(a[0]), w0, c0);                                        \
-        c1 = GT_FMA_##S(GT_SET1_##S(a[lda]), w0, c1);                                      \
-        c2 = GT_FMA_##S(GT_SET1_##S(a[2 * lda]), w0, c2);                                  \
-        c3 = GT_FMA_##S(GT_SET1_##S(a[3 * lda]), w0, c3);                                  \
-    }                                                                                      \
-    GT_OUT(S, C, c0, accumulate); GT_OUT(S, C + ldc, c1, accumulate);                      \
-    GT_OUT(S, C + 2 * ldc, c2, accumulate); GT_OUT(S, C + 3 * ldc, c3, accumulate);        \
-}
-
-#else /* the baseline build: plain loops over the same shapes */
+#else /* the baseline build: the edge tile's plain loop (below) over the same shapes */
 
 #define GT_W_f GRUFAST_VEC_FLOATS
 #define GT_W_d (GRUFAST_VEC_FLOATS / 2)
 
-#define GT_LOOP(NAME, S, T, NV)                                                            \
+#define GT_TILE(NAME, S, T, NV)                                                            \
 static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,             \
                         const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)    \
 {                                                                                          \
-    T acc[4][NV * GT_W_##S];                                                               \
-    for (ptrdiff_t r = 0; r < 4; r++)                                                      \
-        for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                      \
-            acc[r][i] = 0;                                                                 \
-    for (ptrdiff_t k = 0; k < K; k++)                                                      \
-        for (ptrdiff_t r = 0; r < 4; r++) {                                                \
-            T a = A[r * lda + k * a_k];                                                    \
-            for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                  \
-                acc[r][i] += a * W[k * ldw + i];                                           \
-        }                                                                                  \
-    for (ptrdiff_t r = 0; r < 4; r++)                                                      \
-        for (ptrdiff_t i = 0; i < NV * GT_W_##S; i++)                                      \
-            C[r * ldc + i] = accumulate ? C[r * ldc + i] + acc[r][i] : acc[r][i];          \
+    grufast_tile_edge_##S(4, NV * GT_W_##S, K, A, lda, a_k, W, ldw, C, ldc, accumulate);   \
 }
-#define GT_FULL(S, T) GT_LOOP(grufast_tile_full_##S, S, T, 3)
-#define GT_PAIR(S, T) GT_LOOP(grufast_tile_pair_##S, S, T, 2)
-#define GT_VECTOR(S, T) GT_LOOP(grufast_tile_vector_##S, S, T, 1)
-
 #endif
 
 /* The edge tiles: rows <= 4 and width <= 48 (_gemm.pxd's TILE_MAX) of the remainders, as
@@ -239,11 +179,11 @@ static inline void grufast_tile_edge_##S(ptrdiff_t rows, ptrdiff_t width, ptrdif
 
 GT_EDGE(f, float)
 GT_EDGE(d, double)
-GT_FULL(f, float)
-GT_FULL(d, double)
-GT_PAIR(f, float)
-GT_PAIR(d, double)
-GT_VECTOR(f, float)
-GT_VECTOR(d, double)
+GT_TILE(grufast_tile_full_f, f, float, 3)
+GT_TILE(grufast_tile_full_d, d, double, 3)
+GT_TILE(grufast_tile_pair_f, f, float, 2)
+GT_TILE(grufast_tile_pair_d, d, double, 2)
+GT_TILE(grufast_tile_vector_f, f, float, 1)
+GT_TILE(grufast_tile_vector_d, d, double, 1)
 
 #endif /* GRUFAST_TILES_H */

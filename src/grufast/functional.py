@@ -85,17 +85,17 @@ class GRUCache:
 
 
 class Weights:
-    """One layer's parameters as the kernels take them: w_ih_t and w_hh_t transposed (the
-    split by hidden units, GRUCell); w_ih_pp and w_hh_pp, the same packed for the
-    register-tiled GEMM (input projections of few rows or of each thread's sequences, the
-    recurrent products of batches); w_hh_p, W_hh packed in panels, for the
+    """One layer's parameters as the kernels take them: w_ih_t and w_hh_t transposed
+    (GRUCell, GRU.step); w_ih_pp and w_hh_pp, the same packed for the register-tiled GEMM
+    (input projections of few rows, of each thread's sequences or of a split by hidden
+    units; the recurrent products of batches); w_hh_p, W_hh packed in panels, for the
     GEMVs of one to three sequences.
 
     The copies other than w_ih_pp are made on first use (a training loop makes them again
-    after every optimiser step): a call on one sequence reads only w_hh_p (and w_ih_t when
-    split by hidden units), a batch only w_hh_pp (or W_hh itself in OpenBLAS's GEMM), a
-    cell w_ih_t and w_hh_t. At H = 512 the two copies one sequence does not read were 8% of
-    a training step with its weight update (B = 1, T = 100). Both packed copies are made
+    after every optimiser step): a call on one sequence reads only w_hh_p, a batch only
+    w_hh_pp (or W_hh itself in OpenBLAS's GEMM), a cell w_ih_t and w_hh_t. At H = 512 the
+    two copies one sequence does not read were 8% of a training step with its weight
+    update (B = 1, T = 100). Both packed copies are made
     straight from W_ih and W_hh, without a transposed copy first (0.30 ms against 0.72 at
     H = 512)."""
 
@@ -128,12 +128,11 @@ class Weights:
         return _kernels.pack_gemm_panels(self.w_hh, transposed=True)
 
     def read_by(self, B: int, training: bool) -> tuple[np.ndarray | None, ...]:
-        """(w_ih_t, w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None
-        where the call's plan does not read it: the kernels' own rule
-        (``forward_reads``), which their forward checks the copies against."""
-        ih_t, hh_pp, hh_p = _kernels.forward_reads(B, self.w_hh.shape[1], training)
-        return (self.w_ih_t if ih_t else None, self.w_hh_pp if hh_pp else None,
-                self.w_hh_p if hh_p else None)
+        """(w_hh_pp, w_hh_p) for the kernels' forward on B sequences, each None where the
+        call's plan does not read it: the kernels' own rule (``forward_reads``), which
+        their forward checks the copies against."""
+        hh_pp, hh_p = _kernels.forward_reads(B, self.w_hh.shape[1], training)
+        return self.w_hh_pp if hh_pp else None, self.w_hh_p if hh_p else None
 
 
 def _transposed(w: np.ndarray) -> np.ndarray:
@@ -249,8 +248,8 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     hprev = _buffers.empty((T, B, H), dtype) if training else None
     ghn = _buffers.empty((T, B, H), dtype) if training and lbr else None
     scratch = _buffers.empty((7 * B * H,), dtype)  # per step: gh (B, 3H), rh (B, H), 3 (B, H)
-    w_ih_t, w_hh_pp, w_hh_p = w.read_by(B, training)
-    _kernels.forward(x, w.w_ih, w_ih_t, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
+    w_hh_pp, w_hh_p = w.read_by(B, training)
+    _kernels.forward(x, w.w_ih, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
                      w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
                      gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),

@@ -466,22 +466,18 @@ class GRU(_Parameters):
         # default_h0). Its checks are in the kernel: at ~5 us a call, each Python-level
         # attribute or call here costs ~1%. (reverse and bidirectional are read on every
         # call: they are plain attributes, which a caller may change after the plans exist.)
-        plans = self._step_plan_list
-        if (plans is not None and not (self.reverse or self.bidirectional)
-                and (h is not None or self._default_h0 is None)):
-            fast = _stack_step(plans, x_t, h)
-            if fast is not None:
-                return fast
-        if self.bidirectional or self.reverse:
-            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
-                             "reverse one must see the whole sequence (got bidirectional="
-                             f"{self.bidirectional}, reverse={self.reverse})")
-        if plans is None:  # the first step after a weight update: build the plans, retry
-            plans = self._step_plans()
+        if not (self.reverse or self.bidirectional):
             if h is not None or self._default_h0 is None:
+                plans = self._step_plan_list
+                if plans is None:  # the first step after a weight update
+                    plans = self._step_plans()
                 fast = _stack_step(plans, x_t, h)
                 if fast is not None:
                     return fast
+        else:
+            raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
+                             "reverse one must see the whole sequence (got bidirectional="
+                             f"{self.bidirectional}, reverse={self.reverse})")
         x_t, unbatched = step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
@@ -504,14 +500,12 @@ class GRU(_Parameters):
 
     def _step_plans(self) -> list:
         """One cell plan per layer for ``step``, built once per weight update."""
-        plans = self._step_plan_list
-        if plans is None:
-            plans = []
-            for k in range(self.num_layers):
-                w = self._layer_weights(f"_l{k}")
-                plans.append(kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
-                                              self.linear_before_reset))
-            self._step_plan_list = plans
+        plans = []
+        for k in range(self.num_layers):
+            w = self._layer_weights(f"_l{k}")
+            plans.append(kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
+                                          self.linear_before_reset))
+        self._step_plan_list = plans
         return plans
 
     def _weights_changed(self) -> None:
