@@ -466,15 +466,13 @@ class GRU(_Parameters):
         # default_h0). Its checks are in the kernel: at ~5 us a call, each Python-level
         # attribute or call here costs ~1%. (reverse and bidirectional are read on every
         # call: they are plain attributes, which a caller may change after the plans exist.)
-        if not (self.reverse or self.bidirectional):
-            if h is not None or self._default_h0 is None:
-                plans = self._step_plan_list
-                if plans is None:  # the first step after a weight update
-                    plans = self._step_plans()
-                fast = _stack_step(plans, x_t, h)
-                if fast is not None:
-                    return fast
-        else:
+        if not (self.reverse or self.bidirectional) and (h is not None
+                                                         or self._default_h0 is None):
+            plans = self._step_plan_list  # None: the first step after a weight update
+            fast = _stack_step(self._step_plans() if plans is None else plans, x_t, h)
+            if fast is not None:
+                return fast
+        if self.reverse or self.bidirectional:
             raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
                              "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
