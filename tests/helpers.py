@@ -49,9 +49,9 @@ def problem(rng, T, B, I, H, dtype=np.float64, bias=True, scale=None):
 def assert_equal_bits_in_release(actual, desired) -> None:
     """Bitwise equality on release builds. A debug build (-O0) is compared to 1e-6 of the
     largest magnitude instead: without optimisation gcc does not contract a * b + c into an
-    FMA in the tiled GEMM's edge tiles, while its whole tiles (_tiles.h, intrinsics) and
-    OpenBLAS's kernels still fuse, so paths that agree bit for bit in a release build
-    (OpenBLAS vs the tiled GEMM on different batch or thread splits) round differently
+    FMA in the loops outside the tiled GEMM (whose tiles, _tiles.h, fuse on every build),
+    while OpenBLAS's kernels still fuse, so paths that agree bit for bit in a release build
+    (OpenBLAS vs the tiled GEMM on different batch or thread splits) may round differently
     there."""
     from grufast import _build_info
 

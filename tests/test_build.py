@@ -33,6 +33,17 @@ def test_every_runnable_build_accepts_the_well_formed_call():
         build.forward(*_forward_args(3))
 
 
+def test_every_build_refuses_input_weights_that_disagree_with_x_and_h():
+    """The projections read W_ih^T packed with x's input count and h's units, so a w_ih of
+    another shape (its packed copy sized to match it) is refused, not read out of bounds."""
+    for build in _isa.runnable():
+        for shape in ((3, 2), (6, 1)):  # I = 2 for x's 1 input; 3H = 6 for h's 1 unit
+            args = list(_forward_args(3))
+            args[1], args[2] = np.zeros(shape), np.zeros(shape[0] * shape[1])
+            with pytest.raises(ValueError, match=r"w_ih must have shape \(3, 1\)"):
+                build.forward(*args)
+
+
 @pytest.mark.skipif(not EXPECT_DEBUG, reason="runs only on a debug build (CI sets "
                     "GRUFAST_EXPECT_DEBUG=1 after installing one)")
 def test_debug_build_is_the_one_running_and_checks_bounds():

@@ -281,7 +281,7 @@ def test_one_sequence_split_across_threads(monkeypatch):
     barrier after every step: 1, 2 and 3 threads (3 oversubscribe a 2-core machine: the
     barrier must yield, not hang), both variants and directions, odd and even T (the state
     alternates between two rows), lengths, chunked inference and training, float32 and
-    float64, an input wider than one K block (the projections' panels copied in two
+    float64, an input wider than one K block (the projections' windows read in two K
     blocks), all meet the tolerances and agree with one thread."""
     from threadpoolctl import threadpool_limits
 

@@ -320,7 +320,8 @@ cdef inline void prepacked_gemm_columns(Py_ssize_t M, Py_ssize_t c0, Py_ssize_t 
                                         const real* P, Py_ssize_t NP, real* C,
                                         Py_ssize_t ldc, bint accumulate) noexcept nogil:
     """C (M, c1 - c0) (+)= A @ W[:, c0:c1] from W (K, NP) packed whole (pack_gemm_weights):
-    the recurrent products of some of the gates, from W_hh^T packed once for all three."""
+    the recurrent products of some of the gates, from W_hh^T packed once for all three, and
+    a split by hidden units' input projections, each a window of W_ih^T's columns."""
     _prepacked_window(M, c0, c1, K, A, lda, 1, P, NP, C, ldc, accumulate)
 
 

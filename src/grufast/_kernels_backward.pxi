@@ -96,7 +96,7 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
 cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
                          const BackwardArrays* a, real* dh) noexcept nogil:
     """Backward of one sequence (B = 1), thread p of nt owning the hidden units j0 <= j < j1
-    as in _unit_forward: their gate gradients and their columns of W_hh for dh; afterwards
+    as in _unit_steps: their gate gradients and their columns of W_hh for dh; afterwards
     its share of the weight gradients and of dx (_weight_grads). No OpenBLAS call:
     its threads would spin after each call and take the cores this loop's barrier waits on.
     dgh holds two rows (2, 3H), used by alternate steps so that no thread writes the row
@@ -148,7 +148,7 @@ cdef void _backward_by_sequences(int p, int nt, barrier_t* bar, const Dims* d,
                                  const BackwardArrays* a, const StepGrads* f,
                                  real* dh) noexcept nogil:
     # The backward keeps its threads through a back-off: the forward's fallback
-    # (_unit_forward) emulates every thread's part, which the weight gradients' phases do not.
+    # (_unit_steps) emulates every thread's part, which the weight gradients' phases do not.
     """Thread p of nt: the backward recurrence of its own sequences, with their partial sums
     of the weight gradients; then, once every thread's are complete, its rows of the sums."""
     _bsteps(d, a, f, dh, _share(d.B, nt, p, 4), _share(d.B, nt, p + 1, 4), True,
@@ -160,7 +160,7 @@ cdef void _backward_by_sequences(int p, int nt, barrier_t* bar, const Dims* d,
 cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
                     real* dh) noexcept nogil:
     # The backward keeps its threads through a back-off: the forward's fallback
-    # (_unit_forward) emulates every thread's part, which the weight gradients' phases do not.
+    # (_unit_steps) emulates every thread's part, which the weight gradients' phases do not.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, True)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar

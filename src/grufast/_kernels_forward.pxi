@@ -345,6 +345,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     d.lbr = linear_before_reset
     d.accumulate = False
     d.dx_accumulate = False
+    if w_ih.shape[0] != 3 * d.H or w_ih.shape[1] != d.n_in:
+        raise ValueError(f"w_ih must have shape ({3 * d.H}, {d.n_in}) (3H from h, I from x), "
+                         f"got ({w_ih.shape[0]}, {w_ih.shape[1]})")
     if w_ih_pp.shape[0] != w_ih.shape[0] * w_ih.shape[1]:
         raise ValueError(f"w_ih_pp must hold {w_ih.shape[0] * w_ih.shape[1]} elements "
                          f"(W_ih^T packed), got {w_ih_pp.shape[0]}")

@@ -336,7 +336,7 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
                        const Py_ssize_t* lengths, bint lbr, float* y, Py_ssize_t ldy,
                        float* h, float* gh, float* rh, float* step_scratch) noexcept nogil:
     """Steps of one sequence split across nt threads by hidden units, as the float
-    kernels split them (_unit_forward): the team projects the inputs (_qproject's blocks,
+    kernels split them (_unit_steps): the team projects the inputs (_qproject's blocks,
     first come first served, in the tiled GEMM: no OpenBLAS threads to compete with the
     team); thread p computes the rows of its units in each gate block of the recurrent
     product (streaming 1/nt of the weights) and their gates; the threads meet at the barrier after
@@ -360,7 +360,7 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
     cdef float* pack
     if team > 1:
         # Blocks first come first served (a pool thread woken from sleep starts late), then
-        # the barrier publishes them: as in _unit_forward.
+        # the barrier publishes them: as in _unit_steps.
         pack = NULL  # allocated by a thread that takes a block
         while True:
             blk = <Py_ssize_t>ticket(bar)

@@ -130,6 +130,10 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
 }
 #else /* the baseline build: the edge tile's plain loop (below) over the same shapes */
 
+#if 3 * GRUFAST_VEC_FLOATS > 48
+#error "the baseline's whole tiles run in the edge tile: at most 48 (TILE_MAX) floats wide"
+#endif
+
 #define GT_W_f GRUFAST_VEC_FLOATS
 #define GT_W_d (GRUFAST_VEC_FLOATS / 2)
 

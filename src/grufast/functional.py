@@ -106,8 +106,8 @@ class Weights:
         self.b_ih = b_ih
         self.b_hh = b_hh
         self.has_bias = has_bias
-        # Every float projection but a split by units reads W_ih^T packed, straight from
-        # W_ih (no transposed copy first).
+        # Every tiled float projection (the split by units' windows included) reads W_ih^T
+        # packed, straight from W_ih (no transposed copy first).
         self.w_ih_pp = _kernels.pack_gemm_panels(np.ascontiguousarray(w_ih),
                                                  transposed=True)
 
