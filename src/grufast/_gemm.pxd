@@ -28,9 +28,12 @@ cdef extern from *:
     #ifndef GRUFAST_TILE_FLOATS
     #define GRUFAST_TILE_FLOATS 24
     #endif
+    /* The widest panel of any build, in floats (the edge tiles' bound, _tiles.h). */
+    #define GRUFAST_TILE_MAX 48
     """
     const Py_ssize_t VEC_FLOATS "GRUFAST_VEC_FLOATS"
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
+    const Py_ssize_t TILE_MAX "GRUFAST_TILE_MAX"
 
 cdef extern from "_tiles.h":
     # The full, pair and vector tiles with named accumulators, and the edge tiles (why:
@@ -71,7 +74,6 @@ cdef extern from "_tiles.h":
 
 cdef enum:
     TILE_ROWS = 4
-    TILE_MAX = 48
     K_BLOCK = 1024
     TN_ROWS = 32   # small_gemm_tn's blocks: 32 columns x 256 rows of A, 32 KB of floats
     TN_K = 256

@@ -397,9 +397,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
 def transpose_into(const real[:, ::1] a, real[:, ::1] out):
     """out (C, R) <- a (R, C) transposed: the transposed weight copies (w_ih_t, w_hh_t) the
     cells read, made after an optimiser step where a call needs them (functional.Weights),
-    through the backward's blocked transpose
-    (_transpose_rows: blocks of 16 rows, each cache line read serving 16 columns). A
-    (1536, 512) float32 matrix: 0.25 ms (NumPy's strided copy 2.6 ms)."""
+    through the backward's blocked transpose (_transpose_rows: blocks of 16 rows, each cache
+    line read serving 16 columns). A (1536, 512) float32 matrix: 0.25 ms (NumPy's strided
+    copy 2.6 ms)."""
     cdef Py_ssize_t R = a.shape[0], C = a.shape[1]
     if out.shape[0] != C or out.shape[1] != R:
         raise ValueError(f"out must have shape ({C}, {R}), got ({out.shape[0]}, "

@@ -27,11 +27,14 @@
    AVX-512 build, 8 otherwise), not from the compiler's ISA macros alone: a build given
    wider CFLAGS (-march=native on an AVX-512 machine) keeps its own tile widths and uses
    256-bit intrinsics where it can. */
-#ifndef GRUFAST_VEC_FLOATS
-#error "_tiles.h needs GRUFAST_VEC_FLOATS (defined in _gemm.pxd) first"
+#if !defined(GRUFAST_VEC_FLOATS) || !defined(GRUFAST_TILE_MAX)
+#error "_tiles.h needs GRUFAST_VEC_FLOATS and GRUFAST_TILE_MAX (defined in _gemm.pxd) first"
 #endif
 #if defined(GRUFAST_TILE_FLOATS) && GRUFAST_TILE_FLOATS != 3 * GRUFAST_VEC_FLOATS
 #error "the full tile is 3 vectors: GRUFAST_TILE_FLOATS must be 3 * GRUFAST_VEC_FLOATS"
+#endif
+#if 3 * GRUFAST_VEC_FLOATS > GRUFAST_TILE_MAX
+#error "a panel (3 vectors) must fit the edge tile: at most GRUFAST_TILE_MAX floats wide"
 #endif
 #if GRUFAST_VEC_FLOATS == 16 && defined(__AVX512F__)
 #define GT_AVX512 1
@@ -130,10 +133,6 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
 }
 #else /* the baseline build: the edge tile's plain loop (below) over the same shapes */
 
-#if 3 * GRUFAST_VEC_FLOATS > 48
-#error "the baseline's whole tiles run in the edge tile: at most 48 (TILE_MAX) floats wide"
-#endif
-
 #define GT_W_f GRUFAST_VEC_FLOATS
 #define GT_W_d (GRUFAST_VEC_FLOATS / 2)
 
@@ -145,7 +144,7 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
 }
 #endif
 
-/* The edge tiles: rows <= 4 and width <= 48 (_gemm.pxd's TILE_MAX) of the remainders, as
+/* The edge tiles: rows <= 4 and width <= GRUFAST_TILE_MAX of the remainders, as
    plain loops. In the SIMD builds each multiply-add is an explicit fma (as the whole tiles'
    intrinsics are), so that an element rounds the same in an edge tile as in a whole one
    even where the compiler does not contract a * b + c (-O0 in the debug build, -O1 in the
@@ -166,7 +165,7 @@ static inline void grufast_tile_edge_##S(ptrdiff_t rows, ptrdiff_t width, ptrdif
                                          const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc,    \
                                          int accumulate)                                    \
 {                                                                                          \
-    T acc[4][48];                                                                          \
+    T acc[4][GRUFAST_TILE_MAX];                                                            \
     for (ptrdiff_t r = 0; r < rows; r++)                                                   \
         for (ptrdiff_t i = 0; i < width; i++)                                              \
             acc[r][i] = 0;                                                                 \

@@ -95,9 +95,8 @@ class Weights:
     after every optimiser step): a call on one sequence reads only w_hh_p, a batch only
     w_hh_pp (or W_hh itself in OpenBLAS's GEMM), a cell w_ih_t and w_hh_t. At H = 512 the
     two copies one sequence does not read were 8% of a training step with its weight
-    update (B = 1, T = 100). Both packed copies are made
-    straight from W_ih and W_hh, without a transposed copy first (0.30 ms against 0.72 at
-    H = 512)."""
+    update (B = 1, T = 100). Both packed copies are made straight from W_ih and W_hh,
+    without a transposed copy first (0.30 ms against 0.72 at H = 512)."""
 
     def __init__(self, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
                  b_hh: np.ndarray, has_bias: bool) -> None:
