@@ -346,3 +346,38 @@ def test_settle_waits_for_threads_that_keep_running():
     waited = settle()
     t.join()
     assert 0.25 <= waited <= QUIET_MAX_S + 0.2
+
+
+def test_tables_only_skips_the_extras(tmp_path):
+    """--tables-only (the many-core run's form): the inference and training tables, and no
+    streaming step, training iteration, gates cost or reduced-precision run."""
+    proc, (res,) = _bench_cli(tmp_path, "--shape", "4,2,3,4", "--peers", "onnxruntime",
+                              "--threads", "1", "--tables-only")
+    assert not {"streaming", "gates", "training_iteration", "quantized"} & set(res)
+    assert res["settings"]["extras"] is False
+    assert set(res["rows"][0]["inference"]) == {"grufast", "onnxruntime"}
+    assert "inference (median ms per call)" in proc.stdout
+    assert "streaming step" not in proc.stdout and "reduced precision" not in proc.stdout
+
+
+def test_a_cpu_sysfs_does_not_know_is_its_own_core():
+    from grufast import _bench_env as E
+
+    assert E._siblings(10**6) == [10**6]
+
+
+def test_pinning_takes_one_cpu_per_physical_core_first(monkeypatch):
+    """n threads are pinned to n physical cores where the machine has them, not to n / 2
+    cores' SMT sibling pairs (sysfs numbers siblings either side by side or half the
+    machine apart)."""
+    from grufast import _bench_env as E
+
+    for pairs, want in [({0: 1, 2: 3}, [0, 2, 1, 3]), ({0: 2, 1: 3}, [0, 1, 2, 3])]:
+        sib = {**{a: [a, b] for a, b in pairs.items()}, **{b: [a, b] for a, b in pairs.items()}}
+        monkeypatch.setattr(E, "_siblings", sib.__getitem__)
+        assert E.cores_first([0, 1, 2, 3]) == want
+        assert E.physical_cores([0, 1, 2, 3]) == 2 and E.physical_cores(want[:2]) == 2
+        monkeypatch.setattr(E, "visible_cpus", lambda: [0, 1, 2, 3])
+        assert E.cpus_for(2) == set(want[:2]) and E.cpus_for(4) is None
+        assert E.thread_mode(4, {0, 1, 2, 3}, 8) == (
+            "4 threads, pinned to 4 of 8 cpus (2 physical cores)")

@@ -54,6 +54,29 @@ def test_to_onnx_runs_in_onnxruntime(tmp_path, layers, bidirectional, lbr, batch
         np.testing.assert_array_equal(back.state_dict()[k], v)
 
 
+@pytest.mark.parametrize("opset", [14, 22])
+def test_to_onnx_writes_the_lowest_ir_version_its_opset_allows(tmp_path, opset):
+    """onnx writes its own newest IR version by default (1.23: IR 14), which runtimes older
+    than the onnx package refuse (ONNX Runtime 1.30 reads up to IR 13): the exported model
+    and the bench's models carry the lowest IR version that can hold their opset."""
+    import onnx
+    from onnx import helper
+
+    from grufast import _bench_peers as P
+
+    want = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    assert want < onnx.IR_VERSION or onnx.IR_VERSION <= 10
+    path = tmp_path / "gru.onnx"
+    grufast.GRU(3, 4, seed=0).to_onnx(path, opset=opset)
+    assert onnx.load(str(path)).ir_version == want
+    case = P.Case(5, 2, 3, 4, 1, False, True, "float32")
+    sd = grufast.GRU(3, 4, seed=0).state_dict()
+    bench_model = onnx.load_from_string(P._onnx_gru_model(case, sd, T=5, with_state=False,
+                                                          outputs_y=True))
+    assert bench_model.ir_version == helper.find_min_ir_version_for(
+        [helper.make_opsetid("", 14)])
+
+
 @pytest.mark.parametrize("layers,bidirectional,batch_first", [(1, False, False), (2, True, False),
                                                               (3, True, True), (2, False, True)])
 def test_from_onnx_reads_torch_export(tmp_path, layers, bidirectional, batch_first):

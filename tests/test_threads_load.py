@@ -165,6 +165,96 @@ def test_one_sequence_gives_the_same_bits_on_any_thread_count(lbr, dtype, I, H):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.fixture
+def batch_split():
+    """kernels.force_batch_split and set_units_min_bytes, restored afterwards."""
+    from grufast import _isa
+
+    yield kernels
+    kernels.force_batch_split("auto")
+    kernels.set_units_min_bytes(_isa.L2_BYTES or (1 << 20))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("B, I, H, reverse", [(10, 20, 230, False), (16, 1030, 128, True)])
+def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(batch_split, lbr,
+                                                                       dtype, B, I, H,
+                                                                       reverse):
+    """An inference batch split by hidden units (each thread its units' columns of both
+    products, for every sequence) computes every element as the split by sequences does:
+    the same tiles on windows of the same packed weights, one chain of multiply-adds from
+    k = 0 per element. So the two splits, and one thread running every share after a
+    fallback, give the same bits. H = 230: shares cut inside a vector (edge tiles); B = 10:
+    a partial tile of rows; I = 1030: two K blocks; padded lengths; T odd (the state ends
+    in the scratch buffer)."""
+    from grufast import functional as F
+
+    from .helpers import problem
+
+    rng = np.random.default_rng(7)
+    x, h0, *w = problem(rng, 7, B, I, H, dtype)
+    kw = dict(lengths=rng.integers(0, 8, B), reverse=reverse, linear_before_reset=lbr)
+    out = {}
+    with threadpool_limits(4):
+        for split in ("sequences", "units", "alone"):
+            batch_split.force_batch_split("units" if split == "alone" else split)
+            _wait_backoff_over()
+            if split == "alone":
+                kernels.start_serial_backoff()
+            assert kernels.recurrence_plan(B, H, False) == (
+                True, "units" if split == "alone" else split)
+            if split != "sequences":  # the packed W_hh^T's windows, not W_hh's panels
+                assert kernels.forward_reads(B, H, False) == (True, False)
+            out[split] = F.gru_forward(x, h0, *w, **kw)[:2]
+    for split in ("units", "alone"):
+        for a, b in zip(out["sequences"], out[split]):
+            np.testing.assert_array_equal(a, b, err_msg=split)
+
+
+def test_the_batch_split_rule(batch_split):
+    """An inference batch splits by hidden units from 4 threads when that gets it more
+    threads than by sequences (B / 4 against H / 32) or when W_hh^T (12 H^2 bytes) exceeds
+    the L2 size the kernels were given; otherwise, and in training, by sequences."""
+    batch_split.set_units_min_bytes(1 << 20)
+    cases = [(16, 64, 512, False, "units"), (16, 64, 256, False, "sequences"),
+             (16, 8, 512, False, "units"), (16, 16, 128, False, "sequences"),
+             (16, 64, 512, True, "sequences"), (2, 64, 512, False, "sequences"),
+             (3, 8, 512, False, "sequences"), (4, 8, 512, False, "units"),
+             (4, 64, 256, False, "sequences")]
+    for threads, B, H, training, split in cases:
+        with threadpool_limits(threads):
+            got = kernels.recurrence_plan(B, H, training)[1]
+            if training:  # by sequences, or serial where OpenBLAS serves it (AVX2 build)
+                assert got in (split, "serial"), (threads, B, H)
+            else:
+                assert got == split, (threads, B, H)
+    batch_split.set_units_min_bytes(0)
+    with threadpool_limits(4):
+        assert kernels.recurrence_plan(64, 256, False)[1] == "units"
+        assert kernels.recurrence_plan(64, 256, True)[1] in ("sequences", "serial")
+    with pytest.raises(ValueError, match="split must be one of"):
+        kernels.force_batch_split("rows")
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        kernels.set_units_min_bytes(-1)
+
+
+@pytest.mark.parametrize("weight_format", ["int8", "bf16"])
+def test_quantized_batches_split_by_units_as_float_ones(batch_split, weight_format):
+    """A quantized batch (from 4 sequences: the float kernels on the dequantised weights)
+    split by hidden units gives what one thread gives."""
+    q = grufast.GRU(24, 128, seed=2).quantized(weight_format)
+    x = np.random.default_rng(3).standard_normal((6, 16, 24)).astype(np.float32)
+    with threadpool_limits(1):
+        one = q(x)
+    batch_split.force_batch_split("units")
+    with threadpool_limits(4):
+        assert kernels.recurrence_plan(16, 128, False)[1] == "units"
+        four = q(x)
+    for a, b in zip(one, four):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])
 @pytest.mark.parametrize("lbr", [True, False])
 def test_quantized_backoff_changes_no_bit(lbr, weight_format):

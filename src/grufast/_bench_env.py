@@ -69,13 +69,44 @@ def visible_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+def _siblings(cpu: int) -> list[int]:
+    """The logical cpus sharing ``cpu``'s physical core (SMT siblings, sysfs), itself
+    included; [cpu] where the platform does not say."""
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+            text = f.read().strip()
+    except OSError:
+        return [cpu]
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def cores_first(cpus: list[int]) -> list[int]:
+    """``cpus`` ordered so that each physical core's first sibling comes before any core's
+    second: n threads pinned to the first n then run on n cores where the machine has
+    them, not on n/2 cores' SMT pairs (whose FMA units they would share)."""
+    rank = {}
+    for c in cpus:
+        sib = [s for s in _siblings(c) if s in cpus] or [c]
+        rank[c] = (sorted(sib).index(c) if c in sib else 0, c)
+    return sorted(cpus, key=rank.__getitem__)
+
+
+def physical_cores(cpus: list[int]) -> int:
+    """How many physical cores ``cpus`` span."""
+    return len({min(_siblings(c)) for c in cpus})
+
+
 def cpus_for(threads: int) -> set[int] | None:
-    """The cores a worker with ``threads`` threads is pinned to (None: unpinned, also where
-    the platform cannot pin)."""
+    """The cpus a worker with ``threads`` threads is pinned to, one per physical core first
+    (None: unpinned, also where the platform cannot pin)."""
     visible = visible_cpus()
     if threads >= len(visible) or not hasattr(os, "sched_setaffinity"):
         return None
-    return set(visible[:threads])
+    return set(cores_first(visible)[:threads])
 
 
 def thread_mode(threads: int, pinned: set[int] | None, visible: int) -> str:
@@ -84,7 +115,9 @@ def thread_mode(threads: int, pinned: set[int] | None, visible: int) -> str:
         return f"{t}, unpinned (all {visible} cores)"
     if len(pinned) == 1:
         return f"{t}, pinned to one core (cpu {min(pinned)})"
-    return f"{t}, pinned to {len(pinned)} of {visible} cores"
+    cores = physical_cores(sorted(pinned))
+    return (f"{t}, pinned to {len(pinned)} of {visible} cpus"
+            + ("" if cores == len(pinned) else f" ({cores} physical cores)"))
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -221,8 +254,9 @@ def environment(threads: int, peers: list[str]) -> dict:
         limits["onnxruntime_intra_op_num_threads"] = threads
     blas = _blas()
     return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "blas": blas,
-            "threads": threads, "thread_mode": thread_mode(threads, pinned, visible),
-            "limits": limits, "versions": versions,
+            "physical_cores": physical_cores(affinity), "threads": threads,
+            "thread_mode": thread_mode(threads, pinned, visible), "limits": limits,
+            "versions": versions,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

@@ -223,6 +223,7 @@ def _onnx_gru_model(c: Case, sd: dict, *, T, with_state: bool, outputs_y: bool) 
     from onnx import TensorProto, helper, numpy_helper
 
     from grufast.interop import rzn_to_zrn
+    from grufast.interop.onnx import make_model
 
     elem = TensorProto.FLOAT if c.dtype == "float32" else TensorProto.DOUBLE
     D, H = c.D, c.H
@@ -264,7 +265,7 @@ def _onnx_gru_model(c: Case, sd: dict, *, T, with_state: bool, outputs_y: bool) 
             nodes.append(helper.make_node("Reshape", [f"Yt{k}", f"tbdh_{k}"], [f"in{k + 1}"]))
             inp = f"in{k + 1}"
     graph = helper.make_graph(nodes, "gru", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = make_model(graph, 14)
     return model.SerializeToString()
 
 

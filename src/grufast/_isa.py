@@ -174,3 +174,6 @@ L2_BYTES = l2_cache_bytes()  # per core, read once: the tiled limit and function
 _limit = tiled_limit_for(kernels.__name__, L2_BYTES)
 if _limit is not None:
     kernels.set_tiled_limit(_limit)
+# Inference batches whose recurrent weights exceed one core's L2 split by hidden units on
+# many threads (_kernels_threads.pxi); unknown L2: 1 MiB.
+kernels.set_units_min_bytes(L2_BYTES or (1 << 20))

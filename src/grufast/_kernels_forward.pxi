@@ -117,11 +117,31 @@ cdef inline void _project_window(int part, Py_ssize_t k, int nt, Py_ssize_t n,
                            gates + k * H + j0, 3 * H, False)
 
 
+cdef inline void _unit_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B, Py_ssize_t H,
+                                Py_ssize_t j0, Py_ssize_t j1, const real* v,
+                                const real* w_hh_p, const real* w_hh_pp, real* gh,
+                                bint backwards) noexcept nogil:
+    """gh[:, k H + j0 : k H + j1] = v (B, H) @ W_hk^T's columns j0 <= j < j1, for the gates
+    k0 <= k < k1: one sequence by GEMVs on the panel-packed W_hh (gates in the order
+    ``backwards`` says), a batch in the register tiles on the window of the packed W_hh^T
+    (the same bits as the whole width: _tiles.h)."""
+    cdef Py_ssize_t kk, k
+    for kk in range(k0, k1):
+        k = k0 + k1 - 1 - kk if backwards else kk
+        if B == 1:
+            panel_gemv(j1 - j0, H, v, _panels_of(w_hh_p, H, k, j0), gh + k * H + j0,
+                       backwards)
+        else:
+            prepacked_gemm_columns(B, k * H + j0, k * H + j1, H, v, H, w_hh_pp, 3 * H,
+                                   gh + k * H + j0, 3 * H, False)
+
+
 cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                       const ForwardArrays* a, real* h) noexcept nogil:
-    """Thread p of nt runs one sequence (B = 1) for its part of the hidden units,
+    """Thread p of nt runs the B sequences for its part of the hidden units,
     j0 <= j < j1: their columns of h W_hh^T (so each thread streams a 1/nt slice of the
-    weights, which stays in its own cache) and of the gates; the columns of x W_ih^T, per
+    weights, which stays in its own cache: B = 1 by GEMVs, a batch in the register tiles)
+    and of the gates; the columns of x W_ih^T, per
     chunk of steps, go in blocks to whichever thread comes first. The threads meet
     at a barrier after each step, where the new state is complete (and once more without
     linear_before_reset, where r * h is). The state alternates between h and a scratch row,
@@ -132,11 +152,12 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
     call: _threads.h), the first thread to arrive there goes on alone and the others leave.
     Either way every part is computed as its own thread would, so the result is bitwise the
     same."""
-    cdef Py_ssize_t T = d.T, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* x = <const real*>a.x
     cdef const real* w_ih_pp = <const real*>a.w_ih_pp
     cdef const real* w_hh_p = <const real*>a.w_hh_p
+    cdef const real* w_hh_pp = <const real*>a.w_hh_pp
     cdef const real* b_ih = <const real*>a.b_ih
     cdef const real* b_hh = <const real*>a.b_hh
     cdef const Py_ssize_t* lengths = a.lengths
@@ -147,7 +168,8 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
     cdef real* gh = <real*>a.gh
     cdef real* rh = <real*>a.rh
     cdef real* step_scratch = <real*>a.step_scratch
-    cdef Py_ssize_t s = 0, q, t, n, k, kk, first, G = 3 * H, j0, j1, w, blk, base = 0
+    cdef Py_ssize_t s = 0, q, t, n, b, first, G = 3 * H, BG = B * G, BH = B * H, j0, j1
+    cdef Py_ssize_t blk, base = 0
     cdef bint backwards  # this step walks the weights' strips last to first
     cdef int part, pa = 0 if alone else p, pb = nt if alone else p + 1  # parts run here
     cdef int team = 1 if alone else nt  # threads meeting at the barrier
@@ -155,9 +177,9 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
     cdef real* states[2]
     cdef real* gi
     cdef real* hp_t = step_scratch
-    cdef real* hn_t = step_scratch + H  # lbr: the recurrent n term; else exp(-a_z)
+    cdef real* hn_t = step_scratch + BH  # lbr: the recurrent n term; else exp(-a_z)
     states[0] = h
-    states[1] = step_scratch + 2 * H
+    states[1] = step_scratch + 2 * BH
     while s < T:
         n = min(chunk, T - s)
         first = T - s - n if reverse else s
@@ -170,8 +192,8 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                 blk = <Py_ssize_t>ticket(bar) - base
                 if blk >= 3 * nt:
                     break
-                _project_window(<int>(blk // 3), blk % 3, nt, n, I, H, x + first * I,
-                                w_ih_pp, gates)
+                _project_window(<int>(blk // 3), blk % 3, nt, n * B, I, H,
+                                x + first * B * I, w_ih_pp, gates)
             base += 4 * nt  # 3 nt blocks, and each thread's one ticket past them
             went = barrier_wait(bar, team, p)
             if went < 0:
@@ -180,46 +202,34 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                 pa, pb, team = 0, nt, 1
         else:
             for part in range(pa, pb):
-                for k in range(3):
-                    _project_window(part, k, nt, n, I, H, x + first * I, w_ih_pp, gates)
+                for b in range(3):
+                    _project_window(part, b, nt, n * B, I, H, x + first * B * I, w_ih_pp,
+                                    gates)
         for q in range(s, s + n):
             t = T - 1 - q if reverse else q
-            gi = gates + (t - first) * G
+            gi = gates + (t - first) * BG
             if hprev != NULL:
-                hp_t = hprev + t * H
+                hp_t = hprev + t * BH
             if ghn != NULL:
-                hn_t = ghn + t * H
+                hn_t = ghn + t * BH
             # Alternate directions through the weights each step (gates and strips): what
             # was read last is read first, from cache (a thread's slice may exceed L2).
             backwards = q % 2 == 1
             if team == 1 and nt > 1:
                 # Alone with every share: the recurrent products for all units at once (the
-                # same bits as the shares' GEMVs).
-                _recurrent_gemv(0, 3 if lbr else 2, H, w_hh_p, states[q % 2], gh, backwards)
+                # same bits as the shares' products).
+                _unit_products(0, 3 if lbr else 2, B, H, 0, H, states[q % 2], w_hh_p,
+                               w_hh_pp, gh, backwards)
             for part in range(pa, pb):
                 j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
-                w = j1 - j0
-                if team == 1 and nt > 1:
-                    if lbr:
-                        _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
-                                   states[q % 2], states[(q + 1) % 2], y + t * ldy, ldy, hp_t,
-                                   hn_t)
-                    else:
-                        _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh,
-                                  states[q % 2], rh, hn_t)
-                elif lbr:
-                    for kk in range(3):
-                        k = 2 - kk if backwards else kk
-                        panel_gemv(w, H, states[q % 2], _panels_of(w_hh_p, H, k, j0),
-                                   gh + k * H + j0, backwards)
-                    _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                               states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+                if team > 1 or nt == 1:
+                    _unit_products(0, 3 if lbr else 2, B, H, j0, j1, states[q % 2], w_hh_p,
+                                   w_hh_pp, gh, backwards)
+                if lbr:
+                    _gates_lbr(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                               states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
                 else:
-                    for kk in range(2):
-                        k = 1 - kk if backwards else kk
-                        panel_gemv(w, H, states[q % 2], _panels_of(w_hh_p, H, k, j0),
-                                   gh + k * H + j0, backwards)
-                    _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                    _gates_rz(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                               rh, hn_t)
             if not lbr:
                 if team > 1:
@@ -229,14 +239,13 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                     if went > 0:  # the team fell back to one thread: this one
                         pa, pb, team = 0, nt, 1
                 if team == 1 and nt > 1:
-                    _recurrent_gemv(2, 3, H, w_hh_p, rh, gh, backwards)
+                    _unit_products(2, 3, B, H, 0, H, rh, w_hh_p, w_hh_pp, gh, backwards)
                 for part in range(pa, pb):
                     j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                     if team > 1 or nt == 1:
-                        panel_gemv(j1 - j0, H, rh, _panels_of(w_hh_p, H, 2, j0),
-                                   gh + 2 * H + j0, backwards)
-                    _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                             states[(q + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+                        _unit_products(2, 3, B, H, j0, j1, rh, w_hh_p, w_hh_pp, gh, backwards)
+                    _gates_n(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
+                             states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
             if team > 1:
                 went = barrier_wait(bar, team, p)
                 if went < 0:
@@ -246,7 +255,8 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
         s += n
     if T % 2:
         j0, j1 = _share(H, nt, pa, 16), _share(H, nt, pb, 16)
-        memcpy(h + j0, states[1] + j0, (j1 - j0) * sizeof(real))
+        for b in range(B):
+            memcpy(h + b * H + j0, states[1] + b * H + j0, (j1 - j0) * sizeof(real))
 
 
 cdef void _forward(const Dims* d, const ForwardArrays* a, real* h,
@@ -354,7 +364,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     # The plan is made here, once, so that the copies checked are the copies it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
     if w_hh_pp is None:
-        if _reads_w_hh_pp(plan):
+        if _reads_w_hh_pp(plan, d.B):
             raise ValueError("w_hh_pp is None, but this call's recurrent products run in the "
                              "register-tiled GEMM, which reads it")
     elif w_hh_pp.shape[0] != 3 * d.H * d.H:

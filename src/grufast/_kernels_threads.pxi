@@ -30,6 +30,7 @@ if register_fork_handler() != 0:
 # one thread (B = 1, H = 128 is 49k; B = 1, H = 256 is 197k).
 cdef enum:
     PARALLEL_MIN_MACS = 150000
+    BATCH_UNITS_MIN = 32  # units per thread for a batch split by units (2 AVX-512 vectors)
 
 # Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on
 # W_ih^T packed once per weight update into the panels the tiles read (prepacked_gemm),
@@ -69,7 +70,7 @@ cdef inline bint _tiled_projection(Py_ssize_t rows, Py_ssize_t N,
 cdef enum Split:
     SERIAL            # one thread (OpenBLAS may still thread each step's GEMM)
     BY_SEQUENCES      # each thread owns whole register tiles of sequences; no barrier
-    BY_UNITS          # one sequence, each thread owns a slice of the hidden units; barrier
+    BY_UNITS          # each thread a slice of the units of every sequence; barrier
 
 
 cdef struct ThreadPlan:
@@ -143,17 +144,17 @@ def recurrence_plan(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
             ("serial", "sequences", "units")[<int>plan.split])
 
 
-cdef inline bint _reads_w_hh_pp(ThreadPlan plan) noexcept nogil:
+cdef inline bint _reads_w_hh_pp(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
     """Whether forward under this plan reads the packed W_hh^T: the register-tiled
-    recurrent products of a batch (a split by units runs GEMVs, even when tiles are
-    forced)."""
-    return plan.tiled_recurrence and plan.split != BY_UNITS
+    recurrent products of a batch (one sequence split by units runs GEMVs, even when tiles
+    are forced)."""
+    return plan.tiled_recurrence and (plan.split != BY_UNITS or B > 1)
 
 
 cdef inline bint _reads_w_hh_p(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
-    """Whether forward under this plan reads W_hh's panels: a split by units, and one GEMV
-    per sequence for one to three sequences."""
-    return plan.split == BY_UNITS or (not plan.tiled_recurrence and B < 4)
+    """Whether forward under this plan reads W_hh's panels: one sequence split by units,
+    and one GEMV per sequence for one to three sequences."""
+    return (plan.split == BY_UNITS and B == 1) or (not plan.tiled_recurrence and B < 4)
 
 
 def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
@@ -161,7 +162,7 @@ def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
     (its plan, with this thread count and limit); forward refuses None for these, and
     functional.Weights.read_by makes only these."""
     cdef ThreadPlan plan = plan_threads(B, H, training)
-    return bool(_reads_w_hh_pp(plan)), bool(_reads_w_hh_p(plan, B))
+    return bool(_reads_w_hh_pp(plan, B)), bool(_reads_w_hh_p(plan, B))
 
 
 def tiled_limit() -> int:
@@ -178,6 +179,54 @@ def force_recurrence_path(str path) -> None:
     if path not in paths:
         raise ValueError(f"path must be one of {paths}, got {path!r}")
     recurrence_path = paths.index(path)
+
+
+cdef int batch_split = 0  # 0 by the rule (_units_for_batch), 1 sequences, 2 hidden units
+
+
+def force_batch_split(str split) -> None:
+    """'auto' (by the rule), 'sequences' or 'units' for an inference batch that splits
+    across threads: for measuring the choice (tools/many_cores.py) and for tests, not for
+    users."""
+    global batch_split
+    splits = ("auto", "sequences", "units")
+    if split not in splits:
+        raise ValueError(f"split must be one of {splits}, got {split!r}")
+    batch_split = splits.index(split)
+
+
+# An inference batch splits by hidden units (each thread a slice of the units for all the
+# sequences, as one sequence does) rather than by sequences (each thread whole register
+# tiles of 4 sequences) from UNITS_MIN_THREADS threads, when that gets it more threads (a
+# split by sequences stops at B / 4 threads, one by units at H / 32), or when W_hh^T
+# (12 H^2 bytes in float32) exceeds one core's L2 (units_min_bytes, set by grufast._isa
+# from the L2 size read at run time): each thread then keeps a 1/n slice of the weights
+# where a split by sequences streams them all every step. Measured
+# (tools/many_cores.py, 16-core Xeon, 2 MiB L2): where both get the same threads, the two
+# splits took the same time (units / sequences 0.95-1.03, 2 to 16 threads, B = 16 to 256);
+# see docs/design.md section 5. Two threads keep the split without per-step barriers.
+cdef long long units_min_bytes = 1LL << 62
+cdef enum:
+    UNITS_MIN_THREADS = 4
+
+
+def set_units_min_bytes(long long n) -> None:
+    """Inference batches whose W_hh^T (12 H^2 bytes) exceeds n split by hidden units
+    (from 4 threads)."""
+    global units_min_bytes
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    units_min_bytes = n
+
+
+cdef inline bint _units_for_batch(Py_ssize_t H, int by_units, int by_sequences
+                                  ) noexcept nogil:
+    """Whether an inference batch splits by hidden units rather than by sequences, given the
+    threads each split would use."""
+    if batch_split:
+        return batch_split == 2
+    return by_units >= UNITS_MIN_THREADS and (
+        by_units > by_sequences or 12 * <long long>H * H > units_min_bytes)
 
 
 cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H, bint training
@@ -198,13 +247,14 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
     """How a call on B sequences of H hidden units splits across threads.
 
     By hidden units: one sequence, with the spinning barrier only, for steps with enough
-    multiply-adds, at least 64 units per thread. By sequences: when the register-tiled GEMM
+    multiply-adds, at least 64 units per thread; an inference batch as _units_for_batch
+    says, at least 32 units per thread. By sequences: when the register-tiled GEMM
     serves the batch (else OpenBLAS threads each step's GEMM itself), from B = 8, at most one
     thread per 4 sequences (whole register tiles), for steps with enough multiply-adds to
     pay for a second core. Thread counts follow OpenMP's (threadpoolctl and
     OMP_NUM_THREADS set it)."""
     cdef ThreadPlan plan
-    cdef int n
+    cdef int n, m
     plan.split = SERIAL
     plan.threads = 1
     plan.alone = False
@@ -218,10 +268,15 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
             plan.threads = n
             plan.alone = serial_backoff()
     elif plan.tiled_recurrence and B >= 8 and B * 3 * H * H >= PARALLEL_MIN_MACS:
-        n = min(max_threads(), <int>(B // 4))
-        if n > 1:
-            plan.split = BY_SEQUENCES
+        n = min(max_threads(), <int>(H // BATCH_UNITS_MIN))
+        m = min(max_threads(), <int>(B // 4))
+        if SPIN_BARRIER and not training and n > 1 and _units_for_batch(H, n, m):
+            plan.split = BY_UNITS
             plan.threads = n
+            plan.alone = serial_backoff()
+        elif m > 1:
+            plan.split = BY_SEQUENCES
+            plan.threads = m
     return plan
 
 

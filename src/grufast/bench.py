@@ -107,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
                    help="two small shapes and short budgets: a smoke test")
+    p.add_argument("--tables-only", action="store_true",
+                   help="the inference and training tables only: no streaming step, "
+                        "training iteration, gates cost or reduced-precision run")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one thread count, inside
     p.add_argument("--worker-settings", help=argparse.SUPPRESS)
 
@@ -127,7 +130,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
             "linear_before_reset": not args.no_linear_before_reset, "dtype": args.dtype,
             "budget_s": budget, "min_rounds": 3 if args.quick else 7,
             "jax_unroll_sweep_s": 0.05 if args.quick else 0.2, "jax_unroll": args.jax_unroll,
-            "quick": args.quick}
+            "quick": args.quick, "extras": not args.tables_only}
 
 
 # -- one worker: one thread count ------------------------------------------------------------
@@ -200,8 +203,10 @@ def run(threads: int, settings: dict[str, Any]) -> dict[str, Any]:
             json.dump(P.unroll_cache, f)
     settings = {k: v for k, v in settings.items() if k != "jax_unroll_cache"}
     result = {"environment": E.environment(threads, peers), "settings": settings,
-              "rows": rows, "streaming": streaming(threads, settings),
-              **training_extras(threads, settings)}
+              "rows": rows}
+    if settings.get("extras", True):
+        result.update(streaming=streaming(threads, settings),
+                      **training_extras(threads, settings))
     del limits  # held (with threadpoolctl's limits) until everything is measured and recorded
     return result
 
@@ -334,7 +339,8 @@ def format_table(result: dict) -> str:
         lines += _na_notes([r[key] for r in rows])
         lines += [f"  {n}: inference only (not in this table)" for n in dropped]
         lines.append("")
-    lines += format_streaming(result["streaming"])
+    if "streaming" in result:
+        lines += format_streaming(result["streaming"])
     if "training_iteration" in result or "gates" in result:
         from grufast.bench_training import format_report
 

@@ -73,6 +73,8 @@ def onnx_gru_runner(sd: dict[str, np.ndarray], x: np.ndarray, threads: int) -> C
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from grufast.interop.onnx import make_model
+
     T, B, I = x.shape
     H = sd["weight_hh_l0"].shape[1]
 
@@ -89,7 +91,7 @@ def onnx_gru_runner(sd: dict[str, np.ndarray], x: np.ndarray, threads: int) -> C
         [node], "gru", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H]),
          helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, B, H])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = make_model(graph, 14)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -35,6 +35,17 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
 # -- export ---------------------------------------------------------------------------------
+def make_model(graph, opset: int, **kw):
+    """An ONNX model of ``graph`` at ``opset``, with the lowest IR version that can carry that
+    opset rather than the onnx package's newest: runtimes older than the package refuse a
+    newer IR (onnx 1.23 writes IR 14 by default, which ONNX Runtime 1.30 refuses)."""
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets,
+                             ir_version=helper.find_min_ir_version_for(opsets), **kw)
+
+
 def gru_to_onnx(gru, path, *, lengths: bool, opset: int) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -119,8 +130,7 @@ def gru_to_onnx(gru, path, *, lengths: bool, opset: int) -> None:
         nodes.append(helper.make_node("Identity", [inp], ["y"]))
     nodes.append(helper.make_node("Concat", h_outs, ["h_n"], axis=0))
     graph = helper.make_graph(nodes, "grufast_gru", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="grufast")
+    model = make_model(graph, opset, producer_name="grufast")
     onnx.checker.check_model(model)
     onnx.save(model, os.fspath(path))
 
