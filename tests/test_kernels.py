@@ -345,25 +345,34 @@ def test_parallel_layer_backward_accumulates_like_serial():
             assert rel_err(a, b) <= 1e-5
 
 
-def test_input_projection_paths_agree():
-    """Serial input projections of at most 8M multiply-adds, or of 128 rows or fewer, run in
-    the tiled GEMM on weights packed once per update; the others in OpenBLAS: both sides of
-    each boundary meet the tolerances (150 rows with 7.7M and 8.6M multiply-adds; 128 and
-    129 rows with 24M; 100 rows with 33.6M; 20 rows with K = 1100, past one K block of
-    1024, and a partial last panel)."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_projection_paths_agree(threads):
+    """On several threads, serial input projections of at most 8M multiply-adds, or of 128
+    rows or fewer, run in the tiled GEMM on weights packed once per update; the others in
+    OpenBLAS, which threads them: both sides of each boundary meet the tolerances (150 rows
+    with 7.7M and 8.6M multiply-adds; 128 and 129 rows with 24M; 100 rows with 33.6M; 20
+    rows with K = 1100, past one K block of 1024, and a partial last panel). On one thread
+    every projection runs in the tiled GEMM."""
+    from threadpoolctl import threadpool_limits
+
     from grufast._isa import kernels
 
     assert kernels.projection_limit() == (8_000_000, 128)
     rng = np.random.default_rng(14)
-    for T, I, H in ((150, 100, 170), (150, 100, 190), (128, 400, 200), (129, 400, 200),
-                    (100, 400, 280), (20, 1100, 501)):
-        for dtype in (np.float32, np.float64):
-            x, h0, *w = problem(rng, T, 1, I, H, dtype)
-            y, h, _ = F.gru_forward(x, h0, *w)
-            as64 = [a.astype(np.float64) for a in (x, h0, *w)]
-            yr, hr, _ = R.gru_forward(*as64)
-            assert_close(y, yr, dtype, "fwd", f"T={T} y")
-            assert_close(h, hr, dtype, "fwd", f"T={T} h_n")
+    with threadpool_limits(threads):
+        assert kernels.tiled_projection(129, 600, 400) == (threads == 1)
+        assert kernels.tiled_projection(150, 510, 100)  # 7.65M
+        assert kernels.tiled_projection(128, 600, 400)
+        assert kernels.tiled_projection(6400, 1536, 512) == (threads == 1)
+        for T, I, H in ((150, 100, 170), (150, 100, 190), (128, 400, 200), (129, 400, 200),
+                        (100, 400, 280), (20, 1100, 501)):
+            for dtype in (np.float32, np.float64):
+                x, h0, *w = problem(rng, T, 1, I, H, dtype)
+                y, h, _ = F.gru_forward(x, h0, *w)
+                as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+                yr, hr, _ = R.gru_forward(*as64)
+                assert_close(y, yr, dtype, "fwd", f"T={T} y")
+                assert_close(h, hr, dtype, "fwd", f"T={T} h_n")
 
 
 def test_backward_split_by_sequences_matches_reference():

@@ -92,6 +92,9 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+")
+    ap.add_argument("--shape", action="append", metavar="T,B,I,H",
+                    help="the bench's shapes (default: the three above)")
+    ap.add_argument("--no-splits", action="store_true", help="skip splits.txt")
     ap.add_argument("--splits-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.splits_worker:
@@ -106,18 +109,19 @@ def main() -> int:
     (out / "topology.txt").write_text(topo)
     print(topo, flush=True)
     splits = []
-    for n in counts[1:]:
+    for n in [] if args.no_splits else counts[1:]:
         env, pin = _pinned(n)
         r = subprocess.run([sys.executable, __file__, "--out", str(out), "--rounds",
                             str(args.rounds), "--splits-worker", str(n)], env=env,
                            preexec_fn=pin, capture_output=True, text=True)
         splits.append(r.stdout.strip() or r.stderr[-2000:])
         print(splits[-1], flush=True)
-    (out / "splits.txt").write_text("\n".join(splits) + "\n")
+    if splits:
+        (out / "splits.txt").write_text("\n".join(splits) + "\n")
     cmd = [sys.executable, "-m", "grufast", "bench", "--threads", *map(str, counts),
            "--peers", "torch,onnxruntime", "--no-reference", "--tables-only",
            "--budget", str(args.budget), "--json", str(out / "many_cores.json")]
-    for s in SHAPES:
+    for s in args.shape or SHAPES:
         cmd += ["--shape", s]
     with open(out / "many_cores.txt", "w") as f:
         f.write(" ".join(cmd[1:]) + "\n")

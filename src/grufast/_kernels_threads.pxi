@@ -34,22 +34,27 @@ cdef enum:
 
 # Input projections (x W_ih^T over a chunk of steps) run in the register-tiled GEMM on
 # W_ih^T packed once per weight update into the panels the tiles read (prepacked_gemm),
-# when they have at most projection_max_macs multiply-adds or at most
-# projection_max_rows rows (steps x sequences); the others in OpenBLAS's GEMM, which
-# packs the weights at every call and wins once many rows share each packed panel.
-# Measured (interleaved calls, one thread, GRU inference, T = 100, one sequence, whole
-# call): H = 128 (100 rows, 4.9M): prepacked 0.93x OpenBLAS's time on the AVX-512 build,
-# 0.95x on the AVX2 one (OpenBLAS Haswell kernels); H = 256 (19.7M): 0.91x and 0.94x (the
-# tiles on the unpacked transposed weights: 0.94x and 0.96x); H = 512 (78.6M): 0.95x and
-# 0.975x with the panels copied at every call (unpacked: 0.95-1.00x and 1.04-1.05x);
-# B = 16, H = 128 (1600 rows): unpacked 1.11x, so OpenBLAS keeps the batches.
+# on one thread always, and on several when they have at most projection_max_macs
+# multiply-adds or at most projection_max_rows rows (steps x sequences); the others in
+# OpenBLAS's GEMM, which threads them. One thread (T = 100, interleaved calls, grid
+# batches B = 16-256, H = 128-512, Zen 5): the tiles took 0.68-0.76x OpenBLAS's time on
+# the AVX-512 build where OpenBLAS 0.3.30 runs its Haswell kernels (it does not know the
+# CPU), 0.94-1.01x against its SkylakeX kernels (OPENBLAS_CORETYPE=SkylakeX), and
+# 0.93-1.00x on the AVX2 build against the Haswell kernels. The limits, for several
+# threads, come from earlier one-thread measurements (interleaved calls, GRU inference,
+# T = 100, one sequence, whole call, Zen 4): H = 128 (100 rows, 4.9M): prepacked 0.93x
+# OpenBLAS's time on the AVX-512 build, 0.95x on the AVX2 one (OpenBLAS Haswell kernels);
+# H = 256 (19.7M): 0.91x and 0.94x (the tiles on the unpacked transposed weights: 0.94x
+# and 0.96x); H = 512 (78.6M): 0.95x and 0.975x with the panels copied at every call
+# (unpacked: 0.95-1.00x and 1.04-1.05x); B = 16, H = 128 (1600 rows): unpacked 1.11x.
 cdef long long projection_max_macs = 8000000
 cdef long long projection_max_rows = 128
 
 
 def set_projection_limit(long long max_macs, long long max_rows) -> None:
-    """Input projections with at most max_macs multiply-adds, or with at most max_rows
-    rows, run in the tiled GEMM on prepacked weights; the others in OpenBLAS's."""
+    """On several threads, input projections with at most max_macs multiply-adds, or with
+    at most max_rows rows, run in the tiled GEMM on prepacked weights; the others in
+    OpenBLAS's (one thread: the tiled GEMM always)."""
     global projection_max_macs, projection_max_rows
     if max_macs < 0 or max_rows < 0:
         raise ValueError(f"limits must be >= 0, got {max_macs}, {max_rows}")
@@ -64,7 +69,14 @@ def projection_limit() -> tuple:
 
 cdef inline bint _tiled_projection(Py_ssize_t rows, Py_ssize_t N,
                                    Py_ssize_t K) noexcept nogil:
-    return <long long>rows * N * K <= projection_max_macs or rows <= projection_max_rows
+    return (max_threads() == 1 or <long long>rows * N * K <= projection_max_macs
+            or rows <= projection_max_rows)
+
+
+def tiled_projection(Py_ssize_t rows, Py_ssize_t N, Py_ssize_t K) -> bool:
+    """Whether a serial call's input projection of rows x K by K x N runs in the tiled GEMM
+    now (else OpenBLAS's), with this thread count and limit (for tests)."""
+    return bool(_tiled_projection(rows, N, K))
 
 
 cdef enum Split:
