@@ -118,6 +118,34 @@ def test_cell_matches_layer(B, lbr, dtype):
         np.testing.assert_allclose(h, y_full[t], rtol=0, atol=_tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("I, H", [(5, 7), (40, 230)])
+def test_one_stream_gives_the_layers_bits(I, H, lbr, dtype):
+    """One vector's step reads both weights packed in panels, through the GEMV the layer's
+    one-sequence forward runs for its recurrent products; every output of that GEMV and of
+    the forward's tiled input projection is one chain of multiply-adds from k = 0, so
+    GRUCell and GRU.step (one and two layers) give the layer's bits, step by step (H = 230:
+    each gate ends in a partial panel)."""
+    from threadpoolctl import threadpool_limits
+
+    cell = grufast.GRUCell(I, H, linear_before_reset=lbr, dtype=dtype, seed=6)
+    layer = grufast.GRU(I, H, linear_before_reset=lbr, dtype=dtype, seed=6).eval()
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    deep = grufast.GRU(I, H, num_layers=2, linear_before_reset=lbr, dtype=dtype,
+                       seed=7).eval()
+    xs = np.random.default_rng(10).standard_normal((6, 1, I)).astype(dtype)
+    with threadpool_limits(1):
+        y, _ = layer(xs)
+        y2, _ = deep(xs)
+    h, hs = None, None
+    for t in range(6):
+        h = cell(xs[t, 0], h)
+        out, hs = deep.step(xs[t, 0], hs)
+        np.testing.assert_array_equal(h, y[t, 0])
+        np.testing.assert_array_equal(out, y2[t, 0])
+
+
 def test_cell_forms_agree():
     """(H,), (1, H), and any layout or dtype (the general path) give the same state."""
     cell = grufast.GRUCell(I, H, seed=8)

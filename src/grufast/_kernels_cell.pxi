@@ -3,11 +3,21 @@
 # one call, the arrays checked with NumPy's C API.
 # See docs/design.md section 4 (Kernels).
 
-cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_t,
-                 const real* w_hh_t, const real* b_ih, const real* b_hh, bint lbr,
+cdef inline void _gate_gemvs(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, Py_ssize_t K,
+                             const real* v, const real* w_p, real* out) noexcept nogil:
+    """out[k H : (k + 1) H] = v (K,) @ W_k^T for the gates k0 <= k < k1 of W (3H, K) packed
+    in panels gate by gate (pack_panels)."""
+    cdef Py_ssize_t k, per_gate = (H + PANEL - 1) // PANEL * K * PANEL
+    for k in range(k0, k1):
+        panel_gemv(H, K, v, w_p + k * per_gate, out + k * H, False)
+
+
+cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_p,
+                 const real* w_hh_p, const real* b_ih, const real* b_hh, bint lbr,
                  real* work) noexcept nogil:
-    """h (H,) <- one GRU step from x (I,), with the transposed weights w_ih_t (I, 3H) and
-    w_hh_t (H, 3H); work holds 9H reals (gi, gh, rh, 2 x scratch)."""
+    """h (H,) <- one GRU step from x (I,), with W_ih and W_hh packed in panels (w_ih_p,
+    w_hh_p: _panels.h's GEMV, the one-sequence forward's); work holds 9H reals (gi, gh, rh,
+    2 x scratch)."""
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t one = 1
     cdef real* gi = work
@@ -15,14 +25,14 @@ cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real*
     cdef real* rh = work + 2 * G
     cdef real* s1 = rh + H
     cdef real* s2 = s1 + H
-    _gemv_t(G, I, w_ih_t, G, x, gi)
+    _gate_gemvs(0, 3, H, I, x, w_ih_p, gi)
     if lbr:
-        _gemv_t(G, H, w_hh_t, G, h, gh)
+        _gate_gemvs(0, 3, H, H, h, w_hh_p, gh)
         _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
     else:
-        _gemv_t(2 * H, H, w_hh_t, G, h, gh)
+        _gate_gemvs(0, 2, H, H, h, w_hh_p, gh)
         _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
-        _gemv_t(H, H, w_hh_t + 2 * H, G, rh, gh + 2 * H)
+        _gate_gemvs(2, 3, H, H, rh, w_hh_p, gh)
         _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
 
 
@@ -48,6 +58,17 @@ cdef void _step_rows(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const real* x, re
         _gates_rz(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, rh, s2)
         small_gemm(B, H, H, rh, H, w_hh_t + 2 * H, G, gh + 2 * H, G, False)
         _gates_n(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+
+
+def _pack_gate_panels(const real[:, ::1] w):
+    """W (3H, K) packed in panels of 16 rows per gate (pack_panels), as a new array."""
+    cdef Py_ssize_t H = w.shape[0] // 3, K = w.shape[1]
+    out = np.zeros(panel_size(3, H, K), np.float32 if real is float else np.float64)
+    cdef real[::1] o = out
+    if H > 0 and K > 0:
+        with nogil:
+            pack_panels(&w[0, 0], 3, H, K, &o[0])
+    return out
 
 
 # Batches up to this many rows take the plan's path; larger ones the layer's (OpenBLAS
@@ -79,16 +100,19 @@ cdef class CellPlan:
     (B, H), or None, as C-contiguous arrays of the parameters' dtype, and returns the new
     state shaped like h; for anything else it returns None and the caller takes the general
     path. ``stack_step`` runs a stack of plans (GRU.step). A plan holds the transposed
-    weights w_ih_t (I, 3H) and w_hh_t (H, 3H) (the owner builds a new plan when the weights
-    change) and allocates its scratch per call: nothing mutable is shared.
+    weights w_ih_t (I, 3H) and w_hh_t (H, 3H) for small batches, and W_ih and W_hh packed
+    in panels for one vector (the owner builds a new plan when the weights change); it
+    allocates its scratch per call: nothing mutable is shared.
     """
 
-    cdef cnp.ndarray w_ih_t, w_hh_t, b_ih, b_hh
+    cdef cnp.ndarray w_ih_t, w_hh_t, b_ih, b_hh, w_ih_p, w_hh_p
     cdef Py_ssize_t n_in, n_hidden  # not I: complex.h defines a macro of that name
     cdef bint lbr
     cdef int typenum
     cdef const void* p_w_ih_t
     cdef const void* p_w_hh_t
+    cdef const void* p_w_ih_p
+    cdef const void* p_w_hh_p
     cdef const void* p_b_ih
     cdef const void* p_b_hh
 
@@ -108,6 +132,11 @@ cdef class CellPlan:
         self.p_w_hh_t = cnp.PyArray_DATA(w_hh_t)
         self.p_b_ih = cnp.PyArray_DATA(b_ih)
         self.p_b_hh = cnp.PyArray_DATA(b_hh)
+        # One vector's steps read the weights packed in panels (_step1).
+        self.w_ih_p = _pack_gate_panels(np.ascontiguousarray(w_ih_t.T))
+        self.w_hh_p = _pack_gate_panels(np.ascontiguousarray(w_hh_t.T))
+        self.p_w_ih_p = cnp.PyArray_DATA(self.w_ih_p)
+        self.p_w_hh_p = cnp.PyArray_DATA(self.w_hh_p)
 
     @property
     def input_size(self) -> int:
@@ -123,14 +152,13 @@ cdef class CellPlan:
         cdef Py_ssize_t* ones
         cdef size_t size = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
         if B == 1:
-            # One vector: OpenBLAS's GEMV streams the weights fastest.
             if self.typenum == cnp.NPY_FLOAT32:
-                _step1(I, H, <const float*>x, <float*>h, <const float*>self.p_w_ih_t,
-                       <const float*>self.p_w_hh_t, <const float*>self.p_b_ih,
+                _step1(I, H, <const float*>x, <float*>h, <const float*>self.p_w_ih_p,
+                       <const float*>self.p_w_hh_p, <const float*>self.p_b_ih,
                        <const float*>self.p_b_hh, self.lbr, <float*>work)
             else:
-                _step1(I, H, <const double*>x, <double*>h, <const double*>self.p_w_ih_t,
-                       <const double*>self.p_w_hh_t, <const double*>self.p_b_ih,
+                _step1(I, H, <const double*>x, <double*>h, <const double*>self.p_w_ih_p,
+                       <const double*>self.p_w_hh_p, <const double*>self.p_b_ih,
                        <const double*>self.p_b_hh, self.lbr, <double*>work)
             return
         ones = <Py_ssize_t*>(<char*>work + _reals_bytes(B, H, size))

@@ -17,7 +17,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
-from grufast._blas cimport fill, gemm_rm, gemv_rm
+from grufast._blas cimport fill, gemm_rm
 from grufast._gemm cimport (PANEL, gemm_pack_buffer, pack_column_panels, pack_gemm_weights,
                             pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
                             prepacked_gemm, prepacked_gemm_columns, small_gemm,
@@ -82,13 +82,6 @@ cdef struct BackwardArrays:
     void* dgh               # (max(B, 2), 3H) scratch
     void* ds                # (B, H) scratch or NULL
     void* work              # (T, B, H) scratch or NULL
-
-
-cdef inline void _gemv_t(Py_ssize_t N, Py_ssize_t K, const real* w_t, Py_ssize_t ldw,
-                         const real* v, real* out) noexcept nogil:
-    """out (N,) = W v for W (N, K) given as its transpose w_t (K, N) row-major: that is W in
-    column-major order, which OpenBLAS's gemv streams faster than the dot-product form."""
-    gemv_rm(c'T', K, N, 1, w_t, ldw, v, 1, 0, out, 1)
 
 
 include "_kernels_threads.pxi"
