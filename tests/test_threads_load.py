@@ -178,7 +178,8 @@ def batch_split():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lbr", [True, False])
 @pytest.mark.parametrize("B, I, H, reverse", [(10, 20, 230, False), (16, 1030, 128, True)])
-def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(batch_split, lbr,
+def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(monkeypatch,
+                                                                       batch_split, lbr,
                                                                        dtype, B, I, H,
                                                                        reverse):
     """An inference batch split by hidden units (each thread its units' columns of both
@@ -187,11 +188,12 @@ def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(batch_spl
     k = 0 per element. So the two splits, and one thread running every share after a
     fallback, give the same bits. H = 230: shares cut inside a vector (edge tiles); B = 10:
     a partial tile of rows; I = 1030: two K blocks; padded lengths; T odd (the state ends
-    in the scratch buffer)."""
+    in the scratch buffer); chunks of 3 steps (the projections chunk by chunk)."""
     from grufast import functional as F
 
     from .helpers import problem
 
+    monkeypatch.setattr(F, "INFERENCE_CHUNK_BYTES", 3 * B * 3 * H * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(7)
     x, h0, *w = problem(rng, 7, B, I, H, dtype)
     kw = dict(lengths=rng.integers(0, 8, B), reverse=reverse, linear_before_reset=lbr)
@@ -210,13 +212,18 @@ def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(batch_spl
     for split in ("units", "alone"):
         for a, b in zip(out["sequences"], out[split]):
             np.testing.assert_array_equal(a, b, err_msg=split)
+    with threadpool_limits(1):  # one thread projects in the same tiles: the same bits
+        for a, b in zip(out["sequences"], F.gru_forward(x, h0, *w, **kw)[:2]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_the_batch_split_rule(batch_split):
     """An inference batch splits by hidden units from 4 threads when that gets it more
     threads than by sequences (B / 4 against H / 32) or when W_hh^T (12 H^2 bytes) exceeds
-    the L2 size the kernels were given; otherwise, and in training, by sequences."""
+    the L2 size the kernels were given; otherwise, in training and during a back-off, by
+    sequences."""
     batch_split.set_units_min_bytes(1 << 20)
+    _wait_backoff_over()  # an earlier test's fallback would still plan batches by sequences
     cases = [(16, 64, 512, False, "units"), (16, 64, 256, False, "sequences"),
              (16, 8, 512, False, "units"), (16, 16, 128, False, "sequences"),
              (16, 64, 512, True, "sequences"), (2, 64, 512, False, "sequences"),
@@ -229,6 +236,14 @@ def test_the_batch_split_rule(batch_split):
                 assert got in (split, "serial"), (threads, B, H)
             else:
                 assert got == split, (threads, B, H)
+    with threadpool_limits(16):  # a back-off (a loaded machine): no barriers for batches
+        _wait_backoff_over()
+        kernels.start_serial_backoff()
+        assert kernels.recurrence_plan(64, 512, False)[1] == "sequences"
+        batch_split.force_batch_split("units")
+        assert kernels.recurrence_plan(64, 512, False)[1] == "units"
+        batch_split.force_batch_split("auto")
+        _wait_backoff_over()
     batch_split.set_units_min_bytes(0)
     with threadpool_limits(4):
         assert kernels.recurrence_plan(64, 256, False)[1] == "units"
@@ -252,7 +267,7 @@ def test_quantized_batches_split_by_units_as_float_ones(batch_split, weight_form
         assert kernels.recurrence_plan(16, 128, False)[1] == "units"
         four = q(x)
     for a, b in zip(one, four):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])

@@ -151,7 +151,7 @@ def summary(results: list[dict]) -> str:
                 best = min(peers, key=peers.get) if peers else None
                 ratio = f"{med['grufast'] / peers[best]:.2f} vs {best}" if best else "-"
                 lines.append(f"  {res['environment']['threads']:2d} threads: " + "  ".join(
-                    f"{n} {t:8.2f} ms (x{one[n]['median'] / t if n in one else float('nan'):.2f})"
+                    f"{n} {t:8.2f} ms (x{one[n].get('median', float('nan')) / t:.2f})"
                     if n != "sgemm" else
                     f"sgemm {t:8.2f} ms (x{results[0]['rows'][i]['sgemm']['median'] / t:.2f})"
                     for n, t in med.items()) + f"  grufast/best {ratio}")

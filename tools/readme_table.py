@@ -58,7 +58,7 @@ def main(path: str) -> None:
         print(f"Inference against {SGEMM_NAME} (1 core, batched shapes only): "
               + "; ".join(vs) + ".")
     for res, label in ((one, "1 core"), (two, "2 cores")):
-        s = res["streaming"]
+        s = res.get("streaming", {})  # absent from a --tables-only run
         for L, cells in s.get("layers", {}).items():
             print(f"Streaming, {L} layer(s) ({label}, µs per step): " + ", ".join(
                 f"{k} {v['median']:.2f}" for k, v in cells.items() if "median" in v))

@@ -117,12 +117,20 @@ cdef class CellPlan:
     cdef const void* p_b_hh
 
     def __init__(self, cnp.ndarray w_ih_t, cnp.ndarray w_hh_t, cnp.ndarray b_ih,
-                 cnp.ndarray b_hh, bint linear_before_reset):
-        for a in (w_ih_t, w_hh_t, b_ih, b_hh):
+                 cnp.ndarray b_hh, bint linear_before_reset, cnp.ndarray w_ih,
+                 cnp.ndarray w_hh_p):
+        """w_ih_t (I, 3H), w_hh_t (H, 3H): the transposed weights; w_ih (3H, I) as stored;
+        w_hh_p: W_hh packed in panels (pack_weight_panels), shared with the layer's
+        forward."""
+        for a in (w_ih_t, w_hh_t, b_ih, b_hh, w_ih, w_hh_p):
             if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.dtype != w_ih_t.dtype:
                 raise ValueError("CellPlan needs C-contiguous parameters of one dtype")
         if w_ih_t.dtype not in (np.float32, np.float64):
             raise TypeError("CellPlan needs float32 or float64 parameters")
+        if (w_ih.ndim != 2 or w_ih.shape[0] != w_ih_t.shape[1]
+                or w_ih.shape[1] != w_ih_t.shape[0]
+                or w_hh_p.size != panel_size(3, w_hh_t.shape[0], w_hh_t.shape[0])):
+            raise ValueError("CellPlan's w_ih and w_hh_p must match w_ih_t and w_hh_t")
         self.w_ih_t, self.w_hh_t, self.b_ih, self.b_hh = w_ih_t, w_hh_t, b_ih, b_hh
         self.n_in = w_ih_t.shape[0]
         self.n_hidden = w_hh_t.shape[0]
@@ -133,8 +141,8 @@ cdef class CellPlan:
         self.p_b_ih = cnp.PyArray_DATA(b_ih)
         self.p_b_hh = cnp.PyArray_DATA(b_hh)
         # One vector's steps read the weights packed in panels (_step1).
-        self.w_ih_p = _pack_gate_panels(np.ascontiguousarray(w_ih_t.T))
-        self.w_hh_p = _pack_gate_panels(np.ascontiguousarray(w_hh_t.T))
+        self.w_ih_p = _pack_gate_panels(w_ih)
+        self.w_hh_p = w_hh_p
         self.p_w_ih_p = cnp.PyArray_DATA(self.w_ih_p)
         self.p_w_hh_p = cnp.PyArray_DATA(self.w_hh_p)
 

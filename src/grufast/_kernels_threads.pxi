@@ -214,9 +214,11 @@ def force_batch_split(str split) -> None:
 # (12 H^2 bytes in float32) exceeds one core's L2 (units_min_bytes, set by grufast._isa
 # from the L2 size read at run time): each thread then keeps a 1/n slice of the weights
 # where a split by sequences streams them all every step. Measured
-# (tools/many_cores.py, 16-core Xeon, 2 MiB L2): where both get the same threads, the two
-# splits took the same time (units / sequences 0.95-1.03, 2 to 16 threads, B = 16 to 256);
-# see docs/design.md section 5. Two threads keep the split without per-step barriers.
+# (tools/many_cores.py, 16-core Xeon, 2 MiB L2, docs/many_cores/run2_splits.txt): where
+# both get the same threads, the two splits took the same time (units / sequences
+# 0.95-1.03, 2 to 16 threads, B = 16 to 256), so the L2 clause has no measured gain; it is
+# the rule the 16-core bench measured (B = 64, H = 512 split by units). Two and three
+# threads keep the split without per-step barriers, as does a back-off.
 cdef long long units_min_bytes = 1LL << 62
 cdef enum:
     UNITS_MIN_THREADS = 4
@@ -234,10 +236,12 @@ def set_units_min_bytes(long long n) -> None:
 cdef inline bint _units_for_batch(Py_ssize_t H, int by_units, int by_sequences
                                   ) noexcept nogil:
     """Whether an inference batch splits by hidden units rather than by sequences, given the
-    threads each split would use."""
+    threads each split would use. Not during a back-off (a loaded machine): the split by
+    sequences needs no barrier and hands its parts out as threads come free, where a split
+    by units would run on one thread."""
     if batch_split:
         return batch_split == 2
-    return by_units >= UNITS_MIN_THREADS and (
+    return by_units >= UNITS_MIN_THREADS and not serial_backoff() and (
         by_units > by_sequences or 12 * <long long>H * H > units_min_bytes)
 
 

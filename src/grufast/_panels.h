@@ -53,6 +53,19 @@
 #define GP_FN(name) GP_CAT(name, GRUFAST_PANEL_SUFFIX)
 #define GP_T GRUFAST_PANEL_T
 
+/* The GEMV's pass only keeps its accumulators in registers when n is a compile-time
+   constant, that is when it is inlined into a branch that fixes n (grufast_panel_pass_n).
+   gcc stopped inlining it on its own once the streaming step called the GEMV too: a
+   T = 1000, H = 32 forward took 1.2x the time. */
+#if defined(__GNUC__)
+#define GP_ALWAYS_INLINE static inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define GP_ALWAYS_INLINE static __forceinline
+#else
+#define GP_ALWAYS_INLINE static inline
+#endif
+
+
 /* The vector type of this build for GP_T, its width in elements and the group size (panels
    per pass: enough accumulators to cover the FMA latency, few enough to stay in
    registers). Without AVX2 + FMA, plain loops: the compiler vectorises them, and without
@@ -113,7 +126,7 @@
 /* out[0 : n * 16] (+)= v[:K] @ (n panels from P, ldp elements apart), n <= GP_GROUP, n a
    compile-time constant where inlined. The sum starts from 0 and is added to out at the
    end. */
-static inline void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
+GP_ALWAYS_INLINE void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
                                              const GP_T* P, ptrdiff_t ldp, GP_T* out,
                                              int accumulate) {
     GP_VEC acc[GP_GROUP * GP_NV];
@@ -139,7 +152,7 @@ static inline void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
 
 #else /* no AVX2 + FMA: plain loops */
 #define GP_GROUP 2
-static inline void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
+GP_ALWAYS_INLINE void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
                                              const GP_T* P, ptrdiff_t ldp, GP_T* out,
                                              int accumulate) {
     GP_T acc[GP_GROUP][GRUFAST_PANEL];
@@ -164,22 +177,37 @@ static inline void GP_FN(grufast_panel_pass)(int n, ptrdiff_t K, const GP_T* v,
 }
 #endif
 
+/* grufast_panel_pass with n spelled as a constant in each branch, so that every pass, the
+   last partial group's too, unrolls into registers. */
+GP_ALWAYS_INLINE void GP_FN(grufast_panel_pass_n)(int n, ptrdiff_t K, const GP_T* v,
+                                                  const GP_T* P, ptrdiff_t ldp, GP_T* out,
+                                                  int accumulate) {
+    if (n == GP_GROUP)
+        GP_FN(grufast_panel_pass)(GP_GROUP, K, v, P, ldp, out, accumulate);
+    else if (n == 1)
+        GP_FN(grufast_panel_pass)(1, K, v, P, ldp, out, accumulate);
+#if GP_GROUP > 2
+    else if (n == 2)
+        GP_FN(grufast_panel_pass)(2, K, v, P, ldp, out, accumulate);
+#endif
+#if GP_GROUP > 3
+    else if (n == 3)
+        GP_FN(grufast_panel_pass)(3, K, v, P, ldp, out, accumulate);
+#endif
+}
+
 /* One pass of n panels (n <= GP_GROUP); a pass holding the range's last, partial panel
-   goes through a buffer, so that nothing past out[width - 1] is written. The full-group
-   pass is spelled with a constant so that its loops unroll into registers. */
-static inline void GP_FN(grufast_panel_step)(ptrdiff_t first, int n, ptrdiff_t width,
-                                             ptrdiff_t K, const GP_T* v, const GP_T* P,
-                                             ptrdiff_t ldp, GP_T* out, int accumulate) {
+   goes through a buffer, so that nothing past out[width - 1] is written. */
+GP_ALWAYS_INLINE void GP_FN(grufast_panel_step)(ptrdiff_t first, int n, ptrdiff_t width,
+                                                ptrdiff_t K, const GP_T* v, const GP_T* P,
+                                                ptrdiff_t ldp, GP_T* out, int accumulate) {
     GP_T buf[GP_GROUP * GRUFAST_PANEL];
     const GP_T* Pp = P + first * ldp;
     ptrdiff_t col = first * GRUFAST_PANEL, span = (ptrdiff_t)n * GRUFAST_PANEL, i;
     if (col + span <= width) {
-        if (n == GP_GROUP)
-            GP_FN(grufast_panel_pass)(GP_GROUP, K, v, Pp, ldp, out + col, accumulate);
-        else
-            GP_FN(grufast_panel_pass)(n, K, v, Pp, ldp, out + col, accumulate);
+        GP_FN(grufast_panel_pass_n)(n, K, v, Pp, ldp, out + col, accumulate);
     } else {
-        GP_FN(grufast_panel_pass)(n, K, v, Pp, ldp, buf, 0);
+        GP_FN(grufast_panel_pass_n)(n, K, v, Pp, ldp, buf, 0);
         for (i = 0; i < width - col; i++) {
             if (accumulate)
                 out[col + i] += buf[i];
@@ -270,6 +298,7 @@ static void GP_FN(grufast_pack_panels)(const GP_T* W, ptrdiff_t gates, ptrdiff_t
 #undef GP_ZERO
 #undef GP_ADD
 #undef GP_NV
+#undef GP_ALWAYS_INLINE
 #undef GP_FN
 #undef GP_T
 #endif /* one type's functions */

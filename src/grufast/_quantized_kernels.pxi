@@ -461,7 +461,9 @@ def quantized_steps(const float[:, :, ::1] x, cnp.ndarray w_ih, const float[::1]
     cdef const void* pw = cnp.PyArray_DATA(w_hh)
     cdef const void* pwi = cnp.PyArray_DATA(w_ih)
     cdef ThreadPlan plan = plan_threads(B, H, False)
-    cdef int nt = plan.threads if plan.split == BY_UNITS else 1
+    # One sequence only: a batch (B >= 4 goes to the float kernels from grufast.quantized)
+    # may plan a split by units, which _qunit_steps does not run.
+    cdef int nt = plan.threads if plan.split == BY_UNITS and B == 1 else 1
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     if n == 0 or B == 0:

@@ -502,7 +502,7 @@ class GRU(_Parameters):
         for k in range(self.num_layers):
             w = self._layer_weights(f"_l{k}")
             plans.append(kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
-                                          self.linear_before_reset))
+                                          self.linear_before_reset, w.w_ih, w.w_hh_p))
         self._step_plan_list = plans
         return plans
 
@@ -584,7 +584,7 @@ class GRUCell(_Parameters):
         super()._weights_changed()
         w = self._layer_weights("")
         self._plan = kernels.CellPlan(w.w_ih_t, w.w_hh_t, w.b_ih, w.b_hh,
-                                      self.linear_before_reset)
+                                      self.linear_before_reset, w.w_ih, w.w_hh_p)
 
     def config(self) -> dict[str, Any]:
         return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
