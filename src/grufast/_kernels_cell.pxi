@@ -60,17 +60,6 @@ cdef void _step_rows(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const real* x, re
         _gates_n(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
 
 
-def _pack_gate_panels(const real[:, ::1] w):
-    """W (3H, K) packed in panels of 16 rows per gate (pack_panels), as a new array."""
-    cdef Py_ssize_t H = w.shape[0] // 3, K = w.shape[1]
-    out = np.zeros(panel_size(3, H, K), np.float32 if real is float else np.float64)
-    cdef real[::1] o = out
-    if H > 0 and K > 0:
-        with nogil:
-            pack_panels(&w[0, 0], 3, H, K, &o[0])
-    return out
-
-
 # Batches up to this many rows take the plan's path; larger ones the layer's (OpenBLAS
 # GEMMs, threads).
 cdef enum:

@@ -52,7 +52,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 _recurrent_tiles(0, 3, n, H, hr, w_hh_pp, ghr)
             elif n < 4:
                 for b in range(n):
-                    _recurrent_gemv(0, 3, H, w_hh_p, hr + b * H, ghr + b * G, backwards)
+                    _recurrent_products(0, 3, 1, H, 0, H, hr + b * H, w_hh_p, w_hh_pp,
+                                        ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
@@ -61,7 +62,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 _recurrent_tiles(0, 2, n, H, hr, w_hh_pp, ghr)
             elif n < 4:
                 for b in range(n):
-                    _recurrent_gemv(0, 2, H, w_hh_p, hr + b * H, ghr + b * G, backwards)
+                    _recurrent_products(0, 2, 1, H, 0, H, hr + b * H, w_hh_p, w_hh_pp,
+                                        ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
             _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
@@ -69,7 +71,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                 _recurrent_tiles(2, 3, n, H, rhr, w_hh_pp, ghr)
             elif n < 4:
                 for b in range(n):
-                    _recurrent_gemv(2, 3, H, w_hh_p, rhr + b * H, ghr + b * G, backwards)
+                    _recurrent_products(2, 3, 1, H, 0, H, rhr + b * H, w_hh_p, w_hh_pp,
+                                        ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
@@ -93,18 +96,6 @@ cdef inline const real* _panels_of(const real* w_hh_p, Py_ssize_t H, Py_ssize_t 
     return w_hh_p + (k * ((H + PANEL - 1) // PANEL) + j0 // PANEL) * H * PANEL
 
 
-cdef inline void _recurrent_gemv(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H,
-                                 const real* w_hh_p, const real* v, real* out,
-                                 bint backwards) noexcept nogil:
-    """out[k H : (k + 1) H] = v (H,) @ W_hk^T for the gates k0 <= k < k1 of one sequence,
-    from the panel-packed W_hh; ``backwards``: gates and panels last to first, so that a
-    caller alternating directions step by step reads first what it read last (in L2)."""
-    cdef Py_ssize_t kk, k
-    for kk in range(k0, k1):
-        k = k0 + k1 - 1 - kk if backwards else kk
-        panel_gemv(H, H, v, _panels_of(w_hh_p, H, k, 0), out + k * H, backwards)
-
-
 cdef inline void _project_window(int part, Py_ssize_t k, int nt, Py_ssize_t n,
                                  Py_ssize_t I, Py_ssize_t H, const real* x,
                                  const real* w_ih_pp, real* gates) noexcept nogil:
@@ -117,14 +108,15 @@ cdef inline void _project_window(int part, Py_ssize_t k, int nt, Py_ssize_t n,
                            gates + k * H + j0, 3 * H, False)
 
 
-cdef inline void _unit_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B, Py_ssize_t H,
-                                Py_ssize_t j0, Py_ssize_t j1, const real* v,
-                                const real* w_hh_p, const real* w_hh_pp, real* gh,
-                                bint backwards) noexcept nogil:
+cdef inline void _recurrent_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B,
+                                     Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                                     const real* v, const real* w_hh_p, const real* w_hh_pp,
+                                     real* gh, bint backwards) noexcept nogil:
     """gh[:, k H + j0 : k H + j1] = v (B, H) @ W_hk^T's columns j0 <= j < j1, for the gates
     k0 <= k < k1: one sequence by GEMVs on the panel-packed W_hh (gates in the order
-    ``backwards`` says), a batch in the register tiles on the window of the packed W_hh^T
-    (the same bits as the whole width: _tiles.h)."""
+    ``backwards`` says, so that a caller alternating directions step by step reads first
+    what it read last, in L2), a batch in the register tiles on the window of the packed
+    W_hh^T (the same bits as the whole width: _tiles.h)."""
     cdef Py_ssize_t kk, k
     for kk in range(k0, k1):
         k = k0 + k1 - 1 - kk if backwards else kk
@@ -218,13 +210,13 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
             if team == 1 and nt > 1:
                 # Alone with every share: the recurrent products for all units at once (the
                 # same bits as the shares' products).
-                _unit_products(0, 3 if lbr else 2, B, H, 0, H, states[q % 2], w_hh_p,
-                               w_hh_pp, gh, backwards)
+                _recurrent_products(0, 3 if lbr else 2, B, H, 0, H, states[q % 2], w_hh_p,
+                                    w_hh_pp, gh, backwards)
             for part in range(pa, pb):
                 j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                 if team > 1 or nt == 1:
-                    _unit_products(0, 3 if lbr else 2, B, H, j0, j1, states[q % 2], w_hh_p,
-                                   w_hh_pp, gh, backwards)
+                    _recurrent_products(0, 3 if lbr else 2, B, H, j0, j1, states[q % 2],
+                                        w_hh_p, w_hh_pp, gh, backwards)
                 if lbr:
                     _gates_lbr(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                                states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
@@ -239,11 +231,13 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                     if went > 0:  # the team fell back to one thread: this one
                         pa, pb, team = 0, nt, 1
                 if team == 1 and nt > 1:
-                    _unit_products(2, 3, B, H, 0, H, rh, w_hh_p, w_hh_pp, gh, backwards)
+                    _recurrent_products(2, 3, B, H, 0, H, rh, w_hh_p, w_hh_pp, gh,
+                                        backwards)
                 for part in range(pa, pb):
                     j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                     if team > 1 or nt == 1:
-                        _unit_products(2, 3, B, H, j0, j1, rh, w_hh_p, w_hh_pp, gh, backwards)
+                        _recurrent_products(2, 3, B, H, j0, j1, rh, w_hh_p, w_hh_pp, gh,
+                                            backwards)
                     _gates_n(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
                              states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
             if team > 1:
@@ -427,11 +421,19 @@ def pack_weight_panels(const real[:, ::1] w_hh):
     cdef Py_ssize_t R = w_hh.shape[0], H = w_hh.shape[1]
     if R != 3 * H:
         raise ValueError(f"w_hh must have shape (3H, H), got ({R}, {H})")
-    out = np.empty(panel_size(3, H, H), np.float32 if real is float else np.float64)
+    return _pack_gate_panels(w_hh)
+
+
+def _pack_gate_panels(const real[:, ::1] w):
+    """W (3H, K) packed in panels of 16 rows per gate (pack_panels: zero-padded past each
+    gate's last row), as a new 1-D array: W_hh for forward's GEMVs, W_ih for the streaming
+    step's."""
+    cdef Py_ssize_t H = w.shape[0] // 3, K = w.shape[1]
+    out = np.empty(panel_size(3, H, K), np.float32 if real is float else np.float64)
     cdef real[::1] o = out
-    if H > 0:
+    if H > 0 and K > 0:
         with nogil:
-            pack_panels(&w_hh[0, 0], 3, H, H, &o[0])
+            pack_panels(&w[0, 0], 3, H, K, &o[0])
     return out
 
 
