@@ -17,6 +17,7 @@ from grufast import bench
 # Where the grufast under test was imported from (the source tree or an installed package):
 # the bench's subprocesses must import the same one.
 SRC = os.path.dirname(os.path.dirname(grufast.__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's tools/
 
 
 def _bench_cli(tmp_path, *args, path_first=()):
@@ -360,6 +361,41 @@ def test_tables_only_skips_the_extras(tmp_path):
     assert "streaming step" not in proc.stdout and "reduced precision" not in proc.stdout
 
 
+def test_avx2_emulation_holds_every_peer_that_has_a_setting(tmp_path, monkeypatch):
+    """--emulate avx2: grufast's AVX2 build, OpenBLAS on its Haswell kernels, PyTorch's and
+    JAX's settings in the worker (JAX's products sent to oneDNN, which its setting holds),
+    a user's own XLA flags kept, and the record and the table saying ONNX Runtime is not
+    held."""
+    from grufast import _bench_env as E
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512 --xla_dump_to=/tmp/x")
+    env = E.worker_env(1, "avx2")
+    plain = E.worker_env(1)
+    monkeypatch.delenv("XLA_FLAGS")
+    flags = env["XLA_FLAGS"].split()
+    assert "--xla_cpu_max_isa=AVX2" in flags and "--xla_cpu_max_isa=AVX512" not in flags
+    assert "--xla_dump_to=/tmp/x" in flags and "--xla_cpu_experimental_ynn_fusion_type=" in flags
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["GRUFAST_ISA"] == "avx2"
+    assert "GRUFAST_BENCH_EMULATE" not in plain and "--xla_cpu_max_isa=AVX512" in plain["XLA_FLAGS"]
+
+    proc, (res,) = _bench_cli(tmp_path, "--shape", "4,16,3,4", "--peers", "torch,jax",
+                              "--threads", "1", "--tables-only", "--emulate", "avx2")
+    rec = res["environment"]
+    has_avx2 = {"avx2", "fma"} <= set(rec["cpu"]["flags"])
+    assert rec["isa_build"] == ("avx2" if has_avx2 else "baseline")
+    assert rec["emulated"]["isa"] == "avx2" and "onnxruntime" in rec["emulated"]["not_held"]
+    assert rec["limits"]["env"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "--xla_cpu_experimental_ynn_fusion_type=" in rec["limits"]["env"]["XLA_FLAGS"]
+    if has_avx2:
+        assert rec["blas"]["grufast"]["architecture"] == "Haswell"
+    assert "AVX2 emulated (every peer held to it but onnxruntime)" in proc.stdout
+    assert res["rows"][0]["inference"]["jax"]["median"] > 0  # XLA accepted the flags
+    table = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "readme_table.py"),
+                            str(tmp_path / "bench.json")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": os.path.abspath(SRC)}, check=True)
+    assert "against the fastest peer held to AVX2 (all but onnxruntime): 1 core" in table.stdout
+
+
 def test_a_cpu_sysfs_does_not_know_is_its_own_core():
     from grufast import _bench_env as E
 
@@ -369,10 +405,13 @@ def test_a_cpu_sysfs_does_not_know_is_its_own_core():
 def test_pinning_takes_one_cpu_per_physical_core_first(monkeypatch):
     """n threads are pinned to n physical cores where the machine has them, not to n / 2
     cores' SMT sibling pairs (sysfs numbers siblings either side by side or half the
-    machine apart)."""
+    machine apart), and the lowest cpu's core is taken last."""
     from grufast import _bench_env as E
 
-    for pairs, want in [({0: 1, 2: 3}, [0, 2, 1, 3]), ({0: 2, 1: 3}, [0, 1, 2, 3])]:
+    monkeypatch.setattr(E, "_siblings", lambda c: [c])
+    assert E.cores_first([0, 1, 2, 3]) == [1, 2, 3, 0]
+    assert E.cores_first([4, 6, 5]) == [5, 6, 4]  # the lowest visible cpu, not cpu 0
+    for pairs, want in [({0: 1, 2: 3}, [2, 0, 3, 1]), ({0: 2, 1: 3}, [1, 0, 3, 2])]:
         sib = {**{a: [a, b] for a, b in pairs.items()}, **{b: [a, b] for a, b in pairs.items()}}
         monkeypatch.setattr(E, "_siblings", sib.__getitem__)
         assert E.cores_first([0, 1, 2, 3]) == want

@@ -51,12 +51,31 @@ def main(path: str) -> None:
     gm = {k: float(np.exp(np.nanmean(np.log(v)))) for k, v in ratios.items()}
     print(f"\nGeometric means of grufast / fastest peer: inference {gm['i1']:.2f} (1 core) and "
           f"{gm['i2']:.2f} (2 cores); training {gm['t1']:.2f} and {gm['t2']:.2f}.")
-    vs = [f"{', '.join(map(str, r['shape']))}: "
-          f"{r['inference']['grufast']['median'] / r['sgemm']['median']:.2f}×"
-          for r in one["rows"] if r.get("sgemm")]
-    if vs:
-        print(f"Inference against {SGEMM_NAME} (1 core, batched shapes only): "
-              + "; ".join(vs) + ".")
+    for res, label in ((one, "1 core"), (two, "2 cores")):
+        vs = [f"{', '.join(map(str, r['shape']))}: "
+              f"{r['inference']['grufast']['median'] / r['sgemm']['median']:.2f}×"
+              for r in res["rows"] if r.get("sgemm")]
+        if vs:
+            print(f"Inference against {SGEMM_NAME} ({label}, batched shapes only): "
+                  + "; ".join(vs) + ".")
+    emulated = one["environment"].get("emulated")
+    if emulated:  # the peers held to the emulated ISA, without those that could not be
+        out = set(emulated["not_held"])
+        for kind in ("inference", "training"):
+            parts = []
+            for res, label in ((one, "1 core"), (two, "2 cores")):
+                rs = []
+                for r in res["rows"]:
+                    peer, best = fastest_peer({k: v for k, v in r[kind].items()
+                                               if k not in out})
+                    if peer != "-":
+                        rs.append(r[kind]["grufast"]["median"] / best)
+                if rs:
+                    parts.append(f"{label} {min(rs):.2f}–{max(rs):.2f}×")
+            if parts:
+                print(f"{kind.capitalize()} against the fastest peer held to "
+                      f"{emulated['isa'].upper()} (all but {', '.join(sorted(out))}): "
+                      + ", ".join(parts) + ".")
     for res, label in ((one, "1 core"), (two, "2 cores")):
         s = res.get("streaming", {})  # absent from a --tables-only run
         for L, cells in s.get("layers", {}).items():

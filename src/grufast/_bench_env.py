@@ -87,11 +87,15 @@ def _siblings(cpu: int) -> list[int]:
 def cores_first(cpus: list[int]) -> list[int]:
     """``cpus`` ordered so that each physical core's first sibling comes before any core's
     second: n threads pinned to the first n then run on n cores where the machine has
-    them, not on n/2 cores' SMT pairs (whose FMA units they would share)."""
+    them, not on n/2 cores' SMT pairs (whose FMA units they would share). The core of the
+    lowest cpu comes last among them: cpu 0 carries the work the kernel cannot move
+    elsewhere (some interrupts and timers), and on the lent 16-core machine cpus 0-1 were
+    the slowest pair for every library."""
+    first = set(_siblings(min(cpus))) if cpus else set()
     rank = {}
     for c in cpus:
         sib = [s for s in _siblings(c) if s in cpus] or [c]
-        rank[c] = (sorted(sib).index(c) if c in sib else 0, c)
+        rank[c] = (sorted(sib).index(c) if c in sib else 0, c in first, c)
     return sorted(cpus, key=rank.__getitem__)
 
 
@@ -120,8 +124,32 @@ def thread_mode(threads: int, pinned: set[int] | None, visible: int) -> str:
             + ("" if cores == len(pinned) else f" ({cores} physical cores)"))
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    """The environment of a worker process with ``threads`` threads."""
+# Emulating a CPU without AVX-512 on one that has it: each library's own setting, in the
+# worker's environment before anything loads. XLA's flag holds only the code XLA generates;
+# its matrix products go to YNNPACK, which has no such setting, so they are sent to oneDNN
+# instead (the empty YNN fusion list), which ONEDNN_MAX_CPU_ISA holds. ONNX Runtime's MLAS
+# reads CPUID when it loads and has no setting at all: it cannot be held.
+EMULATE = {
+    "avx2": {
+        "env": {"GRUFAST_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell",
+                "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                "ONEDNN_MAX_CPU_ISA": "AVX2"},
+        "xla_flags": ["--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type="],
+        "held": {"grufast": "GRUFAST_ISA=avx2",
+                 "numpy-reference": "OPENBLAS_CORETYPE=Haswell",
+                 "torch": "ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, "
+                          "ONEDNN_MAX_CPU_ISA=AVX2",
+                 "jax": "--xla_cpu_max_isa=AVX2; products through oneDNN (not YNNPACK) "
+                        "with ONEDNN_MAX_CPU_ISA=AVX2"},
+        "not_held": {"onnxruntime": "MLAS picks its kernels from CPUID and has no setting"},
+    },
+}
+ISA_VARS = tuple(EMULATE["avx2"]["env"])
+
+
+def worker_env(threads: int, emulate: str | None = None) -> dict[str, str]:
+    """The environment of a worker process with ``threads`` threads, every library held to
+    the ISA ``emulate`` names (a key of EMULATE) where it can be."""
     env = dict(os.environ)
     for v in LIMIT_VARS:
         env[v] = str(threads)
@@ -129,6 +157,12 @@ def worker_env(threads: int) -> dict[str, str]:
              if not f.startswith("--xla_cpu_multi_thread_eigen")]
     if threads == 1:
         flags.append("--xla_cpu_multi_thread_eigen=false")
+    if emulate is not None:
+        hold = EMULATE[emulate]
+        env.update(hold["env"])
+        env["GRUFAST_BENCH_EMULATE"] = emulate  # for the worker's record
+        names = {f.split("=")[0] for f in hold["xla_flags"]}
+        flags = [f for f in flags if f.split("=")[0] not in names] + hold["xla_flags"]
     env["XLA_FLAGS"] = " ".join(flags)
     return env
 
@@ -244,7 +278,7 @@ def environment(threads: int, peers: list[str]) -> dict:
     visible = int(os.environ.get("GRUFAST_BENCH_VISIBLE_CPUS", len(affinity)))
     pinned = set(affinity) if len(affinity) < visible else None
     limits = {"affinity": affinity, "grufast_openmp_threads": kernels.openmp_threads(),
-              "env": {v: os.environ.get(v) for v in LIMIT_VARS + ("XLA_FLAGS",)}}
+              "env": {v: os.environ.get(v) for v in LIMIT_VARS + ("XLA_FLAGS",) + ISA_VARS}}
     if "torch" in peers:
         import torch
 
@@ -253,7 +287,12 @@ def environment(threads: int, peers: list[str]) -> dict:
     if "onnxruntime" in peers:
         limits["onnxruntime_intra_op_num_threads"] = threads
     blas = _blas()
-    return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "blas": blas,
+    emulate = os.environ.get("GRUFAST_BENCH_EMULATE")
+    emulated = None if emulate not in EMULATE else {
+        "isa": emulate, "held": EMULATE[emulate]["held"],
+        "not_held": EMULATE[emulate]["not_held"]}
+    return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "emulated": emulated,
+            "blas": blas,
             "physical_cores": physical_cores(affinity), "threads": threads,
             "thread_mode": thread_mode(threads, pinned, visible), "limits": limits,
             "versions": versions,
@@ -265,6 +304,10 @@ def describe(env: dict) -> str:
     cpu = env["cpu"]
     b = env["blas"]["grufast"]
     blas = f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels)"
+    emulated = env.get("emulated")
+    held = "" if not emulated else (
+        f", {emulated['isa'].upper()} emulated (every peer held to it but "
+        f"{', '.join(emulated['not_held'])})")
     return (f"{cpu['model']} [{', '.join(cpu['flags']) or 'no avx2'}]; grufast "
-            f"{env['isa_build']} build; L2 {env['l2']}; BLAS {blas}; {env['thread_mode']}; "
-            f"{env['date']}")
+            f"{env['isa_build']} build{held}; L2 {env['l2']}; BLAS {blas}; "
+            f"{env['thread_mode']}; {env['date']}")

@@ -103,6 +103,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
     p.add_argument("--jax-unroll", type=_positive_int("--jax-unroll"), metavar="N",
                    help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
+    p.add_argument("--emulate", choices=["avx2"],
+                   help="hold grufast and every peer that has a setting for it to this ISA "
+                        "(an AVX2 CPU on one with AVX-512; docs/bench_method.md says how "
+                        "each is held; ONNX Runtime cannot be)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
@@ -130,7 +134,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
             "linear_before_reset": not args.no_linear_before_reset, "dtype": args.dtype,
             "budget_s": budget, "min_rounds": 3 if args.quick else 7,
             "jax_unroll_sweep_s": 0.05 if args.quick else 0.2, "jax_unroll": args.jax_unroll,
-            "quick": args.quick, "extras": not args.tables_only}
+            "quick": args.quick, "extras": not args.tables_only, "emulate": args.emulate}
 
 
 # -- one worker: one thread count ------------------------------------------------------------
@@ -387,7 +391,7 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
     from grufast._bench_env import cpus_for, visible_cpus, worker_env
 
     cpus = cpus_for(threads)
-    env = worker_env(threads)
+    env = worker_env(threads, settings.get("emulate"))
     env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(visible_cpus()))
     settings = {**settings, "jax_unroll_cache": os.path.join(tmp, "jax_unroll.json")}
     settings_path = os.path.join(tmp, "settings.json")
