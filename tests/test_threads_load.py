@@ -217,21 +217,24 @@ def test_a_batch_split_by_units_gives_the_bits_of_a_split_by_sequences(monkeypat
 
 
 def test_the_batch_split_rule(batch_split):
-    """An inference batch splits by hidden units from 4 threads when that gets it more
-    threads than by sequences (B / 4 against H / 32) or when W_hh^T (12 H^2 bytes) exceeds
-    the L2 size the kernels were given; otherwise, in training and during a back-off, by
-    sequences."""
+    """A batch of 8 or more splits by hidden units from 4 threads when that gets it more
+    threads than by sequences (B / 4 against H / 32), or, in inference, when W_hh^T (12 H^2
+    bytes) exceeds the L2 size the kernels were given; otherwise, and during a back-off, by
+    sequences. 2 to 7 sequences split by units where one sequence would (H >= 224), from
+    2 threads."""
     batch_split.set_units_min_bytes(1 << 20)
     _wait_backoff_over()  # an earlier test's fallback would still plan batches by sequences
     cases = [(16, 64, 512, False, "units"), (16, 64, 256, False, "sequences"),
              (16, 8, 512, False, "units"), (16, 16, 128, False, "sequences"),
              (16, 64, 512, True, "sequences"), (2, 64, 512, False, "sequences"),
              (3, 8, 512, False, "sequences"), (4, 8, 512, False, "units"),
-             (4, 64, 256, False, "sequences")]
+             (4, 64, 256, False, "sequences"), (16, 8, 512, True, "units"),
+             (2, 2, 256, False, "units"), (2, 7, 256, True, "units"),
+             (2, 4, 128, False, "serial"), (2, 3, 128, True, "serial")]
     for threads, B, H, training, split in cases:
         with threadpool_limits(threads):
             got = kernels.recurrence_plan(B, H, training)[1]
-            if training:  # by sequences, or serial where OpenBLAS serves it (AVX2 build)
+            if training and split == "sequences":  # or serial where OpenBLAS serves it
                 assert got in (split, "serial"), (threads, B, H)
             else:
                 assert got == split, (threads, B, H)
@@ -251,6 +254,89 @@ def test_the_batch_split_rule(batch_split):
         kernels.force_batch_split("rows")
     with pytest.raises(ValueError, match="n must be >= 0"):
         kernels.set_units_min_bytes(-1)
+
+
+@pytest.mark.parametrize("dtype, H", [(np.float32, 256), (np.float64, 240)])
+@pytest.mark.parametrize("lbr", [True, False])
+def test_small_batches_split_by_units(lbr, dtype, H):
+    """2 to 7 sequences, too few for two threads by sequences, split by hidden units where
+    one sequence would: 1 to 3 sequences by a GEMV each per share (the serial GEMVs' bits),
+    4 to 7 in the tiles on windows (the serial tiles' bits). Inference gives one thread's
+    bits on 2 and 3 threads (3 oversubscribe this machine: a back-off may run the shares on
+    one thread, with the same bits); training agrees with one thread and meets the
+    tolerances against the reference, with padded lengths (zero-length ones too) and both
+    directions."""
+    from grufast import functional as F
+    from grufast import reference as R
+
+    from .helpers import assert_close, problem, rel_err
+
+    rng = np.random.default_rng(21)
+    for B, reverse in ((2, False), (3, True), (5, False), (7, True)):
+        x, h0, *w = problem(rng, 7, B, 33, H, dtype, scale=0.5)
+        kw = dict(lengths=rng.integers(0, 8, B), reverse=reverse, linear_before_reset=lbr)
+        as64 = [a.astype(np.float64) for a in (x, h0, *w)]
+        yr, hr, cr = R.gru_forward(*as64, training=True, **kw)
+        dy = rng.standard_normal(yr.shape)
+        gr = R.gru_backward(dy, None, cr)
+        runs = []
+        for threads in (1, 2, 3):
+            with threadpool_limits(threads):
+                _wait_backoff_over()
+                split = kernels.recurrence_plan(B, H, True)[1]
+                assert split == ("serial" if threads == 1 else "units"), (B, threads)
+                inf = F.gru_forward(x, h0, *w, **kw)[:2]
+                y, h, cache = F.gru_forward(x, h0, *w, training=True, **kw)
+                g = F.gru_backward(dy.astype(dtype), None, cache)
+            where = f"B={B} lbr={lbr} threads={threads}"
+            assert_close(y, yr, dtype, "fwd", where)
+            for name, a, b in zip(g._fields, g, gr):
+                assert_close(a, b, dtype, "grad", f"{where} {name}")
+            runs.append((inf, (y, h, *g)))
+        for inf, trained in runs[1:]:
+            for a, b in zip(runs[0][0], inf):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(runs[0][1], trained):
+                assert rel_err(a, b) <= (1e-5 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("lbr", [True, False])
+def test_a_training_batch_split_by_units_agrees_with_one_thread(batch_split, lbr):
+    """A training batch of 8 or more split by hidden units (where that gets it more threads
+    than by sequences, from 4 threads; forced here on 2): the forward's cache and the
+    backward's per-step products by each thread's units, the weight gradients after the
+    loop, agree with one thread and meet the tolerances. H = 230: shares cut inside a
+    vector; B = 10: a partial tile of rows; padded lengths."""
+    from grufast import functional as F
+    from grufast import reference as R
+
+    from .helpers import assert_close, problem, rel_err
+
+    rng = np.random.default_rng(22)
+    for B, H in ((10, 230), (16, 128)):
+        x, h0, *w = problem(rng, 6, B, 20, H, np.float32, scale=0.5)
+        kw = dict(lengths=rng.integers(1, 7, B), linear_before_reset=lbr)
+        yr, hr, cr = R.gru_forward(*[a.astype(np.float64) for a in (x, h0, *w)],
+                                   training=True, **kw)
+        gr = R.gru_backward(np.ones_like(yr), None, cr)
+        runs = []
+        for threads, split in ((1, "auto"), (2, "units")):
+            batch_split.force_batch_split(split)
+            with threadpool_limits(threads):
+                _wait_backoff_over()
+                if threads == 2:
+                    assert kernels.recurrence_plan(B, H, True) == (True, "units")
+                y, h, cache = F.gru_forward(x, h0, *w, training=True, **kw)
+                g = F.gru_backward(np.ones_like(y), None, cache)
+            for name, a, b in zip(g._fields, g, gr):
+                assert_close(a, b, np.float32, "grad", f"B={B} threads={threads} {name}")
+            runs.append((y, h, *g))
+        for a, b in zip(*runs):
+            assert rel_err(a, b) <= 1e-5
+    with threadpool_limits(16):  # units get 16 threads where sequences get 2: units
+        _wait_backoff_over()
+        batch_split.force_batch_split("auto")
+        assert kernels.recurrence_plan(8, 512, True) == (True, "units")
 
 
 @pytest.mark.parametrize("weight_format", ["int8", "bf16"])

@@ -95,51 +95,73 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
 
 cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
                          const BackwardArrays* a, real* dh) noexcept nogil:
-    """Backward of one sequence (B = 1), thread p of nt owning the hidden units j0 <= j < j1
-    as in _unit_steps: their gate gradients and their columns of W_hh for dh; afterwards
-    its share of the weight gradients and of dx (_weight_grads). No OpenBLAS call:
-    its threads would spin after each call and take the cores this loop's barrier waits on.
-    dgh holds two rows (2, 3H), used by alternate steps so that no thread writes the row
-    another one is still reading."""
-    cdef Py_ssize_t T = d.T, H = d.H, ldy = d.ldy
+    """Backward of up to 7 sequences, or of a batch split by hidden units, thread p of nt
+    owning the units j0 <= j < j1 as in _unit_steps: their gate gradients and their columns
+    of W_hh for dh (one to three sequences: a GEMV each on W_hh's column panels, as the
+    serial backward runs them; more: the register-tiled GEMM on W_hh's column window);
+    afterwards its share of the weight gradients and of dx (_weight_grads). No OpenBLAS
+    call: its threads would spin after each call and take the cores this loop's barrier
+    waits on. dgh holds two (B, 3H) blocks, used by alternate steps so that no thread
+    writes the block another one is still reading."""
+    cdef Py_ssize_t T = d.T, B = d.B, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const Py_ssize_t* lengths = a.lengths
     cdef const real* gates = <const real*>a.gates
     cdef const real* hprev = <const real*>a.hprev
     cdef const real* ghn = <const real*>a.ghn
     cdef const real* dy = <const real*>a.dy
+    cdef const real* w_hh = <const real*>a.w_hh
     cdef real* dG = <real*>a.dG
     cdef real* dgh = <real*>a.dgh
     cdef real* ds = <real*>a.ds
-    cdef Py_ssize_t s, t, G = 3 * H
+    cdef Py_ssize_t s, t, b, G = 3 * H, BG = B * G, BH = B * H
     cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
-    cdef const real* w_cp = <const real*>a.w_hh_cp + (j0 // PANEL) * G * PANEL  # own panels
+    cdef const real* w_cp = NULL  # own column panels (one to three sequences)
     cdef const real* dy_t = <const real*>a.dy_zero
     cdef real* dG_t
-    cdef real* dgh_row
+    cdef real* dgh_t
     cdef const real* g_t
     cdef const real* hp_t
+    cdef bint back
+    if B < 4:
+        w_cp = <const real*>a.w_hh_cp + (j0 // PANEL) * G * PANEL
     for s in range(T):
         t = s if reverse else T - 1 - s
+        back = s % 2 == 1
         if dy != NULL:
-            dy_t = dy + t * ldy
-        dG_t = dG + t * G
-        g_t = gates + t * G
-        hp_t = hprev + t * H
+            dy_t = dy + t * B * ldy
+        dG_t = dG + t * BG
+        g_t = gates + t * BG
+        hp_t = hprev + t * BH
         if lbr:
-            dgh_row = dgh + (s % 2) * G
-            _dgates_lbr(1, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * H, dy_t, ldy, dh, dG_t,
-                        dgh_row)
+            dgh_t = dgh + (s % 2) * BG
+            _dgates_lbr(B, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * BH, dy_t, ldy, dh,
+                        dG_t, dgh_t)
             barrier_wait(bar, nt, p)
-            panel_gemv_ex(w, G, dgh_row, w_cp, G * PANEL, dh + j0, s % 2 == 1, True)
+            if B < 4:
+                for b in range(B):
+                    panel_gemv_ex(w, G, dgh_t + b * G, w_cp, G * PANEL, dh + b * H + j0, back,
+                                  True)
+            else:
+                small_gemm(B, w, G, dgh_t, G, w_hh + j0, H, dh + j0, H, True)
         else:
-            _dgates_zn(1, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
+            _dgates_zn(B, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
             barrier_wait(bar, nt, p)
-            panel_gemv_ex(w, H, dG_t + 2 * H, w_cp + 2 * H * PANEL, G * PANEL, ds + j0,
-                          s % 2 == 1, False)
-            _dgates_r(1, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
+            if B < 4:
+                for b in range(B):
+                    panel_gemv_ex(w, H, dG_t + b * G + 2 * H, w_cp + 2 * H * PANEL, G * PANEL,
+                                  ds + b * H + j0, back, False)
+            else:
+                small_gemm(B, w, H, dG_t + 2 * H, G, w_hh + 2 * H * H + j0, H, ds + j0, H,
+                           False)
+            _dgates_r(B, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
             barrier_wait(bar, nt, p)
-            panel_gemv_ex(w, 2 * H, dG_t, w_cp, G * PANEL, dh + j0, s % 2 == 1, True)
+            if B < 4:
+                for b in range(B):
+                    panel_gemv_ex(w, 2 * H, dG_t + b * G, w_cp, G * PANEL, dh + b * H + j0,
+                                  back, True)
+            else:
+                small_gemm(B, w, 2 * H, dG_t, G, w_hh + j0, H, dh + j0, H, True)
     barrier_wait(bar, nt, p)  # dG complete
     _weight_grads(p, nt, bar, d, a, dG)
 
@@ -208,9 +230,9 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     w_ih transposed, read with fewer than 8 inputs (else it may be None). w_hh_cp is W_hh's
     columns packed in panels (pack_weight_columns), read by the GEMVs of one to three
     sequences (else it may be None).
-    Scratch of one sequence split by hidden units (B = 1, only touched there, so untouched
-    pages cost nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, 3H), work
-    (T, B, H, without linear_before_reset).
+    Scratch of a split by hidden units (only touched there, so untouched pages cost
+    nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, B * 3H), work (T, B, H,
+    without linear_before_reset).
     """
     cdef Dims d
     cdef BackwardArrays a
@@ -264,6 +286,9 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.dx = &dx[0, 0, 0]
     a.dw_ih = &dw_ih[0, 0]
     a.dw_hh = &dw_hh[0, 0]
+    if dgh.shape[1] != d.B * 3 * d.H:
+        raise ValueError(f"dgh must have shape (2, {d.B * 3 * d.H}) (two steps' B x 3H), got "
+                         f"({dgh.shape[0]}, {dgh.shape[1]})")
     a.dG = &dG[0, 0, 0]
     a.dG_transposed = &dG_transposed[0, 0]
     a.dgh = &dgh[0, 0]

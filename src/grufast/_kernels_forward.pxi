@@ -113,16 +113,18 @@ cdef inline void _recurrent_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B,
                                      const real* v, const real* w_hh_p, const real* w_hh_pp,
                                      real* gh, bint backwards) noexcept nogil:
     """gh[:, k H + j0 : k H + j1] = v (B, H) @ W_hk^T's columns j0 <= j < j1, for the gates
-    k0 <= k < k1: one sequence by GEMVs on the panel-packed W_hh (gates in the order
-    ``backwards`` says, so that a caller alternating directions step by step reads first
-    what it read last, in L2), a batch in the register tiles on the window of the packed
-    W_hh^T (the same bits as the whole width: _tiles.h)."""
-    cdef Py_ssize_t kk, k
+    k0 <= k < k1: one to three sequences by a GEMV each on the panel-packed W_hh (gates in
+    the order ``backwards`` says, so that a caller alternating directions step by step
+    reads first what it read last, in L2; the bits of the serial GEMVs), a batch of 4 or
+    more in the register tiles on the window of the packed W_hh^T (the same bits as the
+    whole width: _tiles.h)."""
+    cdef Py_ssize_t kk, k, b
     for kk in range(k0, k1):
         k = k0 + k1 - 1 - kk if backwards else kk
-        if B == 1:
-            panel_gemv(j1 - j0, H, v, _panels_of(w_hh_p, H, k, j0), gh + k * H + j0,
-                       backwards)
+        if B < 4:
+            for b in range(B):
+                panel_gemv(j1 - j0, H, v + b * H, _panels_of(w_hh_p, H, k, j0),
+                           gh + b * 3 * H + k * H + j0, backwards)
         else:
             prepacked_gemm_columns(B, k * H + j0, k * H + j1, H, v, H, w_hh_pp, 3 * H,
                                    gh + k * H + j0, 3 * H, False)

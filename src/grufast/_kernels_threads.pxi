@@ -158,15 +158,17 @@ def recurrence_plan(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
 
 cdef inline bint _reads_w_hh_pp(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
     """Whether forward under this plan reads the packed W_hh^T: the register-tiled
-    recurrent products of a batch (one sequence split by units runs GEMVs, even when tiles
-    are forced)."""
-    return plan.tiled_recurrence and (plan.split != BY_UNITS or B > 1)
+    recurrent products of a batch, and a split by units of 4 sequences or more (1 to 3
+    run one GEMV each, even when tiles are forced)."""
+    if plan.split == BY_UNITS:
+        return B >= 4
+    return plan.tiled_recurrence
 
 
 cdef inline bint _reads_w_hh_p(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
-    """Whether forward under this plan reads W_hh's panels: one sequence split by units,
-    and one GEMV per sequence for one to three sequences."""
-    return (plan.split == BY_UNITS and B == 1) or (not plan.tiled_recurrence and B < 4)
+    """Whether forward under this plan reads W_hh's panels: one GEMV per sequence for one
+    to three sequences, split by units or not tiled."""
+    return B < 4 and (plan.split == BY_UNITS or not plan.tiled_recurrence)
 
 
 def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
@@ -233,16 +235,19 @@ def set_units_min_bytes(long long n) -> None:
     units_min_bytes = n
 
 
-cdef inline bint _units_for_batch(Py_ssize_t H, int by_units, int by_sequences
-                                  ) noexcept nogil:
-    """Whether an inference batch splits by hidden units rather than by sequences, given the
-    threads each split would use. Not during a back-off (a loaded machine): the split by
+cdef inline bint _units_for_batch(Py_ssize_t H, int by_units, int by_sequences,
+                                  bint training) noexcept nogil:
+    """Whether a batch of 8 or more splits by hidden units rather than by sequences, given
+    the threads each split would use. Not during a back-off (a loaded machine): the split by
     sequences needs no barrier and hands its parts out as threads come free, where a split
-    by units would run on one thread."""
+    by units would run on one thread. Training only where units get it more threads: its
+    backward by units leaves the weight gradients to GEMMs after the loop, where by
+    sequences they accumulate while the gates' gradients are in cache."""
     if batch_split:
         return batch_split == 2
     return by_units >= UNITS_MIN_THREADS and not serial_backoff() and (
-        by_units > by_sequences or 12 * <long long>H * H > units_min_bytes)
+        by_units > by_sequences
+        or (not training and 12 * <long long>H * H > units_min_bytes))
 
 
 cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H, bint training
@@ -262,20 +267,25 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
                                     ) noexcept nogil:
     """How a call on B sequences of H hidden units splits across threads.
 
-    By hidden units: one sequence, with the spinning barrier only, for steps with enough
-    multiply-adds, at least 64 units per thread; an inference batch as _units_for_batch
-    says, at least 32 units per thread. By sequences: when the register-tiled GEMM
-    serves the batch (else OpenBLAS threads each step's GEMM itself), from B = 8, at most one
-    thread per 4 sequences (whole register tiles), for steps with enough multiply-adds to
-    pay for a second core. Thread counts follow OpenMP's (threadpoolctl and
-    OMP_NUM_THREADS set it)."""
+    By hidden units, with the spinning barrier only: up to 7 sequences (too few for two
+    threads by sequences) where one sequence's step has enough multiply-adds, at least 64
+    units per thread; a batch of 8 or more as _units_for_batch says, at least 32 units per
+    thread. By sequences: when the
+    register-tiled GEMM serves the batch (else OpenBLAS threads each step's GEMM itself),
+    from B = 8, at most one thread per 4 sequences (whole register tiles), for steps with
+    enough multiply-adds to pay for a second core. Thread counts follow OpenMP's
+    (threadpoolctl and OMP_NUM_THREADS set it)."""
     cdef ThreadPlan plan
     cdef int n, m
     plan.split = SERIAL
     plan.threads = 1
     plan.alone = False
     plan.tiled_recurrence = _use_tiled_recurrence(B, H, training)
-    if B == 1 and SPIN_BARRIER and 3 * H * H >= PARALLEL_MIN_MACS:
+    if B < 8 and SPIN_BARRIER and 3 * H * H >= PARALLEL_MIN_MACS and (
+            B < 4 or plan.tiled_recurrence):
+        # The threshold of one sequence for up to 7: B = 4 and 7 at H = 128 took 1.1-1.4x
+        # their one-thread time on two threads (a step's share is too short for the
+        # barrier); 4-7 sequences past the training limit stay on OpenBLAS's GEMM, serial.
         n = min(max_threads(), <int>(H // 64))
         if n > 1:
             # After a fallback (a loaded machine) one thread runs every thread's part of the
@@ -286,7 +296,7 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
     elif plan.tiled_recurrence and B >= 8 and B * 3 * H * H >= PARALLEL_MIN_MACS:
         n = min(max_threads(), <int>(H // BATCH_UNITS_MIN))
         m = min(max_threads(), <int>(B // 4))
-        if SPIN_BARRIER and not training and n > 1 and _units_for_batch(H, n, m):
+        if SPIN_BARRIER and n > 1 and _units_for_batch(H, n, m, training):
             plan.split = BY_UNITS
             plan.threads = n
             plan.alone = serial_backoff()

@@ -313,11 +313,11 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     steps = max(1, min(T, -(-flush_rows(H, I, dtype.itemsize) // max(B, 1))))
     flush = _buffers.empty(((8 * H + 2 * I) * steps * B,), dtype)
     partials = _buffers.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
-    # One sequence split by hidden units: dG of every step, weight gradients after the loop.
+    # Split by hidden units: dG of every step, weight gradients after the loop.
     # np.empty: pages never touched (every other split) cost nothing.
     dG = np.empty((T, B, 3 * H), dtype)
     dGt = np.empty((3 * H, T * B), dtype)
-    dgh = np.empty((2, 3 * H), dtype)
+    dgh = np.empty((2, B * 3 * H), dtype)
     ds = None if lbr else np.empty((B, H), dtype)
     work = None if lbr else np.empty((T, B, H), dtype)
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, lbr,
