@@ -29,8 +29,8 @@ def test_limit_in_force_matches_the_rule():
 
 def test_limit_binds_training_only():
     """Inference runs tiled whatever the limit (on packed weights it won at every measured
-    shape); a training step leaves the tiles above it; below 4 sequences both take one GEMV
-    per sequence."""
+    shape); a training step leaves the tiles above it, for one GEMV per sequence below 4
+    sequences; one sequence always takes its GEMV, 2 and 3 the tiles of 2 and 3 rows."""
     old = kernels.tiled_limit()
     try:
         kernels.set_tiled_limit(0)
@@ -38,8 +38,14 @@ def test_limit_binds_training_only():
         assert kernels.recurrence_plan(64, 32, True)[0] is False
         kernels.set_tiled_limit(2**62)
         assert kernels.recurrence_plan(64, 32, True)[0] is True
-        assert kernels.recurrence_plan(3, 32, False)[0] is False
-        assert kernels.recurrence_plan(3, 32, True)[0] is False
+        assert kernels.recurrence_plan(3, 32, False)[0] is True
+        assert kernels.recurrence_plan(2, 32, True)[0] is True
+        assert kernels.recurrence_plan(1, 32, False)[0] is False
+        assert kernels.recurrence_plan(1, 32, True)[0] is False
+        assert not kernels.backward_reads(3, 32)  # tiles: no column panels
+        kernels.set_tiled_limit(0)
+        assert kernels.recurrence_plan(3, 32, True)[0] is False  # past it: GEMVs
+        assert kernels.backward_reads(3, 32)
     finally:
         kernels.set_tiled_limit(old)
 

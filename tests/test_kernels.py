@@ -169,11 +169,11 @@ def test_nan_padding_does_not_reach_gradients():
 @pytest.mark.parametrize("lbr", [True, False])
 @pytest.mark.parametrize("B", [2, 3])
 def test_small_batches_give_each_sequence_its_own_bits(B, lbr, dtype):
-    """Up to 3 sequences run one GEMV per sequence and step, as one sequence does (not
-    OpenBLAS's GEMM, which repacks the weights every step): each row of a small batch is
-    the sequence run alone, outputs and gradients, to the last bits (bitwise on the AVX-512
-    build; the other builds' tiled GEMM may round a row of the input projections
-    differently in a full tile than in an edge tile)."""
+    """2 and 3 sequences run register tiles of 2 and 3 rows, each element one chain of
+    fused multiply-adds over k from 0, as one sequence's GEMV sums each lane (not OpenBLAS's
+    GEMM, which repacks the weights every step): each row of a small batch is the sequence
+    run alone, outputs and gradients, to the last bits (bitwise on the AVX-512 and AVX2
+    builds here; the baseline build rounds as its plain loops do)."""
     rng = np.random.default_rng(7)
     x, h0, *w = problem(rng, 7, B, 5, 6, dtype)
     y, h, c = F.gru_forward(x, h0, *w, linear_before_reset=lbr, training=True)

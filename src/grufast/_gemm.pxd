@@ -71,6 +71,14 @@ cdef extern from "_tiles.h":
                                                 const double* W, Py_ssize_t ldw, double* C,
                                                 Py_ssize_t ldc, bint accumulate
                                                 ) noexcept nogil
+    void _tile_part_f "grufast_tile_part_f"(int rows, int vectors, Py_ssize_t K,
+                                            const float* A, Py_ssize_t lda, Py_ssize_t a_k,
+                                            const float* W, Py_ssize_t ldw, float* C,
+                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
+    void _tile_part_d "grufast_tile_part_d"(int rows, int vectors, Py_ssize_t K,
+                                            const double* A, Py_ssize_t lda, Py_ssize_t a_k,
+                                            const double* W, Py_ssize_t ldw, double* C,
+                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
 
 cdef enum:
     TILE_ROWS = 4
@@ -142,7 +150,16 @@ cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
                        accumulate)
         m += TILE_ROWS
     if m < M:
-        _edge_tile(M - m, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc, accumulate)
+        if vectors:  # 1-3 rows in registers (_tiles.h)
+            if real is float:
+                _tile_part_f(<int>(M - m), vectors, K, A + m * lda, lda, a_k, W, ldw,
+                             C + m * ldc, ldc, accumulate)
+            else:
+                _tile_part_d(<int>(M - m), vectors, K, A + m * lda, lda, a_k, W, ldw,
+                             C + m * ldc, ldc, accumulate)
+        else:
+            _edge_tile(M - m, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
+                       accumulate)
 
 
 cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ssize_t ldw,

@@ -13,7 +13,7 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
     products into this thread's partial sums acc; _kernels_weight_grads.pxi), while the
     gates' gradients are still in cache. ``tiled``: dh's products with W_hh in the register-tiled
     GEMM, else one GEMV per sequence on W_hh's column panels (up to 3 sequences; the same
-    GEMV as a split by hidden units runs per share) or OpenBLAS's GEMM."""
+    GEMV as a split of one sequence by hidden units runs per share) or OpenBLAS's GEMM."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
     cdef const real* w_hh = <const real*>a.w_hh
@@ -95,10 +95,10 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
 
 cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
                          const BackwardArrays* a, real* dh) noexcept nogil:
-    """Backward of up to 7 sequences, or of a batch split by hidden units, thread p of nt
-    owning the units j0 <= j < j1 as in _unit_steps: their gate gradients and their columns
-    of W_hh for dh (one to three sequences: a GEMV each on W_hh's column panels, as the
-    serial backward runs them; more: the register-tiled GEMM on W_hh's column window);
+    """Backward split by hidden units, thread p of nt owning the units j0 <= j < j1 as in
+    _unit_steps: their gate gradients for every sequence and their columns of W_hh for dh
+    (one sequence: a GEMV on W_hh's column panels; a batch: the register-tiled GEMM on
+    W_hh's column window);
     afterwards its share of the weight gradients and of dx (_weight_grads). No OpenBLAS
     call: its threads would spin after each call and take the cores this loop's barrier
     waits on. dgh holds two (B, 3H) blocks, used by alternate steps so that no thread
@@ -114,16 +114,16 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
     cdef real* dG = <real*>a.dG
     cdef real* dgh = <real*>a.dgh
     cdef real* ds = <real*>a.ds
-    cdef Py_ssize_t s, t, b, G = 3 * H, BG = B * G, BH = B * H
+    cdef Py_ssize_t s, t, G = 3 * H, BG = B * G, BH = B * H
     cdef Py_ssize_t j0 = _share(H, nt, p, 16), j1 = _share(H, nt, p + 1, 16), w = j1 - j0
-    cdef const real* w_cp = NULL  # own column panels (one to three sequences)
+    cdef const real* w_cp = NULL  # own column panels (one sequence)
     cdef const real* dy_t = <const real*>a.dy_zero
     cdef real* dG_t
     cdef real* dgh_t
     cdef const real* g_t
     cdef const real* hp_t
     cdef bint back
-    if B < 4:
+    if B == 1:
         w_cp = <const real*>a.w_hh_cp + (j0 // PANEL) * G * PANEL
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -138,28 +138,23 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
             _dgates_lbr(B, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * BH, dy_t, ldy, dh,
                         dG_t, dgh_t)
             barrier_wait(bar, nt, p)
-            if B < 4:
-                for b in range(B):
-                    panel_gemv_ex(w, G, dgh_t + b * G, w_cp, G * PANEL, dh + b * H + j0, back,
-                                  True)
+            if B == 1:
+                panel_gemv_ex(w, G, dgh_t, w_cp, G * PANEL, dh + j0, back, True)
             else:
                 small_gemm(B, w, G, dgh_t, G, w_hh + j0, H, dh + j0, H, True)
         else:
             _dgates_zn(B, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
             barrier_wait(bar, nt, p)
-            if B < 4:
-                for b in range(B):
-                    panel_gemv_ex(w, H, dG_t + b * G + 2 * H, w_cp + 2 * H * PANEL, G * PANEL,
-                                  ds + b * H + j0, back, False)
+            if B == 1:
+                panel_gemv_ex(w, H, dG_t + 2 * H, w_cp + 2 * H * PANEL, G * PANEL, ds + j0,
+                              back, False)
             else:
                 small_gemm(B, w, H, dG_t + 2 * H, G, w_hh + 2 * H * H + j0, H, ds + j0, H,
                            False)
             _dgates_r(B, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
             barrier_wait(bar, nt, p)
-            if B < 4:
-                for b in range(B):
-                    panel_gemv_ex(w, 2 * H, dG_t + b * G, w_cp, G * PANEL, dh + b * H + j0,
-                                  back, True)
+            if B == 1:
+                panel_gemv_ex(w, 2 * H, dG_t, w_cp, G * PANEL, dh + j0, back, True)
             else:
                 small_gemm(B, w, 2 * H, dG_t, G, w_hh + j0, H, dh + j0, H, True)
     barrier_wait(bar, nt, p)  # dG complete
@@ -229,7 +224,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     row per thread that may share the call (the OpenMP thread count); w_ih_t (I, 3H) is
     w_ih transposed, read with fewer than 8 inputs (else it may be None). w_hh_cp is W_hh's
     columns packed in panels (pack_weight_columns), read by the GEMVs of one to three
-    sequences (else it may be None).
+    sequences the tiles do not serve (backward_reads says when; else it may be None).
     Scratch of a split by hidden units (only touched there, so untouched pages cost
     nothing): dG (T, B, 3H), dG_transposed (3H, T*B), dgh (2, B * 3H), work (T, B, H,
     without linear_before_reset).
@@ -262,10 +257,11 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.w_ih = &w_ih[0, 0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_cp = NULL
-    if d.B < 4:
+    if _reads_w_hh_cp(plan_threads(d.B, d.H, True), d.B):
         if w_hh_cp is None or w_hh_cp.shape[0] != panel_size(1, d.H, 3 * d.H):
             raise ValueError(f"w_hh_cp must hold W_hh's columns packed in panels "
-                             f"({panel_size(1, d.H, 3 * d.H)} elements) for B < 4")
+                             f"({panel_size(1, d.H, 3 * d.H)} elements): this call's "
+                             f"{d.B} sequence(s) run one GEMV each (backward_reads)")
         a.w_hh_cp = &w_hh_cp[0]
     a.lengths = &lengths[0]
     a.gates = &gates[0, 0, 0]

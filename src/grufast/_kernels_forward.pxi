@@ -9,8 +9,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     """Steps s0 <= s < s1 (in visiting order) for the sequences b0 <= b < b1, whose input
     projections for time steps first, first + 1, ... are in gates, or are computed here step
     by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
-    ``tiled``: the recurrent products in the register-tiled GEMM, else, up to 3 sequences,
-    one GEMV each from the panel-packed weights (OpenBLAS's GEMM repacks the weights every
+    ``tiled``: the recurrent products in the register-tiled GEMM, else, up to 3 sequences
+    (one, or 2-3 past the training limit), one GEMV each from the panel-packed weights (OpenBLAS's GEMM repacks the weights every
     step: 2.0-2.2x the time for B = 2), or OpenBLAS's GEMM. Sequences never interact, so
     disjoint row ranges run on different threads without any synchronisation."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
@@ -113,18 +113,16 @@ cdef inline void _recurrent_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B,
                                      const real* v, const real* w_hh_p, const real* w_hh_pp,
                                      real* gh, bint backwards) noexcept nogil:
     """gh[:, k H + j0 : k H + j1] = v (B, H) @ W_hk^T's columns j0 <= j < j1, for the gates
-    k0 <= k < k1: one to three sequences by a GEMV each on the panel-packed W_hh (gates in
-    the order ``backwards`` says, so that a caller alternating directions step by step
-    reads first what it read last, in L2; the bits of the serial GEMVs), a batch of 4 or
-    more in the register tiles on the window of the packed W_hh^T (the same bits as the
-    whole width: _tiles.h)."""
-    cdef Py_ssize_t kk, k, b
+    k0 <= k < k1: one sequence by GEMVs on the panel-packed W_hh (gates in the order
+    ``backwards`` says, so that a caller alternating directions step by step reads first
+    what it read last, in L2), a batch in the register tiles on the window of the packed
+    W_hh^T (the same bits as the whole width: _tiles.h)."""
+    cdef Py_ssize_t kk, k
     for kk in range(k0, k1):
         k = k0 + k1 - 1 - kk if backwards else kk
-        if B < 4:
-            for b in range(B):
-                panel_gemv(j1 - j0, H, v + b * H, _panels_of(w_hh_p, H, k, j0),
-                           gh + b * 3 * H + k * H + j0, backwards)
+        if B == 1:
+            panel_gemv(j1 - j0, H, v, _panels_of(w_hh_p, H, k, j0), gh + k * H + j0,
+                       backwards)
         else:
             prepacked_gemm_columns(B, k * H + j0, k * H + j1, H, v, H, w_hh_pp, 3 * H,
                                    gh + k * H + j0, 3 * H, False)
@@ -329,8 +327,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     (pack_gemm_panels), read by the input projections of few rows, of each thread's
     sequences and of a split by hidden units (each thread a window of its columns), and by
     the recurrent products of batches;
-    w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one to three
-    sequences. w_hh_pp and w_hh_p may be None where this call does not read them
+    w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one sequence
+    (and of 2-3 past the training limit). w_hh_pp and w_hh_p may be None where this call does not read them
     (forward_reads says which it does); a call that would read a missing one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of

@@ -65,7 +65,7 @@ cdef struct BackwardArrays:
     const void* x           # (T, B, I)
     const void* w_ih        # (3H, I)
     const void* w_hh        # (3H, H)
-    const void* w_hh_cp     # W_hh's columns packed in panels (pack_weight_columns), B < 4
+    const void* w_hh_cp     # W_hh's columns packed in panels (pack_weight_columns), GEMVs
     const Py_ssize_t* lengths
     const void* gates       # (T, B, 3H): r, z, n of every step
     const void* hprev       # (T, B, H)

@@ -158,17 +158,25 @@ def recurrence_plan(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
 
 cdef inline bint _reads_w_hh_pp(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
     """Whether forward under this plan reads the packed W_hh^T: the register-tiled
-    recurrent products of a batch, and a split by units of 4 sequences or more (1 to 3
-    run one GEMV each, even when tiles are forced)."""
+    recurrent products of a batch, split by units or not (one sequence split by units runs
+    GEMVs, even when tiles are forced)."""
     if plan.split == BY_UNITS:
-        return B >= 4
+        return B > 1
     return plan.tiled_recurrence
 
 
 cdef inline bint _reads_w_hh_p(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
-    """Whether forward under this plan reads W_hh's panels: one GEMV per sequence for one
-    to three sequences, split by units or not tiled."""
-    return B < 4 and (plan.split == BY_UNITS or not plan.tiled_recurrence)
+    """Whether forward under this plan reads W_hh's panels: one sequence split by units,
+    and one GEMV per sequence for one to three sequences the tiles do not serve."""
+    if plan.split == BY_UNITS:
+        return B == 1
+    return B < 4 and not plan.tiled_recurrence
+
+
+cdef inline bint _reads_w_hh_cp(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
+    """Whether backward under this plan reads W_hh's column panels: the same GEMVs as
+    forward's, for dh = dG W_hh."""
+    return _reads_w_hh_p(plan, B)
 
 
 def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
@@ -177,6 +185,12 @@ def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
     functional.Weights.read_by makes only these."""
     cdef ThreadPlan plan = plan_threads(B, H, training)
     return bool(_reads_w_hh_pp(plan, B)), bool(_reads_w_hh_p(plan, B))
+
+
+def backward_reads(Py_ssize_t B, Py_ssize_t H) -> bool:
+    """Whether backward on B sequences of H units reads W_hh's column panels
+    (pack_weight_columns) under its plan now; backward refuses None where it does."""
+    return bool(_reads_w_hh_cp(plan_threads(B, H, True), B))
 
 
 def tiled_limit() -> int:
@@ -253,12 +267,17 @@ cdef inline bint _units_for_batch(Py_ssize_t H, int by_units, int by_sequences,
 cdef inline bint _use_tiled_recurrence(Py_ssize_t B, Py_ssize_t H, bint training
                                        ) noexcept nogil:
     """Whether a step's recurrent products go to the register-tiled GEMM (grufast._gemm),
-    which our threads can split by sequences: from 4 rows (below, one GEMV per sequence on
-    panel-packed weights), in training up to the per-process limit. The choice
-    depends on the shape and that limit only, never on timing within a process."""
+    which our threads can split: from 2 rows (one sequence: a GEMV on panel-packed
+    weights), in training up to the per-process limit. Two and three rows run tiles of
+    2 and 3 rows (_tiles.h), which read each weight once for all the rows where a GEMV per
+    sequence read it once per row: one core, T = 100, I = H, inference, fresh processes,
+    B = 3: 0.70-0.80x the GEMVs' time at H = 128, 0.62-0.82x at 256, 0.47-0.58x at 512
+    (both builds); B = 2: 0.62-0.85x at H = 128-512 on the AVX-512 build, 0.71-0.97x on
+    the AVX2 one, and the same time at H = 64. The choice depends on the shape and that
+    limit only, never on timing within a process."""
     if recurrence_path:
         return recurrence_path == 1
-    if B < 4:
+    if B < 2:
         return False
     return not training or B * 3 * H * H <= tiled_max_macs
 
@@ -282,10 +301,10 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
     plan.alone = False
     plan.tiled_recurrence = _use_tiled_recurrence(B, H, training)
     if B < 8 and SPIN_BARRIER and 3 * H * H >= PARALLEL_MIN_MACS and (
-            B < 4 or plan.tiled_recurrence):
+            B == 1 or plan.tiled_recurrence):
         # The threshold of one sequence for up to 7: B = 4 and 7 at H = 128 took 1.1-1.4x
         # their one-thread time on two threads (a step's share is too short for the
-        # barrier); 4-7 sequences past the training limit stay on OpenBLAS's GEMM, serial.
+        # barrier). Batches past the training limit stay serial (GEMVs or OpenBLAS).
         n = min(max_threads(), <int>(H // 64))
         if n > 1:
             # After a fallback (a loaded machine) one thread runs every thread's part of the

@@ -98,10 +98,18 @@
     if (NV > 1) GT_OUT(S, C + r * ldc + n, c##r##1, accumulate);                           \
     if (NV > 2) GT_OUT(S, C + r * ldc + 2 * n, c##r##2, accumulate)
 
-/* 4 rows x NV vectors: per k, NV loads of W, 4 broadcasts of A, 4 NV independent FMAs,
-   one named variable per sum. The full tile (3 vectors) has 12 chains; the vector tile
-   (1) only 4, bound by the FMA's latency (hence _panel_width avoids it). */
-#define GT_TILE(NAME, S, T, NV)                                                            \
+/* R rows (1-4) x NV vectors: per k, NV loads of W, R broadcasts of A, R NV independent
+   FMAs, one named variable per sum (R and NV are constants: the compiler drops the other
+   rows' and vectors' code and variables). The full tile (4 x 3) has 12 chains; the vector
+   tile (4 x 1) only 4, bound by the FMA's latency (hence _panel_width avoids it). Tiles of
+   1-3 rows serve a batch's last rows (B = 7: 3 rows of every step's product), which the
+   edge tile's plain loop, its sums in memory, ran 2-3x slower. */
+#define GT_ROW(S, NV, R, r)                                                                \
+    if (R > r) {                                                                           \
+        b = GT_SET1_##S(a[r * lda]);                                                       \
+        GT_ROW_FMA(S, NV, r, b);                                                           \
+    }
+#define GT_TILE_R(NAME, S, T, NV, R)                                                       \
 static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,             \
                         const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)    \
 {                                                                                          \
@@ -117,32 +125,29 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
         GT_VEC_##S w1 = NV > 1 ? GT_LOAD_##S(w + n) : w0;                                  \
         GT_VEC_##S w2 = NV > 2 ? GT_LOAD_##S(w + 2 * n) : w0;                              \
         GT_VEC_##S b;                                                                      \
-        b = GT_SET1_##S(a[0]);                                                             \
-        GT_ROW_FMA(S, NV, 0, b);                                                           \
-        b = GT_SET1_##S(a[lda]);                                                           \
-        GT_ROW_FMA(S, NV, 1, b);                                                           \
-        b = GT_SET1_##S(a[2 * lda]);                                                       \
-        GT_ROW_FMA(S, NV, 2, b);                                                           \
-        b = GT_SET1_##S(a[3 * lda]);                                                       \
-        GT_ROW_FMA(S, NV, 3, b);                                                           \
+        GT_ROW(S, NV, R, 0)                                                                \
+        GT_ROW(S, NV, R, 1)                                                                \
+        GT_ROW(S, NV, R, 2)                                                                \
+        GT_ROW(S, NV, R, 3)                                                                \
     }                                                                                      \
-    GT_ROW_OUT(S, NV, 0);                                                                  \
-    GT_ROW_OUT(S, NV, 1);                                                                  \
-    GT_ROW_OUT(S, NV, 2);                                                                  \
-    GT_ROW_OUT(S, NV, 3);                                                                  \
+    if (R > 0) { GT_ROW_OUT(S, NV, 0); }                                                   \
+    if (R > 1) { GT_ROW_OUT(S, NV, 1); }                                                   \
+    if (R > 2) { GT_ROW_OUT(S, NV, 2); }                                                   \
+    if (R > 3) { GT_ROW_OUT(S, NV, 3); }                                                   \
 }
 #else /* the baseline build: the edge tile's plain loop (below) over the same shapes */
 
 #define GT_W_f GRUFAST_VEC_FLOATS
 #define GT_W_d (GRUFAST_VEC_FLOATS / 2)
 
-#define GT_TILE(NAME, S, T, NV)                                                            \
+#define GT_TILE_R(NAME, S, T, NV, R)                                                       \
 static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,             \
                         const T* W, ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)    \
 {                                                                                          \
-    grufast_tile_edge_##S(4, NV * GT_W_##S, K, A, lda, a_k, W, ldw, C, ldc, accumulate);   \
+    grufast_tile_edge_##S(R, NV * GT_W_##S, K, A, lda, a_k, W, ldw, C, ldc, accumulate);   \
 }
 #endif
+#define GT_TILE(NAME, S, T, NV) GT_TILE_R(NAME, S, T, NV, 4)
 
 /* The edge tiles: rows <= 4 and width <= GRUFAST_TILE_MAX of the remainders, as
    plain loops. In the SIMD builds each multiply-add is an explicit fma (as the whole tiles'
@@ -188,5 +193,34 @@ GT_TILE(grufast_tile_pair_f, f, float, 2)
 GT_TILE(grufast_tile_pair_d, d, double, 2)
 GT_TILE(grufast_tile_vector_f, f, float, 1)
 GT_TILE(grufast_tile_vector_d, d, double, 1)
+
+/* 1-3 rows of 1-3 vectors, by a switch over the constant instantiations. */
+#define GT_PART(S, T)                                                                      \
+GT_TILE_R(gt_r1v1_##S, S, T, 1, 1) GT_TILE_R(gt_r1v2_##S, S, T, 2, 1)                      \
+GT_TILE_R(gt_r1v3_##S, S, T, 3, 1) GT_TILE_R(gt_r2v1_##S, S, T, 1, 2)                      \
+GT_TILE_R(gt_r2v2_##S, S, T, 2, 2) GT_TILE_R(gt_r2v3_##S, S, T, 3, 2)                      \
+GT_TILE_R(gt_r3v1_##S, S, T, 1, 3) GT_TILE_R(gt_r3v2_##S, S, T, 2, 3)                      \
+GT_TILE_R(gt_r3v3_##S, S, T, 3, 3)                                                         \
+static inline void grufast_tile_part_##S(int rows, int vectors, ptrdiff_t K, const T* A,   \
+                                         ptrdiff_t lda, ptrdiff_t a_k, const T* W,          \
+                                         ptrdiff_t ldw, T* C, ptrdiff_t ldc,                \
+                                         int accumulate)                                    \
+{                                                                                          \
+    switch (rows * 4 + vectors) {                                                          \
+    case 5: gt_r1v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
+    case 6: gt_r1v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
+    case 7: gt_r1v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
+    case 9: gt_r2v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
+    case 10: gt_r2v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    case 11: gt_r2v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    case 13: gt_r3v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    case 14: gt_r3v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    case 15: gt_r3v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    default: grufast_tile_edge_##S(rows, vectors * GT_W_##S, K, A, lda, a_k, W, ldw, C,    \
+                                   ldc, accumulate);                                       \
+    }                                                                                      \
+}
+GT_PART(f, float)
+GT_PART(d, double)
 
 #endif /* GRUFAST_TILES_H */

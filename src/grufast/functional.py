@@ -89,7 +89,7 @@ class Weights:
     (GRUCell, GRU.step); w_ih_pp and w_hh_pp, the same packed for the register-tiled GEMM
     (input projections of few rows, of each thread's sequences or of a split by hidden
     units; the recurrent products of batches); w_hh_p, W_hh packed in panels, for the
-    GEMVs of one to three sequences.
+    GEMVs of one sequence (and of 2-3 past the training limit).
 
     The copies other than w_ih_pp are made on first use (a training loop makes them again
     after every optimiser step): a call on one sequence reads only w_hh_p, a batch only
@@ -325,4 +325,5 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,
                       np.zeros((B, H), dtype), steps, flush, partials,
                       np.ascontiguousarray(c.w_ih.T) if I < DOT_INPUTS else None,
-                      _kernels.pack_weight_columns(c.w_hh) if B < 4 else None)
+                      _kernels.pack_weight_columns(c.w_hh) if _kernels.backward_reads(B, H)
+                      else None)
