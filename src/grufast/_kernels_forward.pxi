@@ -10,8 +10,9 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     projections for time steps first, first + 1, ... are in gates, or are computed here step
     by step when ``project`` (x W_ih^T through the register-tiled GEMM, on this thread).
     ``tiled``: the recurrent products in the register-tiled GEMM, else, up to 3 sequences
-    (one, or 2-3 past the training limit), one GEMV each from the panel-packed weights (OpenBLAS's GEMM repacks the weights every
-    step: 2.0-2.2x the time for B = 2), or OpenBLAS's GEMM. Sequences never interact, so
+    (one, or 2-3 past the training limit), one GEMV each from the panel-packed weights
+    (OpenBLAS's GEMM repacks the weights every step: 2.0-2.2x the time for B = 2), or
+    OpenBLAS's GEMM. Sequences never interact, so
     disjoint row ranges run on different threads without any synchronisation."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
     cdef bint reverse = d.reverse, lbr = d.lbr
@@ -328,8 +329,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     sequences and of a split by hidden units (each thread a window of its columns), and by
     the recurrent products of batches;
     w_hh_p is W_hh packed in panels (pack_weight_panels), read by the GEMVs of one sequence
-    (and of 2-3 past the training limit). w_hh_pp and w_hh_p may be None where this call does not read them
-    (forward_reads says which it does); a call that would read a missing one is refused.
+    (and of 2-3 past the training limit). w_hh_pp and w_hh_p may be None where this call
+    does not read them (forward_reads says which it does); a call that would read a missing
+    one is refused.
 
     y (T, B, W) receives the outputs in its columns [y_col, y_col + H): the two directions of
     a bidirectional layer write side by side into one buffer.
