@@ -260,8 +260,8 @@ def test_the_batch_split_rule(batch_split):
 @pytest.mark.parametrize("lbr", [True, False])
 def test_small_batches_split_by_units(lbr, dtype, H):
     """2 to 7 sequences, too few for two threads by sequences, split by hidden units where
-    one sequence would: 1 to 3 sequences by a GEMV each per share (the serial GEMVs' bits),
-    4 to 7 in the tiles on windows (the serial tiles' bits). Inference gives one thread's
+    one sequence would: in the tiles on windows of the packed weights (the serial tiles'
+    bits). Inference gives one thread's
     bits on 2 and 3 threads (3 oversubscribe this machine: a back-off may run the shares on
     one thread, with the same bits); training agrees with one thread and meets the
     tolerances against the reference, with padded lengths (zero-length ones too) and both

@@ -175,10 +175,10 @@ cdef void _backward_by_sequences(int p, int nt, barrier_t* bar, const Dims* d,
 
 
 cdef void _backward(const Dims* d, const BackwardArrays* a, const StepGrads* f,
-                    real* dh) noexcept nogil:
+                    real* dh, ThreadPlan plan) noexcept nogil:
+    # plan: plan_threads's for this call, made by backward (which checked the copies it reads)
     # The backward keeps its threads through a back-off: the forward's fallback
     # (_unit_steps) emulates every thread's part, which the weight gradients' phases do not.
-    cdef ThreadPlan plan = plan_threads(d.B, d.H, True)
     cdef barrier_t bar
     cdef barrier_t* barp = &bar
     barrier_init(barp, False)
@@ -257,7 +257,9 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.w_ih = &w_ih[0, 0]
     a.w_hh = &w_hh[0, 0]
     a.w_hh_cp = NULL
-    if _reads_w_hh_cp(plan_threads(d.B, d.H, True), d.B):
+    # The plan is made here, once, so that the copy checked is the copy it reads.
+    cdef ThreadPlan plan = plan_threads(d.B, d.H, True)
+    if _reads_w_hh_cp(plan, d.B):
         if w_hh_cp is None or w_hh_cp.shape[0] != panel_size(1, d.H, 3 * d.H):
             raise ValueError(f"w_hh_cp must hold W_hh's columns packed in panels "
                              f"({panel_size(1, d.H, 3 * d.H)} elements): this call's "
@@ -282,7 +284,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.dx = &dx[0, 0, 0]
     a.dw_ih = &dw_ih[0, 0]
     a.dw_hh = &dw_hh[0, 0]
-    if dgh.shape[1] != d.B * 3 * d.H:
+    if dgh.shape[0] != 2 or dgh.shape[1] != d.B * 3 * d.H:
         raise ValueError(f"dgh must have shape (2, {d.B * 3 * d.H}) (two steps' B x 3H), got "
                          f"({dgh.shape[0]}, {dgh.shape[1]})")
     a.dG = &dG[0, 0, 0]
@@ -300,14 +302,14 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     f.partials = &partials[0, 0]
     f.w_ih_t = NULL if w_ih_t is None else &w_ih_t[0, 0]
     with nogil:
-        _backward(&d, &a, &f, &dh[0, 0])
+        _backward(&d, &a, &f, &dh[0, 0], plan)
 
 
 def pack_weight_columns(const real[:, ::1] w_hh):
     """W_hh (3H, H)'s columns packed in panels of 16, each stored k-major (a contiguous
-    3H x 16 block, zero-padded past column H): what the backward's GEMVs of one to three
-    sequences read for dh = dG W_hh (_panels.h). Returns a new 1-D array of the same
-    dtype."""
+    3H x 16 block, zero-padded past column H): what the backward's GEMVs read for
+    dh = dG W_hh (_panels.h): one sequence's, and 2-3 past the training limit's. Returns
+    a new 1-D array of the same dtype."""
     cdef Py_ssize_t K = w_hh.shape[0], H = w_hh.shape[1]
     if K != 3 * H:
         raise ValueError(f"w_hh must have shape (3H, H), got ({K}, {H})")

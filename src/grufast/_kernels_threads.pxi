@@ -121,7 +121,7 @@ def start_serial_backoff() -> None:
     begin_backoff()
 
 
-# Which GEMM serves a training step's recurrent products of a batch (B >= 4), forward and
+# Which GEMM serves a training step's recurrent products of a batch (B >= 2), forward and
 # backward, and the backward's flushes: the register-tiled one up to tiled_max_macs
 # multiply-adds per step (B * 3H * H), OpenBLAS's above. Set once per process by
 # grufast._isa (set_tiled_limit) from the ISA and the cache sizes; the default keeps the
@@ -137,9 +137,9 @@ cdef int recurrence_path = 0  # 0 by the limit, 1 tiled, 2 OpenBLAS
 
 
 def set_tiled_limit(long long max_macs) -> None:
-    """Batches (B >= 4) whose step has more than max_macs multiply-adds (B * 3H * H) run
-    their training steps' recurrent products in OpenBLAS's GEMM instead of the
-    register-tiled one."""
+    """Batches (B >= 2) whose step has more than max_macs multiply-adds (B * 3H * H) run
+    their training steps' recurrent products in OpenBLAS's GEMM (2-3 sequences: a GEMV
+    each) instead of the register-tiled one."""
     global tiled_max_macs
     if max_macs < 0:
         raise ValueError(f"max_macs must be >= 0, got {max_macs}")
@@ -213,9 +213,9 @@ cdef int batch_split = 0  # 0 by the rule (_units_for_batch), 1 sequences, 2 hid
 
 
 def force_batch_split(str split) -> None:
-    """'auto' (by the rule), 'sequences' or 'units' for an inference batch that splits
-    across threads: for measuring the choice (tools/many_cores.py) and for tests, not for
-    users."""
+    """'auto' (by the rule), 'sequences' or 'units' for a batch of 8 or more that splits
+    across threads, inference and training: for measuring the choice
+    (tools/many_cores.py) and for tests, not for users."""
     global batch_split
     splits = ("auto", "sequences", "units")
     if split not in splits:
@@ -223,7 +223,7 @@ def force_batch_split(str split) -> None:
     batch_split = splits.index(split)
 
 
-# An inference batch splits by hidden units (each thread a slice of the units for all the
+# A batch of 8 or more splits by hidden units (each thread a slice of the units for all the
 # sequences, as one sequence does) rather than by sequences (each thread whole register
 # tiles of 4 sequences) from UNITS_MIN_THREADS threads, when that gets it more threads (a
 # split by sequences stops at B / 4 threads, one by units at H / 32), or when W_hh^T
