@@ -36,8 +36,8 @@ cdef extern from *:
     const Py_ssize_t TILE_MAX "GRUFAST_TILE_MAX"
 
 cdef extern from "_tiles.h":
-    # The full, pair and vector tiles with named accumulators, and the edge tiles (why:
-    # _tiles.h).
+    # The register tiles (1-4 rows of 1-3 vectors, named accumulators) and the edge tiles
+    # (why: _tiles.h).
     void _tile_edge_f "grufast_tile_edge_f"(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K,
                                             const float* A, Py_ssize_t lda, Py_ssize_t a_k,
                                             const float* W, Py_ssize_t ldw, float* C,
@@ -46,39 +46,14 @@ cdef extern from "_tiles.h":
                                             const double* A, Py_ssize_t lda, Py_ssize_t a_k,
                                             const double* W, Py_ssize_t ldw, double* C,
                                             Py_ssize_t ldc, bint accumulate) noexcept nogil
-    void _tile_full_f "grufast_tile_full_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
-                                            Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
-                                            float* C, Py_ssize_t ldc, bint accumulate
-                                            ) noexcept nogil
-    void _tile_full_d "grufast_tile_full_d"(Py_ssize_t K, const double* A, Py_ssize_t lda,
-                                            Py_ssize_t a_k, const double* W, Py_ssize_t ldw,
-                                            double* C, Py_ssize_t ldc, bint accumulate
-                                            ) noexcept nogil
-    void _tile_pair_f "grufast_tile_pair_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
-                                            Py_ssize_t a_k, const float* W, Py_ssize_t ldw,
-                                            float* C, Py_ssize_t ldc, bint accumulate
-                                            ) noexcept nogil
-    void _tile_pair_d "grufast_tile_pair_d"(Py_ssize_t K, const double* A, Py_ssize_t lda,
-                                            Py_ssize_t a_k, const double* W, Py_ssize_t ldw,
-                                            double* C, Py_ssize_t ldc, bint accumulate
-                                            ) noexcept nogil
-    void _tile_vector_f "grufast_tile_vector_f"(Py_ssize_t K, const float* A, Py_ssize_t lda,
-                                                Py_ssize_t a_k, const float* W,
-                                                Py_ssize_t ldw, float* C, Py_ssize_t ldc,
-                                                bint accumulate) noexcept nogil
-    void _tile_vector_d "grufast_tile_vector_d"(Py_ssize_t K, const double* A,
-                                                Py_ssize_t lda, Py_ssize_t a_k,
-                                                const double* W, Py_ssize_t ldw, double* C,
-                                                Py_ssize_t ldc, bint accumulate
-                                                ) noexcept nogil
-    void _tile_part_f "grufast_tile_part_f"(int rows, int vectors, Py_ssize_t K,
-                                            const float* A, Py_ssize_t lda, Py_ssize_t a_k,
-                                            const float* W, Py_ssize_t ldw, float* C,
-                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
-    void _tile_part_d "grufast_tile_part_d"(int rows, int vectors, Py_ssize_t K,
-                                            const double* A, Py_ssize_t lda, Py_ssize_t a_k,
-                                            const double* W, Py_ssize_t ldw, double* C,
-                                            Py_ssize_t ldc, bint accumulate) noexcept nogil
+    void _tile_f "grufast_tile_f"(int rows, int vectors, Py_ssize_t K, const float* A,
+                                  Py_ssize_t lda, Py_ssize_t a_k, const float* W,
+                                  Py_ssize_t ldw, float* C, Py_ssize_t ldc,
+                                  bint accumulate) noexcept nogil
+    void _tile_d "grufast_tile_d"(int rows, int vectors, Py_ssize_t K, const double* A,
+                                  Py_ssize_t lda, Py_ssize_t a_k, const double* W,
+                                  Py_ssize_t ldw, double* C, Py_ssize_t ldc,
+                                  bint accumulate) noexcept nogil
 
 cdef enum:
     TILE_ROWS = 4
@@ -87,27 +62,19 @@ cdef enum:
     TN_K = 256
 
 
-cdef inline void _whole_tile(int vectors, Py_ssize_t K, const real* A, Py_ssize_t lda,
-                             Py_ssize_t a_k, const real* W, Py_ssize_t ldw, real* C,
-                             Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C[:4, :vectors * VEC_FLOATS] (+)= A[:4, :K] @ W[:K, :vectors * VEC_FLOATS] (half as
-    many columns for doubles), A's element (r, k) at r * lda + k * a_k: the full (3 vectors),
-    pair (2) and vector (1) tiles of _tiles.h, whose sums are named vector variables (as
-    loops over an array here, gcc kept some of them in memory: see _tiles.h)."""
+cdef inline void _register_tile(int rows, int vectors, Py_ssize_t K, const real* A,
+                                Py_ssize_t lda, Py_ssize_t a_k, const real* W,
+                                Py_ssize_t ldw, real* C, Py_ssize_t ldc,
+                                bint accumulate) noexcept nogil:
+    """C[:rows, :vectors * VEC_FLOATS] (+)= A[:rows, :K] @ W[:K, :vectors * VEC_FLOATS]
+    (half as many columns for doubles), rows 1-4, A's element (r, k) at r * lda + k * a_k:
+    the full (3 vectors), pair (2) and vector (1) tiles of _tiles.h, whose sums are named
+    vector variables (as loops over an array here, gcc kept some of them in memory: see
+    _tiles.h)."""
     if real is float:
-        if vectors == 3:
-            _tile_full_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        elif vectors == 2:
-            _tile_pair_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        else:
-            _tile_vector_f(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        _tile_f(rows, vectors, K, A, lda, a_k, W, ldw, C, ldc, accumulate)
     else:
-        if vectors == 3:
-            _tile_full_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        elif vectors == 2:
-            _tile_pair_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
-        else:
-            _tile_vector_d(K, A, lda, a_k, W, ldw, C, ldc, accumulate)
+        _tile_d(rows, vectors, K, A, lda, a_k, W, ldw, C, ldc, accumulate)
 
 
 cdef inline void _edge_tile(Py_ssize_t rows, Py_ssize_t width, Py_ssize_t K, const real* A,
@@ -139,27 +106,17 @@ cdef inline void _panel(Py_ssize_t M, Py_ssize_t w, Py_ssize_t K, const real* A,
                         Py_ssize_t vw) noexcept nogil:
     """C[:, :w] (+)= A @ W[:, :w] for one column panel, by row tiles: the panel of W
     (K x w) stays in L2 while every row tile passes over it."""
-    cdef Py_ssize_t m = 0
+    cdef Py_ssize_t m = 0, rows
     cdef int vectors = 3 if w == cw else (2 if w == 2 * vw else (1 if w == vw else 0))
-    while m + TILE_ROWS <= M:
+    while m < M:
+        rows = min(<Py_ssize_t>TILE_ROWS, M - m)  # the last 1-3 rows in registers too
         if vectors:
-            _whole_tile(vectors, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
-                        accumulate)
+            _register_tile(<int>rows, vectors, K, A + m * lda, lda, a_k, W, ldw,
+                           C + m * ldc, ldc, accumulate)
         else:
-            _edge_tile(TILE_ROWS, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
+            _edge_tile(rows, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
                        accumulate)
         m += TILE_ROWS
-    if m < M:
-        if vectors:  # 1-3 rows in registers (_tiles.h)
-            if real is float:
-                _tile_part_f(<int>(M - m), vectors, K, A + m * lda, lda, a_k, W, ldw,
-                             C + m * ldc, ldc, accumulate)
-            else:
-                _tile_part_d(<int>(M - m), vectors, K, A + m * lda, lda, a_k, W, ldw,
-                             C + m * ldc, ldc, accumulate)
-        else:
-            _edge_tile(M - m, w, K, A + m * lda, lda, a_k, W, ldw, C + m * ldc, ldc,
-                       accumulate)
 
 
 cdef inline void _copy_panel(Py_ssize_t rows, Py_ssize_t w, const real* W, Py_ssize_t ldw,

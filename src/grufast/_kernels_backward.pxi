@@ -93,6 +93,19 @@ cdef void _bsteps(const Dims* d, const BackwardArrays* a, const StepGrads* f, re
             i = 0
 
 
+cdef inline void _column_products(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t w,
+                                  Py_ssize_t k0, Py_ssize_t K, const real* v,
+                                  const real* w_cp, const real* w_hh, real* out, bint back,
+                                  bint accumulate) noexcept nogil:
+    """out[:, j0 : j0 + w] (+)= v (B, K; rows 3H apart) @ W_hh[k0 : k0 + K, j0 : j0 + w], out
+    (B, H): one sequence by the GEMV on W_hh's column panels (w_cp: this share's, walked
+    last to first when ``back``), a batch in the register tiles on W_hh's window."""
+    if B == 1:
+        panel_gemv_ex(w, K, v, w_cp + k0 * PANEL, 3 * H * PANEL, out + j0, back, accumulate)
+    else:
+        small_gemm(B, w, K, v, 3 * H, w_hh + k0 * H + j0, H, out + j0, H, accumulate)
+
+
 cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
                          const BackwardArrays* a, real* dh) noexcept nogil:
     """Backward split by hidden units, thread p of nt owning the units j0 <= j < j1 as in
@@ -138,25 +151,15 @@ cdef void _unit_backward(int p, int nt, barrier_t* bar, const Dims* d,
             _dgates_lbr(B, H, j0, j1, t, lengths, g_t, hp_t, ghn + t * BH, dy_t, ldy, dh,
                         dG_t, dgh_t)
             barrier_wait(bar, nt, p)
-            if B == 1:
-                panel_gemv_ex(w, G, dgh_t, w_cp, G * PANEL, dh + j0, back, True)
-            else:
-                small_gemm(B, w, G, dgh_t, G, w_hh + j0, H, dh + j0, H, True)
+            _column_products(B, H, j0, w, 0, G, dgh_t, w_cp, w_hh, dh, back, True)
         else:
             _dgates_zn(B, H, j0, j1, t, lengths, g_t, hp_t, dy_t, ldy, dh, dG_t)
             barrier_wait(bar, nt, p)
-            if B == 1:
-                panel_gemv_ex(w, H, dG_t + 2 * H, w_cp + 2 * H * PANEL, G * PANEL, ds + j0,
-                              back, False)
-            else:
-                small_gemm(B, w, H, dG_t + 2 * H, G, w_hh + 2 * H * H + j0, H, ds + j0, H,
-                           False)
+            _column_products(B, H, j0, w, 2 * H, H, dG_t + 2 * H, w_cp, w_hh, ds, back,
+                             False)
             _dgates_r(B, H, j0, j1, t, lengths, g_t, hp_t, ds, dh, dG_t)
             barrier_wait(bar, nt, p)
-            if B == 1:
-                panel_gemv_ex(w, 2 * H, dG_t, w_cp, G * PANEL, dh + j0, back, True)
-            else:
-                small_gemm(B, w, 2 * H, dG_t, G, w_hh + j0, H, dh + j0, H, True)
+            _column_products(B, H, j0, w, 0, 2 * H, dG_t, w_cp, w_hh, dh, back, True)
     barrier_wait(bar, nt, p)  # dG complete
     _weight_grads(p, nt, bar, d, a, dG)
 
@@ -259,7 +262,7 @@ def backward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[:, ::1
     a.w_hh_cp = NULL
     # The plan is made here, once, so that the copy checked is the copy it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, True)
-    if _reads_w_hh_cp(plan, d.B):
+    if _reads_w_hh_p(plan, d.B):  # forward's GEMVs' twins, on W_hh's column panels
         if w_hh_cp is None or w_hh_cp.shape[0] != panel_size(1, d.H, 3 * d.H):
             raise ValueError(f"w_hh_cp must hold W_hh's columns packed in panels "
                              f"({panel_size(1, d.H, 3 * d.H)} elements): this call's "

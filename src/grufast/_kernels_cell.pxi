@@ -7,9 +7,9 @@ cdef inline void _gate_gemvs(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, Py_ssiz
                              const real* v, const real* w_p, real* out) noexcept nogil:
     """out[k H : (k + 1) H] = v (K,) @ W_k^T for the gates k0 <= k < k1 of W (3H, K) packed
     in panels gate by gate (pack_panels)."""
-    cdef Py_ssize_t k, per_gate = (H + PANEL - 1) // PANEL * K * PANEL
+    cdef Py_ssize_t k
     for k in range(k0, k1):
-        panel_gemv(H, K, v, w_p + k * per_gate, out + k * H, False)
+        panel_gemv(H, K, v, _panels_of(w_p, H, K, k, 0), out + k * H, False)
 
 
 cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real* w_ih_p,

@@ -90,11 +90,12 @@ cdef inline void _recurrent_tiles(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t n, Py
                            False)
 
 
-cdef inline const real* _panels_of(const real* w_hh_p, Py_ssize_t H, Py_ssize_t k,
-                                   Py_ssize_t j0) noexcept nogil:
-    """The first panel of gate k's rows j0, j0 + 1, ... (j0 a multiple of 16) in W_hh packed
-    in panels (grufast._gemm.pack_panels: gate by gate, K = H)."""
-    return w_hh_p + (k * ((H + PANEL - 1) // PANEL) + j0 // PANEL) * H * PANEL
+cdef inline const real* _panels_of(const real* w_p, Py_ssize_t H, Py_ssize_t K,
+                                   Py_ssize_t k, Py_ssize_t j0) noexcept nogil:
+    """The first panel of gate k's rows j0, j0 + 1, ... (j0 a multiple of 16) in W (3H, K)
+    packed in panels (grufast._gemm.pack_panels: gate by gate): W_hh (K = H), or the
+    streaming step's W_ih (K = I)."""
+    return w_p + (k * ((H + PANEL - 1) // PANEL) + j0 // PANEL) * K * PANEL
 
 
 cdef inline void _project_window(int part, Py_ssize_t k, int nt, Py_ssize_t n,
@@ -122,7 +123,7 @@ cdef inline void _recurrent_products(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t B,
     for kk in range(k0, k1):
         k = k0 + k1 - 1 - kk if backwards else kk
         if B == 1:
-            panel_gemv(j1 - j0, H, v, _panels_of(w_hh_p, H, k, j0), gh + k * H + j0,
+            panel_gemv(j1 - j0, H, v, _panels_of(w_hh_p, H, H, k, j0), gh + k * H + j0,
                        backwards)
         else:
             prepacked_gemm_columns(B, k * H + j0, k * H + j1, H, v, H, w_hh_pp, 3 * H,

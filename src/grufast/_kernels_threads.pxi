@@ -173,12 +173,6 @@ cdef inline bint _reads_w_hh_p(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
     return B < 4 and not plan.tiled_recurrence
 
 
-cdef inline bint _reads_w_hh_cp(ThreadPlan plan, Py_ssize_t B) noexcept nogil:
-    """Whether backward under this plan reads W_hh's column panels: the same GEMVs as
-    forward's, for dh = dG W_hh."""
-    return _reads_w_hh_p(plan, B)
-
-
 def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
     """(w_hh_pp, w_hh_p): which weight copies forward on B sequences of H units reads now
     (its plan, with this thread count and limit); forward refuses None for these, and
@@ -189,8 +183,9 @@ def forward_reads(Py_ssize_t B, Py_ssize_t H, bint training) -> tuple:
 
 def backward_reads(Py_ssize_t B, Py_ssize_t H) -> bool:
     """Whether backward on B sequences of H units reads W_hh's column panels
-    (pack_weight_columns) under its plan now; backward refuses None where it does."""
-    return bool(_reads_w_hh_cp(plan_threads(B, H, True), B))
+    (pack_weight_columns) under its plan now, for the same GEMVs as forward's
+    (_reads_w_hh_p); backward refuses None where it does."""
+    return bool(_reads_w_hh_p(plan_threads(B, H, True), B))
 
 
 def tiled_limit() -> int:
@@ -289,11 +284,10 @@ cdef inline ThreadPlan plan_threads(Py_ssize_t B, Py_ssize_t H, bint training
     By hidden units, with the spinning barrier only: up to 7 sequences (too few for two
     threads by sequences) where one sequence's step has enough multiply-adds, at least 64
     units per thread; a batch of 8 or more as _units_for_batch says, at least 32 units per
-    thread. By sequences: when the
-    register-tiled GEMM serves the batch (else OpenBLAS threads each step's GEMM itself),
-    from B = 8, at most one thread per 4 sequences (whole register tiles), for steps with
-    enough multiply-adds to pay for a second core. Thread counts follow OpenMP's
-    (threadpoolctl and OMP_NUM_THREADS set it)."""
+    thread. By sequences: when the register-tiled GEMM serves the batch (else OpenBLAS
+    threads each step's GEMM itself), from B = 8, at most one thread per 4 sequences (whole
+    register tiles), for steps with enough multiply-adds to pay for a second core. Thread
+    counts follow OpenMP's (threadpoolctl and OMP_NUM_THREADS set it)."""
     cdef ThreadPlan plan
     cdef int n, m
     plan.split = SERIAL

@@ -1,6 +1,6 @@
-/* The tiled GEMM's register tiles (_gemm.pxd's _whole_tile): 4 rows x 3 vectors ("full"),
-   x 2 ("pair") and x 1 ("vector") of C, C (+)= A @ W over K, each accumulator a named
-   vector variable.
+/* The tiled GEMM's register tiles (grufast_tile, called by _gemm.pxd's _register_tile):
+   1-4 rows x 3 vectors ("full"), x 2 ("pair") and x 1 ("vector") of C, C (+)= A @ W over
+   K, each accumulator a named vector variable.
 
    Why not a loop over an accumulator array, as these tiles were written in Cython before:
    gcc compiled that loop well for some shapes and builds and not for others. The AVX2
@@ -147,7 +147,6 @@ static inline void NAME(ptrdiff_t K, const T* A, ptrdiff_t lda, ptrdiff_t a_k,  
     grufast_tile_edge_##S(R, NV * GT_W_##S, K, A, lda, a_k, W, ldw, C, ldc, accumulate);   \
 }
 #endif
-#define GT_TILE(NAME, S, T, NV) GT_TILE_R(NAME, S, T, NV, 4)
 
 /* The edge tiles: rows <= 4 and width <= GRUFAST_TILE_MAX of the remainders, as
    plain loops. In the SIMD builds each multiply-add is an explicit fma (as the whole tiles'
@@ -187,40 +186,32 @@ static inline void grufast_tile_edge_##S(ptrdiff_t rows, ptrdiff_t width, ptrdif
 
 GT_EDGE(f, float)
 GT_EDGE(d, double)
-GT_TILE(grufast_tile_full_f, f, float, 3)
-GT_TILE(grufast_tile_full_d, d, double, 3)
-GT_TILE(grufast_tile_pair_f, f, float, 2)
-GT_TILE(grufast_tile_pair_d, d, double, 2)
-GT_TILE(grufast_tile_vector_f, f, float, 1)
-GT_TILE(grufast_tile_vector_d, d, double, 1)
-
-/* 1-3 rows of 1-3 vectors, by a switch over the constant instantiations. */
-#define GT_PART(S, T)                                                                      \
+/* Every register tile, rows (1-4) x vectors (1-3), by a switch over the constant
+   instantiations (inlined where rows and vectors are constants, as in the 4-row loop);
+   anything else goes to the edge tile. */
+#define GT_CASE(S, R, NV)                                                                  \
+    case R * 4 + NV: gt_r##R##v##NV##_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;
+#define GT_TILES(S, T)                                                                     \
 GT_TILE_R(gt_r1v1_##S, S, T, 1, 1) GT_TILE_R(gt_r1v2_##S, S, T, 2, 1)                      \
 GT_TILE_R(gt_r1v3_##S, S, T, 3, 1) GT_TILE_R(gt_r2v1_##S, S, T, 1, 2)                      \
 GT_TILE_R(gt_r2v2_##S, S, T, 2, 2) GT_TILE_R(gt_r2v3_##S, S, T, 3, 2)                      \
 GT_TILE_R(gt_r3v1_##S, S, T, 1, 3) GT_TILE_R(gt_r3v2_##S, S, T, 2, 3)                      \
-GT_TILE_R(gt_r3v3_##S, S, T, 3, 3)                                                         \
-static inline void grufast_tile_part_##S(int rows, int vectors, ptrdiff_t K, const T* A,   \
-                                         ptrdiff_t lda, ptrdiff_t a_k, const T* W,          \
-                                         ptrdiff_t ldw, T* C, ptrdiff_t ldc,                \
-                                         int accumulate)                                    \
+GT_TILE_R(gt_r3v3_##S, S, T, 3, 3) GT_TILE_R(gt_r4v1_##S, S, T, 1, 4)                      \
+GT_TILE_R(gt_r4v2_##S, S, T, 2, 4) GT_TILE_R(gt_r4v3_##S, S, T, 3, 4)                      \
+static inline void grufast_tile_##S(int rows, int vectors, ptrdiff_t K, const T* A,        \
+                                    ptrdiff_t lda, ptrdiff_t a_k, const T* W,               \
+                                    ptrdiff_t ldw, T* C, ptrdiff_t ldc, int accumulate)     \
 {                                                                                          \
     switch (rows * 4 + vectors) {                                                          \
-    case 5: gt_r1v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
-    case 6: gt_r1v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
-    case 7: gt_r1v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
-    case 9: gt_r2v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;                \
-    case 10: gt_r2v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
-    case 11: gt_r2v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
-    case 13: gt_r3v1_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
-    case 14: gt_r3v2_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
-    case 15: gt_r3v3_##S(K, A, lda, a_k, W, ldw, C, ldc, accumulate); break;               \
+    GT_CASE(S, 1, 1) GT_CASE(S, 1, 2) GT_CASE(S, 1, 3)                                     \
+    GT_CASE(S, 2, 1) GT_CASE(S, 2, 2) GT_CASE(S, 2, 3)                                     \
+    GT_CASE(S, 3, 1) GT_CASE(S, 3, 2) GT_CASE(S, 3, 3)                                     \
+    GT_CASE(S, 4, 1) GT_CASE(S, 4, 2) GT_CASE(S, 4, 3)                                     \
     default: grufast_tile_edge_##S(rows, vectors * GT_W_##S, K, A, lda, a_k, W, ldw, C,    \
                                    ldc, accumulate);                                       \
     }                                                                                      \
 }
-GT_PART(f, float)
-GT_PART(d, double)
+GT_TILES(f, float)
+GT_TILES(d, double)
 
 #endif /* GRUFAST_TILES_H */
