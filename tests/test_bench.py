@@ -384,6 +384,10 @@ def test_avx2_emulation_holds_every_peer_that_has_a_setting(tmp_path, monkeypatc
     has_avx2 = {"avx2", "fma"} <= set(rec["cpu"]["flags"])
     assert rec["isa_build"] == ("avx2" if has_avx2 else "baseline")
     assert rec["emulated"]["isa"] == "avx2" and "onnxruntime" in rec["emulated"]["not_held"]
+    assert rec["emulated"]["held"]["grufast"] == "GRUFAST_ISA=avx2"
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in rec["emulated"]["held"]["jax"]
+    assert "--xla_cpu_max_isa=AVX2" in rec["emulated"]["held"]["jax"]
+    assert "onnxruntime" not in rec["emulated"]["held"]
     assert rec["limits"]["env"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert "--xla_cpu_experimental_ynn_fusion_type=" in rec["limits"]["env"]["XLA_FLAGS"]
     if has_avx2:

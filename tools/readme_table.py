@@ -51,7 +51,8 @@ def main(path: str) -> None:
     gm = {k: float(np.exp(np.nanmean(np.log(v)))) for k, v in ratios.items()}
     print(f"\nGeometric means of grufast / fastest peer: inference {gm['i1']:.2f} (1 core) and "
           f"{gm['i2']:.2f} (2 cores); training {gm['t1']:.2f} and {gm['t2']:.2f}.")
-    for res, label in ((one, "1 core"), (two, "2 cores")):
+    runs = ((one, "1 core"), (two, "2 cores"))
+    for res, label in runs:
         vs = [f"{', '.join(map(str, r['shape']))}: "
               f"{r['inference']['grufast']['median'] / r['sgemm']['median']:.2f}×"
               for r in res["rows"] if r.get("sgemm")]
@@ -63,7 +64,7 @@ def main(path: str) -> None:
         out = set(emulated["not_held"])
         for kind in ("inference", "training"):
             parts = []
-            for res, label in ((one, "1 core"), (two, "2 cores")):
+            for res, label in runs:
                 rs = []
                 for r in res["rows"]:
                     peer, best = fastest_peer({k: v for k, v in r[kind].items()
@@ -76,7 +77,7 @@ def main(path: str) -> None:
                 print(f"{kind.capitalize()} against the fastest peer held to "
                       f"{emulated['isa'].upper()} (all but {', '.join(sorted(out))}): "
                       + ", ".join(parts) + ".")
-    for res, label in ((one, "1 core"), (two, "2 cores")):
+    for res, label in runs:
         s = res.get("streaming", {})  # absent from a --tables-only run
         for L, cells in s.get("layers", {}).items():
             print(f"Streaming, {L} layer(s) ({label}, µs per step): " + ", ".join(

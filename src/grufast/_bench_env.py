@@ -135,16 +135,24 @@ EMULATE = {
                 "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
                 "ONEDNN_MAX_CPU_ISA": "AVX2"},
         "xla_flags": ["--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type="],
-        "held": {"grufast": "GRUFAST_ISA=avx2",
-                 "numpy-reference": "OPENBLAS_CORETYPE=Haswell",
-                 "torch": "ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, "
-                          "ONEDNN_MAX_CPU_ISA=AVX2",
-                 "jax": "--xla_cpu_max_isa=AVX2; products through oneDNN (not YNNPACK) "
-                        "with ONEDNN_MAX_CPU_ISA=AVX2"},
+        # Which of those settings hold each peer (XLA_FLAGS: the xla_flags above).
+        "held_by": {"grufast": ["GRUFAST_ISA"], "numpy-reference": ["OPENBLAS_CORETYPE"],
+                    "torch": ["ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                              "ONEDNN_MAX_CPU_ISA"],
+                    "jax": ["XLA_FLAGS", "ONEDNN_MAX_CPU_ISA"]},
         "not_held": {"onnxruntime": "MLAS picks its kernels from CPUID and has no setting"},
     },
 }
 ISA_VARS = tuple(EMULATE["avx2"]["env"])
+
+
+def held(emulate: str) -> dict[str, str]:
+    """Each peer the emulation of ``emulate`` holds, with the settings that hold it."""
+    hold = EMULATE[emulate]
+    settings = {**{k: f"{k}={v}" for k, v in hold["env"].items()},
+                "XLA_FLAGS": " ".join(hold["xla_flags"])}
+    return {peer: ", ".join(settings[name] for name in names)
+            for peer, names in hold["held_by"].items()}
 
 
 def worker_env(threads: int, emulate: str | None = None) -> dict[str, str]:
@@ -289,8 +297,7 @@ def environment(threads: int, peers: list[str]) -> dict:
     blas = _blas()
     emulate = os.environ.get("GRUFAST_BENCH_EMULATE")
     emulated = None if emulate not in EMULATE else {
-        "isa": emulate, "held": EMULATE[emulate]["held"],
-        "not_held": EMULATE[emulate]["not_held"]}
+        "isa": emulate, "held": held(emulate), "not_held": EMULATE[emulate]["not_held"]}
     return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "emulated": emulated,
             "blas": blas,
             "physical_cores": physical_cores(affinity), "threads": threads,
