@@ -45,9 +45,24 @@ def test_same_bytes_other_shape_and_dtype_reuse_the_memory():
     assert b.ctypes.data == address and b.shape == (256, 128) and b.dtype == np.float64
 
 
-def test_small_requests_are_plain_numpy_arrays():
+def test_small_requests_are_fresh_arrays():
     a = _buffers.empty((4, 4), np.float64)
-    assert a.shape == (4, 4) and a.base is None
+    assert a.shape == (4, 4) and a.flags.c_contiguous
+    assert not getattr(_buffers._local, "pool", [])  # not pooled
+    del a
+    b = _buffers.empty((4, 4), np.float64)
+    c = _buffers.empty((4, 4), np.float64)
+    assert not np.shares_memory(b, c)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3,), SHAPE, (1, 7, 9)])
+@pytest.mark.parametrize("make", [_buffers.empty, _buffers.aligned])
+def test_buffers_start_on_a_cache_line(make, shape):
+    # NumPy's allocator gives 16 bytes; the kernels' vector loads want the line.
+    arrays = [make(shape, dt) for dt in (np.float32, np.float64, np.float32)]
+    for a in arrays:
+        assert a.ctypes.data % 64 == 0
+        assert a.shape == shape and a.flags.c_contiguous and a.flags.writeable
 
 
 def test_idle_buffers_are_dropped_past_the_budget(monkeypatch):
@@ -55,7 +70,7 @@ def test_idle_buffers_are_dropped_past_the_budget(monkeypatch):
     kept = [_buffers.empty((64, 1024 + k), np.float32) for k in range(6)]  # distinct sizes
     del kept
     _buffers.empty((8, 1 << 15), np.float32)  # a new size triggers the trim
-    idle = [b for b in _buffers._local.pool if b.nbytes != 8 << 17]
+    idle = [b for b, _ in _buffers._local.pool if b.nbytes != (8 << 17) + _buffers.ALIGN_BYTES]
     assert sum(b.nbytes for b in idle) <= _buffers.IDLE_BYTES
     assert len(idle) == 3
 
@@ -88,3 +103,22 @@ def test_training_forward_reuses_the_cache_buffers_it_dropped():
     y2 = gru(x)[0]
     assert gru._tape["caches"][0][0].gates.ctypes.data != first.gates.ctypes.data
     np.testing.assert_array_equal(y1, y2)
+
+
+def test_packed_weights_and_outputs_start_on_a_cache_line():
+    # A packed W_hh 16 bytes off made one sequence at H = 64 1.12-1.19x slower in the
+    # processes where NumPy's allocator put it there (docs/design.md, Buffers).
+    from grufast import GRU
+    from grufast._isa import kernels
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for H in (5, 16, 33):
+            w_hh = rng.standard_normal((3 * H, H)).astype(dt)
+            for packed in (kernels.pack_weight_panels(w_hh), kernels.pack_weight_columns(w_hh),
+                           kernels.pack_gemm_panels(w_hh, transposed=True),
+                           kernels.aligned_empty(H, dt)):
+                assert packed.ctypes.data % 64 == 0 and packed.dtype == dt
+    m = GRU(3, 7).eval()
+    y, h = m(rng.standard_normal((4, 2, 3)).astype(np.float32))
+    assert y.ctypes.data % 64 == 0

@@ -10,8 +10,11 @@ dropped after its backward, say); so no live array is ever written behind its ow
 
 Each thread has its own pool (the kernels run without the GIL, so two threads could
 otherwise take the same buffer). Idle buffers are kept up to ``IDLE_BYTES`` per thread, most
-recently used first; smaller requests than ``MIN_BYTES`` go to NumPy, whose allocator
-already reuses small blocks.
+recently used first; smaller requests than ``MIN_BYTES`` are allocated afresh (NumPy's
+allocator already reuses small blocks).
+
+Every buffer starts on a cache line (``aligned``): the kernels' vector loads then never
+straddle two lines, whatever address NumPy's allocator returned.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import threading
 
 import numpy as np
 
+from grufast._isa import kernels as _kernels
+
+ALIGN_BYTES = _kernels.align_bytes
 MIN_BYTES = 64 << 10
 IDLE_BYTES = 64 << 20
 
@@ -29,21 +35,37 @@ _local = threading.local()
 
 
 def _count(items: list, i: int) -> int:
-    return sys.getrefcount(items[i])
+    return sys.getrefcount(items[i][0])
 
 
 # The reference count of a buffer that only the pool's list holds, read as _count reads it
-# (the list's reference plus the call's own, on this interpreter).
-_ALONE = _count([np.empty(1, np.uint8)], 0)
+# (the list's reference plus the call's own, on this interpreter). Every array handed out
+# refers to the buffer itself (NumPy's views keep the array that owns the memory as base).
+_ALONE = _count([(np.empty(1, np.uint8), 0)], 0)
+
+
+def _view(buf: np.ndarray, offset: int, nbytes: int, shape: tuple[int, ...],
+          dtype: np.dtype) -> np.ndarray:
+    return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array, as ``np.empty``, whose data starts on an
+    ``ALIGN_BYTES`` boundary (a view into an allocation ``ALIGN_BYTES`` larger)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
+    return _view(buf, _kernels.align_offset(buf), nbytes, shape, dtype)
 
 
 def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array, as ``np.empty``, backed by a pooled buffer."""
+    """An uninitialised C-contiguous array, as ``aligned``, backed by a pooled buffer."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize  # np.prod costs microseconds per call
     if nbytes < MIN_BYTES:
-        return np.empty(shape, dtype)
-    pool: list[np.ndarray] | None = getattr(_local, "pool", None)
+        return aligned(shape, dtype)
+    # The pool's entries: (buffer of nbytes + ALIGN_BYTES, the offset of its aligned start).
+    pool: list[tuple[np.ndarray, int]] | None = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = []
     found = None
@@ -51,23 +73,24 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     for i in range(len(pool)):
         if _count(pool, i) > _ALONE:
             continue  # still part of something alive
-        if found is None and pool[i].nbytes == nbytes:
+        if found is None and pool[i][0].nbytes == nbytes + ALIGN_BYTES:
             found = i
         else:
-            idle += pool[i].nbytes
+            idle += pool[i][0].nbytes
     if found is not None:
-        buf = pool.pop(found)
+        entry = pool.pop(found)
     else:
-        buf = np.empty(nbytes, np.uint8)
-    pool.insert(0, buf)  # most recently used first
+        buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
+        entry = (buf, _kernels.align_offset(buf))
+    pool.insert(0, entry)  # most recently used first
     # Drop the least recently used idle buffers past the budget (never one in use).
     for i in range(len(pool) - 1, 0, -1):
         if idle <= IDLE_BYTES:
             break
         if _count(pool, i) <= _ALONE:
-            idle -= pool[i].nbytes
+            idle -= pool[i][0].nbytes
             del pool[i]
-    return buf.view(dtype).reshape(shape)
+    return _view(entry[0], entry[1], nbytes, shape, dtype)
 
 
 def clear() -> None:

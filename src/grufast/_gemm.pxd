@@ -35,6 +35,30 @@ cdef extern from *:
     const Py_ssize_t TILE_FLOATS "GRUFAST_TILE_FLOATS"
     const Py_ssize_t TILE_MAX "GRUFAST_TILE_MAX"
 
+cdef enum:
+    # Kernel buffers start on a cache line (the packed copies and scratch alike): malloc
+    # gives 16 bytes, and an AVX-512 load 16 bytes off a line straddles two.
+    LINE_BYTES = 64
+
+
+cdef inline void* aligned_malloc(size_t size) noexcept nogil:
+    """malloc's block, starting on a LINE_BYTES boundary (the address malloc returned is
+    kept just before it); NULL if malloc fails. Free with aligned_free only."""
+    cdef char* raw = <char*>malloc(size + LINE_BYTES + sizeof(void*))
+    if raw == NULL:
+        return NULL
+    cdef size_t start = <size_t>(raw + sizeof(void*))
+    cdef void** block = <void**>((start + LINE_BYTES - 1) & ~(<size_t>LINE_BYTES - 1))
+    (block - 1)[0] = raw
+    return <void*>block
+
+
+cdef inline void aligned_free(void* block) noexcept nogil:
+    """Free a block from aligned_malloc (NULL: nothing)."""
+    if block != NULL:
+        free((<void**>block - 1)[0])
+
+
 cdef extern from "_tiles.h":
     # The register tiles (1-4 rows of 1-3 vectors, named accumulators) and the edge tiles
     # (why: _tiles.h).
@@ -246,7 +270,7 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     the same panels as in place: the same bits. If the buffer cannot be had, W is read in
     place."""
     cdef real block[TN_K * TN_ROWS]
-    cdef real* packed = <real*>malloc(min(TN_K, K) * N * sizeof(real))
+    cdef real* packed = <real*>aligned_malloc(min(TN_K, K) * N * sizeof(real))
     cdef Py_ssize_t k0 = 0, kn, m0, mb
     while k0 < K:
         kn = min(TN_K, K - k0)
@@ -264,7 +288,7 @@ cdef inline void small_gemm_tn(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                       accumulate or k0 > 0, NULL)
             m0 += mb
         k0 += kn
-    free(packed)
+    aligned_free(packed)
 
 
 cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -278,9 +302,9 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
 
 cdef inline real* gemm_pack_buffer(Py_ssize_t K, const real* like) noexcept nogil:
     """A panel buffer for packed_gemm's products of inner size up to K (min(K, K_BLOCK) x
-    TILE_MAX reals; ``like`` only picks the dtype), to free() after; NULL if malloc fails,
+    TILE_MAX reals; ``like`` only picks the dtype), to aligned_free() after; NULL if malloc fails,
     and packed_gemm then reads W in place (the same bits)."""
-    return <real*>malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
+    return <real*>aligned_malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
 
 
 cdef inline void prepacked_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real* A,

@@ -316,7 +316,7 @@ def pack_weight_columns(const real[:, ::1] w_hh):
     cdef Py_ssize_t K = w_hh.shape[0], H = w_hh.shape[1]
     if K != 3 * H:
         raise ValueError(f"w_hh must have shape (3H, H), got ({K}, {H})")
-    out = np.empty(panel_size(1, H, K), np.float32 if real is float else np.float64)
+    out = aligned_empty(panel_size(1, H, K), np.float32 if real is float else np.float64)
     cdef real[::1] o = out
     if H > 0:
         with nogil:

@@ -172,8 +172,8 @@ cdef class CellPlan:
 
     cdef void* _work(self, Py_ssize_t B) except? NULL:
         cdef size_t size = cnp.PyArray_ITEMSIZE(self.w_ih_t)
-        cdef void* work = malloc(_reals_bytes(B, self.n_hidden, size)
-                                 + B * sizeof(Py_ssize_t))
+        cdef void* work = aligned_malloc(_reals_bytes(B, self.n_hidden, size)
+                                         + B * sizeof(Py_ssize_t))
         if work == NULL:
             raise MemoryError()
         return work
@@ -209,7 +209,7 @@ cdef class CellPlan:
         work = self._work(B)
         with nogil:
             self._run(B, cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(out), work)
-        free(work)
+        aligned_free(work)
         return out
 
 
@@ -277,6 +277,6 @@ def stack_step(list plans, x, h):
         with nogil:
             plan._run(B, inp, sp + k * row, work)
         inp = sp + k * row
-    free(work)
+    aligned_free(work)
     memcpy(cnp.PyArray_DATA(y), sp + (L - 1) * row, row)
     return y, state

@@ -432,7 +432,7 @@ def _pack_gate_panels(const real[:, ::1] w):
     gate's last row), as a new 1-D array: W_hh for forward's GEMVs, W_ih for the streaming
     step's."""
     cdef Py_ssize_t H = w.shape[0] // 3, K = w.shape[1]
-    out = np.empty(panel_size(3, H, K), np.float32 if real is float else np.float64)
+    out = aligned_empty(panel_size(3, H, K), np.float32 if real is float else np.float64)
     cdef real[::1] o = out
     if H > 0 and K > 0:
         with nogil:
@@ -446,7 +446,7 @@ def pack_gemm_panels(const real[:, ::1] w_t, bint transposed=False):
     its transpose (N, K) (W_ih itself for W_ih^T). Returns a new 1-D array of K * N
     elements."""
     cdef Py_ssize_t K = w_t.shape[1 if transposed else 0], N = w_t.shape[0 if transposed else 1]
-    out = np.empty(K * N, np.float32 if real is float else np.float64)
+    out = aligned_empty(K * N, np.float32 if real is float else np.float64)
     cdef real[::1] o = out
     if K > 0 and N > 0:
         with nogil:

@@ -13,19 +13,41 @@
 
 cimport numpy as cnp
 import numpy as np
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm
-from grufast._gemm cimport (PANEL, gemm_pack_buffer, pack_column_panels, pack_gemm_weights,
-                            pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
-                            prepacked_gemm, prepacked_gemm_columns, small_gemm,
-                            small_gemm_tn)
+from grufast._gemm cimport (PANEL, aligned_free, aligned_malloc, gemm_pack_buffer,
+                            pack_column_panels, pack_gemm_weights, pack_panels, packed_gemm,
+                            panel_gemv, panel_gemv_ex, panel_size, prepacked_gemm,
+                            prepacked_gemm_columns, small_gemm, small_gemm_tn)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
 cnp.import_array()
+
+# Where the kernels' arrays start: a cache line. NumPy's allocator gives 16 bytes, and an
+# array 16 bytes off a 32-byte boundary makes every other AVX2 load (every AVX-512 load)
+# straddle two lines: one sequence at H = 64 took 1.12-1.14x the time in the processes
+# (18 of 24) whose W_hh panels fell there (AVX2 build, one core).
+cdef enum:
+    ALIGN_BYTES = 64
+align_bytes = ALIGN_BYTES  # for grufast._buffers
+
+
+def align_offset(cnp.ndarray a):
+    """The bytes from a's data to the next ALIGN_BYTES boundary (0 if it is on one)."""
+    cdef size_t address = <size_t>cnp.PyArray_DATA(a)
+    return <Py_ssize_t>((ALIGN_BYTES - address % ALIGN_BYTES) % ALIGN_BYTES)
+
+
+def aligned_empty(Py_ssize_t n, dtype):
+    """A new uninitialised 1-D array of n elements of ``dtype`` whose data starts on an
+    ALIGN_BYTES boundary (a view into an allocation ALIGN_BYTES larger)."""
+    dtype = np.dtype(dtype)
+    buf = np.empty(n * dtype.itemsize + ALIGN_BYTES, np.uint8)
+    cdef Py_ssize_t off = align_offset(buf)
+    return buf[off:off + n * dtype.itemsize].view(dtype)
 
 
 cdef struct Dims:

@@ -132,7 +132,7 @@ cdef void _weight_grads(int p, int nt, barrier_t* bar, const Dims* d,
                         accumulate, pack)
     if db_hh != NULL:
         _rowsum(g1 - g0, TB, dG_transposed + g0 * TB, db_hh + g0, accumulate)
-    free(pack)
+    aligned_free(pack)
 
 
 cdef enum:

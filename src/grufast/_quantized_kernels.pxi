@@ -311,7 +311,7 @@ cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize
     for part in range(pa, pb):
         for k in range(3):
             _qproject_block(part, k, nt, n, K, H, x, fmt, w_ih, s_ih, w_ih_t, gates, pack)
-    free(pack)
+    aligned_free(pack)
 
 
 cdef void _qproject_block(int part, Py_ssize_t k, int nt, Py_ssize_t n, Py_ssize_t K,
@@ -370,7 +370,7 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
                 pack = gemm_pack_buffer(K, gates)
             _qproject_block(<int>(blk // 3), blk % 3, nt, n, K, H, x, fmt, w_ih, s_ih,
                             w_ih_t, gates, pack)
-        free(pack)
+        aligned_free(pack)
         went = barrier_wait(bar, team, p)
         if went < 0:
             return
@@ -588,7 +588,7 @@ cdef class QuantizedCellPlan:
             memset(cnp.PyArray_DATA(out), 0, H * sizeof(float))
         else:
             memcpy(cnp.PyArray_DATA(out), cnp.PyArray_DATA(<cnp.ndarray>h), H * sizeof(float))
-        work = <float*>malloc(9 * H * sizeof(float))
+        work = <float*>aligned_malloc(9 * H * sizeof(float))
         if work == NULL:
             raise MemoryError()
         with nogil:
@@ -598,5 +598,5 @@ cdef class QuantizedCellPlan:
                     <const float*>cnp.PyArray_DATA(self.s_hh),
                     <const float*>cnp.PyArray_DATA(self.b_ih),
                     <const float*>cnp.PyArray_DATA(self.b_hh), self.lbr, work)
-        free(work)
+        aligned_free(work)
         return out

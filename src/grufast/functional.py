@@ -140,7 +140,7 @@ def _transposed(w: np.ndarray) -> np.ndarray:
     and a split by hidden units only)."""
     if w.ndim != 2 or w.dtype not in (np.float32, np.float64) or not w.flags.c_contiguous:
         return np.ascontiguousarray(w.T)
-    out = np.empty(w.shape[::-1], w.dtype)
+    out = _buffers.aligned(w.shape[::-1], w.dtype)
     _kernels.transpose_into(w, out)
     return out
 
@@ -227,7 +227,7 @@ def gru_forward(
         if training:
             x = zero_padding(x, lens)
 
-    y = np.empty((T, B, H), dtype)
+    y = _buffers.aligned((T, B, H), dtype)
     cache = forward_into(x, w, h, lens, reverse, lbr, training, y, 0)
     return y, h, cache
 
@@ -289,7 +289,7 @@ def gru_backward(dy: ArrayLike | None, dh_n: ArrayLike | None, cache: GRUCache) 
     else:
         dh = np.array(shaped("dh_n", real_array("dh_n", dh_n, dtype), (B, H), "(B, H)"),
                       order="C")
-    dx = np.empty((T, B, I), dtype)
+    dx = _buffers.aligned((T, B, I), dtype)
     dw_ih = np.empty((3 * H, I), dtype)
     dw_hh = np.empty((3 * H, H), dtype)
     db_ih = np.empty(3 * H, dtype) if c.has_bias else None
@@ -314,12 +314,12 @@ def backward_into(c: GRUCache, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh, 
     flush = _buffers.empty(((8 * H + 2 * I) * steps * B,), dtype)
     partials = _buffers.empty((max(1, _kernels.openmp_threads()), (H + I + 2) * 3 * H), dtype)
     # Split by hidden units: dG of every step, weight gradients after the loop.
-    # np.empty: pages never touched (every other split) cost nothing.
-    dG = np.empty((T, B, 3 * H), dtype)
-    dGt = np.empty((3 * H, T * B), dtype)
-    dgh = np.empty((2, B * 3 * H), dtype)
-    ds = None if lbr else np.empty((B, H), dtype)
-    work = None if lbr else np.empty((T, B, H), dtype)
+    # Fresh, not pooled: pages never touched (every other split) cost nothing.
+    dG = _buffers.aligned((T, B, 3 * H), dtype)
+    dGt = _buffers.aligned((3 * H, T * B), dtype)
+    dgh = _buffers.aligned((2, B * 3 * H), dtype)
+    ds = None if lbr else _buffers.aligned((B, H), dtype)
+    work = None if lbr else _buffers.aligned((T, B, H), dtype)
     _kernels.backward(c.x, c.w_ih, c.w_hh, c.lengths, c.reverse, lbr,
                       c.gates, c.hprev, c.ghn, dy, dy_col, dh, dx, dx_accumulate, dw_ih, dw_hh,
                       db_ih, db_hh, accumulate, dG, dGt, dgh, ds, work,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from grufast import _buffers
 from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
 from grufast._layout import SequenceLayout, mask_array, step_input, unpack_steps, zero_padding
@@ -343,7 +344,7 @@ class GRU(_Parameters):
         masks: list[np.ndarray | None] = []
         inp = x
         for k in range(self.num_layers):
-            out = np.empty((T, B, D * H), self.dtype)
+            out = _buffers.aligned((T, B, D * H), self.dtype)
             caches.append([])
             for d, sfx in enumerate(self._suffixes(k)):
                 state = h_n[k * D + d]
@@ -403,7 +404,7 @@ class GRU(_Parameters):
         g = self.grads
         for k in range(self.num_layers - 1, -1, -1):
             caches = tape["caches"][k]
-            dx = np.empty(caches[0].x.shape, self.dtype)
+            dx = _buffers.aligned(caches[0].x.shape, self.dtype)
             for d, sfx in enumerate(self._suffixes(k)):
                 backward_into(caches[d], dy, d * H, dh[k * D + d], dx, d == 1,
                               g["weight_ih" + sfx], g["weight_hh" + sfx],

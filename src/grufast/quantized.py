@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from grufast import _buffers
 from grufast._isa import kernels as _kernels
 from grufast._layout import step_input
 from grufast._validate import describe, flag, positive_int, real_array, shaped
@@ -200,14 +201,14 @@ class _QuantizedParameters:
         # float32 copy outlives the call) and projects the chunk on the team that runs its
         # steps (memory independent of T, as in the float kernels).
         q_ih = self._store["weight_ih" + sfx]
-        w_ih = np.empty(q_ih.size, _F32)
+        w_ih = _buffers.aligned((q_ih.size,), _F32)
         s_ih = self._scales("weight_ih" + sfx)
         b_ih, b_hh = self._biases(sfx)
         s_hh = self._scales(name)
         chunk = max(1, min(T, INFERENCE_CHUNK_BYTES // max(1, B * G * 4)))
-        gates = np.empty((chunk, B, G), _F32)
-        gh, rh, scratch = (np.empty((B, G), _F32), np.empty((B, H), _F32),
-                           np.empty((max(2 * B, 3), H), _F32))
+        gates = _buffers.aligned((chunk, B, G), _F32)
+        gh, rh, scratch = (_buffers.aligned((B, G), _F32), _buffers.aligned((B, H), _F32),
+                           _buffers.aligned((max(2 * B, 3), H), _F32))
         done = 0
         while done < T:
             n = min(chunk, T - done)
@@ -390,7 +391,7 @@ class QuantizedGRU(_QuantizedParameters):
         h_n = np.array(h0, order="C")  # each direction's state is updated in place
         inp = x
         for k in range(self.num_layers):
-            out = np.empty((T, B, D * H), _F32)
+            out = _buffers.aligned((T, B, D * H), _F32)
             for d, sfx in enumerate(self._suffixes(k)):
                 self._run(inp, sfx, h_n[k * D + d], lens, d == 1 or self.reverse, out, d * H)
             inp = out
