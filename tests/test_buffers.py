@@ -70,7 +70,7 @@ def test_idle_buffers_are_dropped_past_the_budget(monkeypatch):
     kept = [_buffers.empty((64, 1024 + k), np.float32) for k in range(6)]  # distinct sizes
     del kept
     _buffers.empty((8, 1 << 15), np.float32)  # a new size triggers the trim
-    idle = [b for b, _ in _buffers._local.pool if b.nbytes != (8 << 17) + _buffers.ALIGN_BYTES]
+    idle = [b for b in _buffers._local.pool if b.nbytes != (8 << 17) + _buffers.ALIGN_BYTES]
     assert sum(b.nbytes for b in idle) <= _buffers.IDLE_BYTES
     assert len(idle) == 3
 

@@ -35,27 +35,19 @@ _local = threading.local()
 
 
 def _count(items: list, i: int) -> int:
-    return sys.getrefcount(items[i][0])
+    return sys.getrefcount(items[i])
 
 
 # The reference count of a buffer that only the pool's list holds, read as _count reads it
 # (the list's reference plus the call's own, on this interpreter). Every array handed out
-# refers to the buffer itself (NumPy's views keep the array that owns the memory as base).
-_ALONE = _count([(np.empty(1, np.uint8), 0)], 0)
-
-
-def _view(buf: np.ndarray, offset: int, nbytes: int, shape: tuple[int, ...],
-          dtype: np.dtype) -> np.ndarray:
-    return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+# and every view of one, has the buffer as its base.
+_ALONE = _count([np.empty(1, np.uint8)], 0)
 
 
 def aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
     """An uninitialised C-contiguous array, as ``np.empty``, whose data starts on an
-    ``ALIGN_BYTES`` boundary (a view into an allocation ``ALIGN_BYTES`` larger)."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
-    return _view(buf, _kernels.align_offset(buf), nbytes, shape, dtype)
+    ``ALIGN_BYTES`` boundary (in an allocation ``ALIGN_BYTES`` larger)."""
+    return _kernels.aligned_array(shape, dtype)
 
 
 def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -64,8 +56,8 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize  # np.prod costs microseconds per call
     if nbytes < MIN_BYTES:
         return aligned(shape, dtype)
-    # The pool's entries: (buffer of nbytes + ALIGN_BYTES, the offset of its aligned start).
-    pool: list[tuple[np.ndarray, int]] | None = getattr(_local, "pool", None)
+    # The pool's entries: uint8 buffers of nbytes + ALIGN_BYTES.
+    pool: list[np.ndarray] | None = getattr(_local, "pool", None)
     if pool is None:
         pool = _local.pool = []
     found = None
@@ -73,24 +65,20 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     for i in range(len(pool)):
         if _count(pool, i) > _ALONE:
             continue  # still part of something alive
-        if found is None and pool[i][0].nbytes == nbytes + ALIGN_BYTES:
+        if found is None and pool[i].nbytes == nbytes + ALIGN_BYTES:
             found = i
         else:
-            idle += pool[i][0].nbytes
-    if found is not None:
-        entry = pool.pop(found)
-    else:
-        buf = np.empty(nbytes + ALIGN_BYTES, np.uint8)
-        entry = (buf, _kernels.align_offset(buf))
-    pool.insert(0, entry)  # most recently used first
+            idle += pool[i].nbytes
+    buf = pool.pop(found) if found is not None else np.empty(nbytes + ALIGN_BYTES, np.uint8)
+    pool.insert(0, buf)  # most recently used first
     # Drop the least recently used idle buffers past the budget (never one in use).
     for i in range(len(pool) - 1, 0, -1):
         if idle <= IDLE_BYTES:
             break
         if _count(pool, i) <= _ALONE:
-            idle -= pool[i][0].nbytes
+            idle -= pool[i].nbytes
             del pool[i]
-    return _view(entry[0], entry[1], nbytes, shape, dtype)
+    return _kernels.aligned_array(shape, dtype, buf)
 
 
 def clear() -> None:

@@ -35,19 +35,42 @@ cdef enum:
 align_bytes = ALIGN_BYTES  # for grufast._buffers
 
 
-def align_offset(cnp.ndarray a):
-    """The bytes from a's data to the next ALIGN_BYTES boundary (0 if it is on one)."""
-    cdef size_t address = <size_t>cnp.PyArray_DATA(a)
-    return <Py_ssize_t>((ALIGN_BYTES - address % ALIGN_BYTES) % ALIGN_BYTES)
+def aligned_array(shape, dtype, cnp.ndarray buf=None):
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype`` whose data starts on
+    an ALIGN_BYTES boundary, in a new allocation ALIGN_BYTES larger, or in ``buf`` (1-D
+    uint8, the pool's: the array starts at its first boundary, and buf must hold it from
+    there). The array keeps its allocation alive (its base). About 0.3 us: from NumPy's
+    Python API (slice, view, reshape) it took 2 us, a tenth of a small call's overhead."""
+    cdef cnp.dtype descr = np.dtype(dtype)
+    cdef cnp.npy_intp dims[32]
+    cdef cnp.npy_intp size
+    cdef int nd = len(shape), i
+    cdef Py_ssize_t nbytes = descr.itemsize
+    if nd > 32:
+        raise ValueError(f"at most 32 dimensions, got {nd}")
+    for i in range(nd):
+        dims[i] = shape[i]
+        if dims[i] < 0:
+            raise ValueError(f"negative dimension in shape {tuple(shape)}")
+        nbytes *= dims[i]
+    if buf is None:
+        size = nbytes + ALIGN_BYTES
+        buf = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
+    elif cnp.PyArray_TYPE(buf) != cnp.NPY_UINT8 or cnp.PyArray_NDIM(buf) != 1 or \
+            not cnp.PyArray_IS_C_CONTIGUOUS(buf):
+        raise ValueError("buf must be a contiguous 1-D uint8 array")
+    cdef char* data = <char*>cnp.PyArray_DATA(buf)
+    cdef Py_ssize_t off = (ALIGN_BYTES - <size_t>data % ALIGN_BYTES) % ALIGN_BYTES
+    if off + nbytes > cnp.PyArray_SIZE(buf):
+        raise ValueError(f"buf holds {cnp.PyArray_SIZE(buf)} bytes, {off + nbytes} needed")
+    cdef cnp.ndarray out = cnp.PyArray_SimpleNewFromData(nd, dims, descr.type_num, data + off)
+    cnp.set_array_base(out, buf)
+    return out
 
 
 def aligned_empty(Py_ssize_t n, dtype):
-    """A new uninitialised 1-D array of n elements of ``dtype`` whose data starts on an
-    ALIGN_BYTES boundary (a view into an allocation ALIGN_BYTES larger)."""
-    dtype = np.dtype(dtype)
-    buf = np.empty(n * dtype.itemsize + ALIGN_BYTES, np.uint8)
-    cdef Py_ssize_t off = align_offset(buf)
-    return buf[off:off + n * dtype.itemsize].view(dtype)
+    """aligned_array((n,), dtype): the packed weight copies."""
+    return aligned_array((n,), dtype)
 
 
 cdef struct Dims:
