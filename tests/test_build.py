@@ -24,8 +24,8 @@ def _forward_args(b_ih_size: int):
             np.zeros((3, 1), f), np.zeros(3, f), np.zeros(48, f), np.zeros(b_ih_size, f),
             np.zeros(3, f),
             np.ones(1, np.intp), False, True, np.zeros((1, 1, 1), f), 0, np.zeros((1, 1), f),
-            np.zeros((1, 1, 3), f), None, None, np.zeros((1, 3), f), np.zeros((1, 1), f),
-            np.zeros((3, 1), f))
+            np.zeros((1, 1, 3), f), False, None, None, np.zeros((1, 3), f),
+            np.zeros((1, 1), f), np.zeros((3, 1), f))
 
 
 def test_every_runnable_build_accepts_the_well_formed_call():

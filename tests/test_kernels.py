@@ -598,6 +598,43 @@ def test_forward_refuses_a_missing_copy_it_would_read(monkeypatch, B, H, missing
             F.gru_forward(x, h0, *w)
 
 
+@pytest.mark.parametrize("lbr", [True, False])
+def test_only_training_and_gates_keep_the_gates(monkeypatch, lbr):
+    """Inference skips storing r, z, n (and the state, the n term) that only backward and
+    GRU.gates read; training and GRU.gates keep them, and a training call that would not is
+    refused by name rather than leaving backward to read input projections."""
+    import grufast
+    from grufast import _gates
+
+    calls = []
+    real = F._kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def forward(self, *args):
+            calls.append(args)
+            return real.forward(*args)
+
+    monkeypatch.setattr(F, "_kernels", Spy())
+    monkeypatch.setattr(_gates, "_kernels", Spy())
+    x, h0, *w = problem(np.random.default_rng(15), 4, 2, 5, 8, np.float32)
+    keep_at = 15  # forward's argument after gates
+    F.gru_forward(x, h0, *w, linear_before_reset=lbr)
+    assert calls[-1][keep_at] is False and calls[-1][keep_at + 1] is None
+    F.gru_forward(x, h0, *w, linear_before_reset=lbr, training=True)
+    args = list(calls[-1])
+    assert args[keep_at] is True and args[keep_at + 1] is not None
+    args[keep_at] = False
+    with pytest.raises(ValueError, match="needs keep_gates"):
+        real.forward(*args)
+    m = grufast.GRU(5, 8, linear_before_reset=lbr).eval()
+    g = m.gates(x)
+    assert calls[-1][keep_at] is True
+    assert np.all((g.r > 0) & (g.r < 1)) and np.all((g.z > 0) & (g.z < 1))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N, K", [(39, 1030), (150, 7), (48, 16)])
 def test_packing_from_the_transpose_equals_packing_the_transposed_copy(dtype, N, K):

@@ -36,7 +36,7 @@ def gates_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rever
     # gates there, as in training; hprev and ghn None: nothing is kept for backward.
     w_hh_pp, w_hh_p = w.read_by(B, False)
     _kernels.forward(x, w.w_ih, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
-                     w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h, gates, None, None,
+                     w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h, gates, True, None, None,
                      scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
                      scratch[4 * B * H:].reshape(3 * B, H))

@@ -28,12 +28,12 @@ cdef void _step1(Py_ssize_t I, Py_ssize_t H, const real* x, real* h, const real*
     _gate_gemvs(0, 3, H, I, x, w_ih_p, gi)
     if lbr:
         _gate_gemvs(0, 3, H, H, h, w_hh_p, gh)
-        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
     else:
         _gate_gemvs(0, 2, H, H, h, w_hh_p, gh)
-        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
+        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2, False)
         _gate_gemvs(2, 3, H, H, rh, w_hh_p, gh)
-        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
 
 
 cdef void _step_rows(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const real* x, real* h,
@@ -52,12 +52,12 @@ cdef void _step_rows(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const real* x, re
     small_gemm(B, G, I, x, I, w_ih_t, G, gi, G, False)
     if lbr:
         small_gemm(B, G, H, h, H, w_hh_t, G, gh, G, False)
-        _gates_lbr(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_lbr(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
     else:
         small_gemm(B, 2 * H, H, h, H, w_hh_t, G, gh, G, False)
-        _gates_rz(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, rh, s2)
+        _gates_rz(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, rh, s2, False)
         small_gemm(B, H, H, rh, H, w_hh_t + 2 * H, G, gh + 2 * H, G, False)
-        _gates_n(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_n(B, H, 0, H, 0, ones, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
 
 
 # Batches up to this many rows take the plan's path; larger ones the layer's (OpenBLAS

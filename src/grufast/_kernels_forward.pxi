@@ -15,7 +15,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
     OpenBLAS's GEMM. Sequences never interact, so
     disjoint row ranges run on different threads without any synchronisation."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy
-    cdef bint reverse = d.reverse, lbr = d.lbr
+    cdef bint reverse = d.reverse, lbr = d.lbr, keep = a.keep
     cdef const real* x = <const real*>a.x
     cdef const real* w_hh = <const real*>a.w_hh
     cdef const real* w_hh_pp = <const real*>a.w_hh_pp
@@ -57,7 +57,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                                         ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, G, H, 1, hr, H, w_hh, H, 0, ghr, G)
-            _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
+            _gates_lbr(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t,
+                       keep)
         else:
             if tiled:
                 _recurrent_tiles(0, 2, n, H, hr, w_hh_pp, ghr)
@@ -67,7 +68,7 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
                                         ghr + b * G, backwards)
             else:
                 gemm_rm(c'N', c'T', n, 2 * H, H, 1, hr, H, w_hh, H, 0, ghr, G)
-            _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t)
+            _gates_rz(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, rhr, hn_t, keep)
             if tiled:
                 _recurrent_tiles(2, 3, n, H, rhr, w_hh_pp, ghr)
             elif n < 4:
@@ -77,7 +78,8 @@ cdef void _steps(const Dims* d, const ForwardArrays* a, real* h, Py_ssize_t s0,
             else:
                 gemm_rm(c'N', c'T', n, H, H, 1, rhr, H, w_hh + 2 * H * H, H, 0, ghr + 2 * H,
                         G)
-            _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t)
+            _gates_n(n, H, 0, H, t, lr, gi, ghr, b_ih, b_hh, hr, hr, y_t, ldy, hp_t, hn_t,
+                     keep)
 
 
 cdef inline void _recurrent_tiles(Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t n, Py_ssize_t H,
@@ -147,7 +149,7 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
     Either way every part is computed as its own thread would, so the result is bitwise the
     same."""
     cdef Py_ssize_t T = d.T, B = d.B, I = d.n_in, H = d.H, ldy = d.ldy, chunk = a.chunk
-    cdef bint reverse = d.reverse, lbr = d.lbr
+    cdef bint reverse = d.reverse, lbr = d.lbr, keep = a.keep
     cdef const real* x = <const real*>a.x
     cdef const real* w_ih_pp = <const real*>a.w_ih_pp
     cdef const real* w_hh_p = <const real*>a.w_hh_p
@@ -221,10 +223,10 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                                         w_hh_p, w_hh_pp, gh, backwards)
                 if lbr:
                     _gates_lbr(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                               states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
+                               states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t, keep)
                 else:
                     _gates_rz(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                              rh, hn_t)
+                              rh, hn_t, keep)
             if not lbr:
                 if team > 1:
                     went = barrier_wait(bar, team, p)
@@ -241,7 +243,7 @@ cdef void _unit_steps(int p, int nt, bint alone, barrier_t* bar, const Dims* d,
                         _recurrent_products(2, 3, B, H, j0, j1, rh, w_hh_p, w_hh_pp, gh,
                                             backwards)
                     _gates_n(B, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[q % 2],
-                             states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t)
+                             states[(q + 1) % 2], y + t * B * ldy, ldy, hp_t, hn_t, keep)
             if team > 1:
                 went = barrier_wait(bar, team, p)
                 if went < 0:
@@ -321,7 +323,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
             const real[:, ::1] w_hh, const real[::1] w_hh_pp, const real[::1] w_hh_p,
             const real[::1] b_ih, const real[::1] b_hh, const Py_ssize_t[::1] lengths,
             bint reverse, bint linear_before_reset, real[:, :, ::1] y, Py_ssize_t y_col,
-            real[:, ::1] h, real[:, :, ::1] gates, real[:, :, ::1] hprev,
+            real[:, ::1] h, real[:, :, ::1] gates, bint keep_gates, real[:, :, ::1] hprev,
             real[:, :, ::1] ghn, real[:, ::1] gh, real[:, ::1] rh, real[:, ::1] step_scratch):
     """Run the recurrence over x (T, B, I); all outputs are caller-allocated.
 
@@ -338,7 +340,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     a bidirectional layer write side by side into one buffer.
 
     h (B, H) holds h0 on entry and h_n on exit. gates (C, B, 3H) holds the input projections
-    of C steps at a time (C = T in training, where it ends holding every step's r, z, n).
+    of C steps at a time; ``keep_gates`` (training, GRU.gates: C = T) makes it end holding
+    every step's r, z, n.
     hprev (T, B, H) and ghn (T, B, H) are None in inference; in training they receive the
     state entering each step and the recurrent n term (h W_hn^T + b_hn, linear_before_reset
     only; None otherwise). gh (B, 3H), rh (B, H) and step_scratch (3B, H) are per-step
@@ -359,6 +362,8 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
         raise ValueError(f"w_ih_pp must hold {w_ih.shape[0] * w_ih.shape[1]} elements "
                          f"(W_ih^T packed), got {w_ih_pp.shape[0]}")
     # The plan is made here, once, so that the copies checked are the copies it reads.
+    if hprev is not None and not keep_gates:
+        raise ValueError("training (hprev given) needs keep_gates: backward reads r, z, n")
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
     if w_hh_pp is None:
         if _reads_w_hh_pp(plan, d.B):
@@ -388,6 +393,7 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     a.y = &y[0, 0, 0] + y_col
     a.chunk = gates.shape[0]
     a.gates = &gates[0, 0, 0]
+    a.keep = keep_gates
     a.hprev = NULL
     a.ghn = NULL
     if hprev is not None:

@@ -27,48 +27,60 @@ cdef inline void _masked(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* y, re
 cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
                      const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
                      const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
-                     real* hprev, real* ghn) noexcept nogil:
+                     real* hprev, real* ghn, bint keep) noexcept nogil:
     """linear_before_reset=True: n = tanh(gi_n + r * (h W_hn^T + b_hn)), units j0 <= j < j1.
 
-    gi (B, G) holds x W_ih^T and is overwritten with r, z, n; gh (B, G) holds h W_hh^T.
-    The new state goes to h_out (B, H), which may be h. hprev and ghn (B, H) receive h and
-    the recurrent n term (scratch in inference: storing unconditionally keeps the loop
-    branch-free, hence vectorisable).
+    gi (B, G) holds x W_ih^T; gh (B, G) holds h W_hh^T. The new state goes to h_out (B, H),
+    which may be h. ``keep`` (training, GRU.gates): gi is overwritten with r, z, n, and
+    hprev and ghn (B, H) receive h and the recurrent n term; inference skips those stores.
     """
-    cdef Py_ssize_t b, j, G = 3 * H
-    cdef real r, z, ez, n, hn, hp
-    cdef real* g
-    cdef const real* q
+    cdef Py_ssize_t b
     for b in range(B):
-        g = gi + b * G
-        q = gh + b * G
         if t >= lengths[b]:
-            _masked(H, j0, j1, y + b * ldy, g, h + b * H, h_out + b * H, hprev + b * H)
+            _masked(H, j0, j1, y + b * ldy, gi + b * 3 * H, h + b * H, h_out + b * H,
+                    hprev + b * H)
             fill(ghn + b * H + j0, j1 - j0, <real>0)
-            continue
-        for j in range(j0, j1):
-            r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
-            ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
-            z = <real>1 / (<real>1 + ez)
-            hn = q[2 * H + j] + b_hh[2 * H + j]
-            n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
-            hp = h[b * H + j]
+        elif keep:
+            _lbr_row(H, j0, j1, gi + b * 3 * H, gh + b * 3 * H, b_ih, b_hh, h + b * H,
+                     h_out + b * H, y + b * ldy, hprev + b * H, ghn + b * H, True)
+        else:
+            _lbr_row(H, j0, j1, gi + b * 3 * H, gh + b * 3 * H, b_ih, b_hh, h + b * H,
+                     h_out + b * H, y + b * ldy, hprev + b * H, ghn + b * H, False)
+
+
+cdef inline void _lbr_row(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* g, const real* q,
+                          const real* b_ih, const real* b_hh, const real* h, real* h_out,
+                          real* y, real* hprev, real* ghn, bint keep) noexcept nogil:
+    """_gates_lbr for one row; ``keep`` is a constant at both call sites, so the compiler
+    makes one loop with the stores and one without (both vectorised, branch-free)."""
+    cdef Py_ssize_t j
+    cdef real r, z, ez, n, hn, hp
+    for j in range(j0, j1):
+        r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
+        ez = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
+        z = <real>1 / (<real>1 + ez)
+        hn = q[2 * H + j] + b_hh[2 * H + j]
+        n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
+        hp = h[j]
+        if keep:
             g[j] = r
             g[H + j] = z
             g[2 * H + j] = n
-            hprev[b * H + j] = hp
-            ghn[b * H + j] = hn
-            # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
-            hn = z * (hp + ez * n)
-            h_out[b * H + j] = hn
-            y[b * ldy + j] = hn
+            hprev[j] = hp
+            ghn[j] = hn
+        # (1 - z) n + z h with 1 - z = ez z: no cancellation when z is close to 1.
+        hn = z * (hp + ez * n)
+        h_out[j] = hn
+        y[j] = hn
 
 
 cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
                     const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
-                    const real* b_hh, const real* h, real* rh, real* ez) noexcept nogil:
-    """linear_before_reset=False, first half, units j0 <= j < j1: r and z into gi, r * h
-    into rh (B, H), exp(-a_z) into ez (B, H) for the second half."""
+                    const real* b_hh, const real* h, real* rh, real* ez,
+                    bint keep) noexcept nogil:
+    """linear_before_reset=False, first half, units j0 <= j < j1: z into gi (and r where
+    ``keep``), r * h into rh (B, H), exp(-a_z) into ez (B, H) for the second half. The
+    branch on ``keep`` is loop-invariant: the compiler unswitches it."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real r, e
     cdef real* g
@@ -81,7 +93,8 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
             continue
         for j in range(j0, j1):
             r = sigmoid(g[j] + b_ih[j] + q[j] + b_hh[j])
-            g[j] = r
+            if keep:
+                g[j] = r
             e = exp_approx(-(g[H + j] + b_ih[H + j] + q[H + j] + b_hh[H + j]))
             g[H + j] = <real>1 / (<real>1 + e)
             ez[b * H + j] = e
@@ -91,9 +104,10 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
 cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t t,
                    const Py_ssize_t* lengths, real* gi, const real* gh, const real* b_ih,
                    const real* b_hh, const real* h, real* h_out, real* y, Py_ssize_t ldy,
-                   real* hprev, const real* ez) noexcept nogil:
+                   real* hprev, const real* ez, bint keep) noexcept nogil:
     """linear_before_reset=False, second half, units j0 <= j < j1:
-    n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn); the new state goes to h_out."""
+    n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn); the new state goes to h_out; n into gi and
+    h into hprev where ``keep``."""
     cdef Py_ssize_t b, j, G = 3 * H
     cdef real z, n, hp
     cdef real* g
@@ -108,8 +122,9 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_
             z = g[H + j]
             n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + q[2 * H + j] + b_hh[2 * H + j])
             hp = h[b * H + j]
-            g[2 * H + j] = n
-            hprev[b * H + j] = hp
+            if keep:
+                g[2 * H + j] = n
+                hprev[b * H + j] = hp
             n = z * (hp + ez[b * H + j] * n)
             h_out[b * H + j] = n
             y[b * ldy + j] = n

@@ -99,6 +99,7 @@ cdef struct ForwardArrays:
     void* y                 # (T, B, ldy), this direction's first column
     Py_ssize_t chunk        # steps of input projections in gates
     void* gates             # (chunk, B, 3H)
+    bint keep               # the gate passes store r, z, n (and hprev, ghn where given)
     void* hprev             # (T, B, H) or NULL
     void* ghn               # (T, B, H) or NULL
     void* gh                # (B, 3H) scratch

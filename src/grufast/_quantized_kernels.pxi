@@ -286,15 +286,15 @@ cdef void _qsteps(Py_ssize_t n, Py_ssize_t first, bint reverse, Py_ssize_t B, Py
             for b in range(B):
                 qmatvec(fmt, 0, G, H, w_hh, s_hh, h + b * H, gh + b * G)
             _gates_lbr(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, h, y + t * B * ldy, ldy,
-                       hp_t, hn_t)
+                       hp_t, hn_t, False)
         else:
             for b in range(B):
                 qmatvec(fmt, 0, 2 * H, H, w_hh, s_hh, h + b * H, gh + b * G)
-            _gates_rz(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t)
+            _gates_rz(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, rh, hn_t, False)
             for b in range(B):
                 qmatvec(fmt, 2 * H, H, H, w_hh, s_hh, rh + b * H, gh + b * G + 2 * H)
             _gates_n(B, H, 0, H, t, lengths, gi, gh, b_ih, b_hh, h, h, y + t * B * ldy, ldy,
-                     hp_t, hn_t)
+                     hp_t, hn_t, False)
 
 
 cdef void _qproject(int pa, int pb, int nt, Py_ssize_t n, Py_ssize_t K, Py_ssize_t H,
@@ -389,13 +389,13 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
                     qmatvec(fmt, k * H + j0, j1 - j0, H, w_hh, s_hh, states[i % 2],
                             gh + k * H + j0)
                 _gates_lbr(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
-                           states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+                           states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t, False)
             else:
                 for k in range(2):
                     qmatvec(fmt, k * H + j0, j1 - j0, H, w_hh, s_hh, states[i % 2],
                             gh + k * H + j0)
                 _gates_rz(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2], rh,
-                          hn_t)
+                          hn_t, False)
         if not lbr:
             if team > 1:
                 went = barrier_wait(bar, team, p)
@@ -407,7 +407,7 @@ cdef void _qunit_steps(int p, int nt, bint alone, barrier_t* bar, Py_ssize_t n,
                 j0, j1 = _share(H, nt, part, 16), _share(H, nt, part + 1, 16)
                 qmatvec(fmt, 2 * H + j0, j1 - j0, H, w_hh, s_hh, rh, gh + 2 * H + j0)
                 _gates_n(1, H, j0, j1, t, lengths, gi, gh, b_ih, b_hh, states[i % 2],
-                         states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t)
+                         states[(i + 1) % 2], y + t * ldy, ldy, hp_t, hn_t, False)
         if team > 1:
             went = barrier_wait(bar, team, p)
             if went < 0:
@@ -532,12 +532,12 @@ cdef void _qstep1(Py_ssize_t I, Py_ssize_t H, int fmt, const float* x, float* h,
     qmatvec(fmt, 0, G, I, w_ih, s_ih, x, gi)
     if lbr:
         qmatvec(fmt, 0, G, H, w_hh, s_hh, h, gh)
-        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_lbr(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
     else:
         qmatvec(fmt, 0, 2 * H, H, w_hh, s_hh, h, gh)
-        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2)
+        _gates_rz(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, rh, s2, False)
         qmatvec(fmt, 2 * H, H, H, w_hh, s_hh, rh, gh + 2 * H)
-        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2)
+        _gates_n(1, H, 0, H, 0, &one, gi, gh, b_ih, b_hh, h, h, h, H, s1, s2, False)
 
 
 cdef class QuantizedCellPlan:

@@ -250,7 +250,7 @@ def forward_into(x: np.ndarray, w: Weights, h: np.ndarray, lens: np.ndarray, rev
     w_hh_pp, w_hh_p = w.read_by(B, training)
     _kernels.forward(x, w.w_ih, w.w_ih_pp, w.w_hh, w_hh_pp, w_hh_p,
                      w.b_ih, w.b_hh, lens, reverse, lbr, y, y_col, h,
-                     gates, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
+                     gates, training, hprev, ghn, scratch[:3 * B * H].reshape(B, 3 * H),
                      scratch[3 * B * H:4 * B * H].reshape(B, H),
                      scratch[4 * B * H:].reshape(3 * B, H))
     if not training:
