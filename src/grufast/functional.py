@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 from grufast import _buffers
 from grufast._isa import L2_BYTES
 from grufast._isa import kernels as _kernels
-from grufast._layout import zero_padding
+from grufast._layout import full_lengths, zero_padding
 from grufast._validate import (
     blas_sized,
     describe,
@@ -221,7 +221,7 @@ def gru_forward(
     else:
         h = np.array(shaped("h0", real_array("h0", h0, dtype), (B, H), "(B, H)"), order="C")
     if lengths is None:
-        lens = np.full(B, T, dtype=np.intp)
+        lens = full_lengths(B, T)
     else:
         lens = lengths_array(lengths, B, T)
         if training:

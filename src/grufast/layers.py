@@ -17,7 +17,15 @@ from numpy.typing import ArrayLike, DTypeLike
 from grufast import _buffers
 from grufast._gates import GRUGates, gates_into
 from grufast._isa import kernels
-from grufast._layout import SequenceLayout, mask_array, step_input, unpack_steps, zero_padding
+from grufast._layout import (
+    SequenceLayout,
+    full_lengths,
+    layout_of,
+    mask_array,
+    step_input,
+    unpack_steps,
+    zero_padding,
+)
 from grufast._parameters import _Parameters
 from grufast._validate import (
     blas_sized,
@@ -296,7 +304,7 @@ class GRU(_Parameters):
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x must have input_size = {self.input_size} features in its "
                              f"last axis, got shape {x.shape}")
-        layout = SequenceLayout(self.batch_first, unbatched=x.ndim == 2)
+        layout = layout_of(self.batch_first, x.ndim == 2)
         unbatched = layout.unbatched
         x = layout.to_time_major(x)
         T, B, _ = x.shape
@@ -330,7 +338,7 @@ class GRU(_Parameters):
                                  f"and T = {T}; pass lengths, or set default_lengths = None")
             lengths = d
         if lengths is None:
-            lens = np.full(B, T, dtype=np.intp)
+            lens = full_lengths(B, T)
         else:
             lens = lengths_array(lengths, B, T)
         return x, h0, lens, layout, order
