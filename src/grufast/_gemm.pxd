@@ -302,8 +302,8 @@ cdef inline void packed_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
 
 cdef inline real* gemm_pack_buffer(Py_ssize_t K, const real* like) noexcept nogil:
     """A panel buffer for packed_gemm's products of inner size up to K (min(K, K_BLOCK) x
-    TILE_MAX reals; ``like`` only picks the dtype), to aligned_free() after; NULL if malloc fails,
-    and packed_gemm then reads W in place (the same bits)."""
+    TILE_MAX reals; ``like`` only picks the dtype), to aligned_free() after; NULL if malloc
+    fails, and packed_gemm then reads W in place (the same bits)."""
     return <real*>aligned_malloc(min(K, <Py_ssize_t>K_BLOCK) * TILE_MAX * sizeof(real))
 
 

@@ -17,30 +17,28 @@ from libc.string cimport memcpy, memset
 
 from grufast._types cimport real
 from grufast._blas cimport fill, gemm_rm
-from grufast._gemm cimport (PANEL, aligned_free, aligned_malloc, gemm_pack_buffer,
-                            pack_column_panels, pack_gemm_weights, pack_panels, packed_gemm,
-                            panel_gemv, panel_gemv_ex, panel_size, prepacked_gemm,
-                            prepacked_gemm_columns, small_gemm, small_gemm_tn)
+from grufast._gemm cimport (LINE_BYTES, PANEL, aligned_free, aligned_malloc,
+                            gemm_pack_buffer, pack_column_panels, pack_gemm_weights,
+                            pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
+                            prepacked_gemm, prepacked_gemm_columns, small_gemm, small_gemm_tn)
 from grufast._activations cimport exp_approx, sigmoid, tanh_approx
 from cython.parallel cimport parallel, prange
 
 cnp.import_array()
 
-# Where the kernels' arrays start: a cache line. NumPy's allocator gives 16 bytes, and an
-# array 16 bytes off a 32-byte boundary makes every other AVX2 load (every AVX-512 load)
-# straddle two lines: one sequence at H = 64 took 1.12-1.14x the time in the processes
-# (18 of 24) whose W_hh panels fell there (AVX2 build, one core).
-cdef enum:
-    ALIGN_BYTES = 64
-align_bytes = ALIGN_BYTES  # for grufast._buffers
+# Where the kernels' arrays start: a cache line (LINE_BYTES, _gemm.pxd). NumPy's allocator
+# gives 16 bytes, and an array 16 bytes off a 32-byte boundary makes every other AVX2 load
+# (every AVX-512 load) straddle two lines: one sequence at H = 64 took 1.13x the time in the
+# processes (18 of 24) whose W_hh panels fell there (AVX2 build, one core).
+align_bytes = LINE_BYTES  # for grufast._buffers
 
 
 def aligned_array(shape, dtype, cnp.ndarray buf=None):
     """An uninitialised C-contiguous array of ``shape`` and ``dtype`` whose data starts on
-    an ALIGN_BYTES boundary, in a new allocation ALIGN_BYTES larger, or in ``buf`` (1-D
+    a LINE_BYTES boundary, in a new allocation LINE_BYTES larger, or in ``buf`` (1-D
     uint8, the pool's: the array starts at its first boundary, and buf must hold it from
-    there). The array keeps its allocation alive (its base). About 0.3 us: from NumPy's
-    Python API (slice, view, reshape) it took 2 us, a tenth of a small call's overhead."""
+    there). The array keeps its allocation alive (its base). 0.16 us (np.empty: 0.11);
+    through NumPy's Python API (slice, view, reshape) it took 2 us."""
     cdef cnp.dtype descr = np.dtype(dtype)
     cdef cnp.npy_intp dims[32]
     cdef cnp.npy_intp size
@@ -54,13 +52,13 @@ def aligned_array(shape, dtype, cnp.ndarray buf=None):
             raise ValueError(f"negative dimension in shape {tuple(shape)}")
         nbytes *= dims[i]
     if buf is None:
-        size = nbytes + ALIGN_BYTES
+        size = nbytes + LINE_BYTES
         buf = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
     elif cnp.PyArray_TYPE(buf) != cnp.NPY_UINT8 or cnp.PyArray_NDIM(buf) != 1 or \
             not cnp.PyArray_IS_C_CONTIGUOUS(buf):
         raise ValueError("buf must be a contiguous 1-D uint8 array")
     cdef char* data = <char*>cnp.PyArray_DATA(buf)
-    cdef Py_ssize_t off = (ALIGN_BYTES - <size_t>data % ALIGN_BYTES) % ALIGN_BYTES
+    cdef Py_ssize_t off = (LINE_BYTES - <size_t>data % LINE_BYTES) % LINE_BYTES
     if off + nbytes > cnp.PyArray_SIZE(buf):
         raise ValueError(f"buf holds {cnp.PyArray_SIZE(buf)} bytes, {off + nbytes} needed")
     cdef cnp.ndarray out = cnp.PyArray_SimpleNewFromData(nd, dims, descr.type_num, data + off)
