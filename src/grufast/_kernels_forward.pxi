@@ -361,9 +361,9 @@ def forward(const real[:, :, ::1] x, const real[:, ::1] w_ih, const real[::1] w_
     if w_ih_pp.shape[0] != w_ih.shape[0] * w_ih.shape[1]:
         raise ValueError(f"w_ih_pp must hold {w_ih.shape[0] * w_ih.shape[1]} elements "
                          f"(W_ih^T packed), got {w_ih_pp.shape[0]}")
-    # The plan is made here, once, so that the copies checked are the copies it reads.
     if hprev is not None and not keep_gates:
         raise ValueError("training (hprev given) needs keep_gates: backward reads r, z, n")
+    # The plan is made here, once, so that the copies checked are the copies it reads.
     cdef ThreadPlan plan = plan_threads(d.B, d.H, hprev is not None)
     if w_hh_pp is None:
         if _reads_w_hh_pp(plan, d.B):
