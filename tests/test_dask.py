@@ -170,8 +170,48 @@ def test_tasks_cap_their_threads(client):
 
     for fut in client.map(probe, [limits] * 4, pure=False):
         budget, inside = fut.result()
-        assert budget == max(1, max(cores.values()) // 2)
-        assert inside and all(n == budget for n in inside)
+        assert budget == max(1, max(cores.values()) // 2), (budget, cores, limits)
+        assert inside and all(n == budget for n in inside), (budget, inside)
+
+
+_LATE_RUNTIME = """
+from threadpoolctl import threadpool_info
+import grufast.dask as gd
+
+def pools():
+    return [(lib["filepath"], lib["num_threads"]) for lib in threadpool_info()]
+
+with gd._ThreadBudget(1):  # a task running: the pools were found when it started
+    before = {path for path, _ in pools()}
+    import sklearn.ensemble  # loads scikit-learn's own OpenMP runtime (its wheels vendor one)
+    late = sorted({path for path, _ in pools()} - before)
+    with gd._ThreadBudget(1):  # a second task starts beside it
+        inside = pools()
+    between = pools()
+print(repr((late, inside, between, pools())))
+"""
+
+
+def test_a_runtime_loaded_while_tasks_run_is_capped_and_restored():
+    """An import while a task runs loads another OpenMP runtime: the next task caps it as
+    well (a budget that kept the pools it found first left it at one thread per core: the
+    cause of this module's once-failing test_tasks_cap_their_threads), and once the last
+    task leaves every pool has its own limit back."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", _LATE_RUNTIME], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    late, inside, between, after = ast.literal_eval(out.strip().splitlines()[-1])
+    assert late, "importing sklearn.ensemble loaded no new thread pool: nothing was tested"
+    assert set(late) <= {path for path, _ in inside}
+    assert inside and all(n == 1 for _, n in inside), inside
+    # The first task still runs: BLAS (process-wide) stays capped until it leaves.
+    assert all(n == 1 for path, n in between if "blas" in path), between
+    assert after and all(n == 2 for _, n in after), after
 
 
 def test_parallel_post_fit_on_2d(client):

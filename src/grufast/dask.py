@@ -12,6 +12,7 @@ threads each of them uses, never exceed that machine's cores.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from typing import Any
@@ -190,7 +191,7 @@ def _machine_cores() -> int:
 
 
 _limit_lock = threading.Lock()
-_limit_state: dict[str, Any] = {"active": 0, "blas": None, "controller": None}
+_limit_state: dict[str, Any] = {"active": 0, "blas": [], "controller": None, "modules": -1}
 
 
 class _ThreadBudget:
@@ -199,6 +200,11 @@ class _ThreadBudget:
     OpenMP's limit belongs to the calling thread, so each task sets and restores its own.
     BLAS's is process-wide, shared by tasks running side by side: the first to enter sets it,
     the last to leave restores what was there before.
+
+    The thread pools are found once (a ThreadpoolController: 2.4 ms to make) and found again
+    whenever ``sys.modules`` has changed size since: an import can load another OpenMP or
+    BLAS runtime (scikit-learn's vendored libgomp), which a stale controller would leave
+    uncapped, running as many threads as cores beside the task's.
     """
 
     def __init__(self, threads: int) -> None:
@@ -209,10 +215,14 @@ class _ThreadBudget:
 
         with _limit_lock:
             st = _limit_state
-            if st["controller"] is None:
+            fresh = st["controller"] is None or st["modules"] != len(sys.modules)
+            if fresh:
                 st["controller"] = ThreadpoolController()
-            if st["active"] == 0:
-                st["blas"] = st["controller"].limit(limits=self.threads, user_api="blas")
+                st["modules"] = len(sys.modules)
+            if st["active"] == 0 or fresh:
+                # Tasks running now keep the limits they set; a runtime found since gets
+                # capped too, and every limit set is undone, last first, when the last leaves.
+                st["blas"].append(st["controller"].limit(limits=self.threads, user_api="blas"))
             st["active"] += 1
             self._openmp = st["controller"].limit(limits=self.threads, user_api="openmp")
         return self
@@ -223,8 +233,8 @@ class _ThreadBudget:
             st = _limit_state
             st["active"] -= 1
             if st["active"] == 0:
-                st["blas"].restore_original_limits()
-                st["blas"] = None
+                while st["blas"]:
+                    st["blas"].pop().restore_original_limits()
 
 
 def task_threads(limits: dict[str, Any]) -> int:
