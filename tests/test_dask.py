@@ -194,9 +194,10 @@ print(repr((late, inside, between, pools())))
 
 def test_a_runtime_loaded_while_tasks_run_is_capped_and_restored():
     """An import while a task runs loads another OpenMP runtime: the next task caps it as
-    well (a budget that kept the pools it found first left it at one thread per core: the
-    cause of this module's once-failing test_tasks_cap_their_threads), and once the last
-    task leaves every pool has its own limit back."""
+    well (a budget that kept the pools it found first left it at one thread per core, which
+    fails test_tasks_cap_their_threads on a worker that loaded scikit-learn's runtime after
+    its first task: the likely cause of that test's one unexplained failure), and once the
+    last task leaves every pool has its own limit back."""
     import ast
     import os
     import subprocess
