@@ -2,10 +2,6 @@
 # units j0 <= j < j1 (all of them, or one thread's slice). Forward: the activations and the
 # new state; backward: the gates' gradients. The recurrent products around them live in the
 # forward and backward loops. See docs/design.md sections 1 (equations) and 4 (Kernels).
-#
-# The forward passes are bound by the latency of each unit's chain (sigmoid r, then tanh n
-# from it, then the state), not by their instruction count, so they sum a pre-activation as
-# (gi + gh) + (b_ih + b_hh): two additions deep instead of three.
 
 cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1
                              ) noexcept nogil:
@@ -13,6 +9,14 @@ cdef inline void _zero_units(real* g, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1
     cdef Py_ssize_t k
     for k in range(3):
         fill(g + k * H + j0, j1 - j0, <real>0)
+
+
+cdef inline real _preactivation(const real* g, const real* q, const real* b_ih,
+                                const real* b_hh, Py_ssize_t i) noexcept nogil:
+    """gi + gh + b_ih + b_hh at column i, summed as (gi + gh) + (b_ih + b_hh): two additions
+    deep instead of three. The forward passes are bound by the latency of each unit's chain
+    (sigmoid r, then tanh n from it, then the state), not by their instruction count."""
+    return (g[i] + q[i]) + (b_ih[i] + b_hh[i])
 
 
 cdef inline void _masked(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* y, real* g,
@@ -62,8 +66,8 @@ cdef inline void _lbr_row(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* g, c
     cdef Py_ssize_t j
     cdef real r, z, ez, n, hn, hp
     for j in range(j0, j1):
-        r = sigmoid((g[j] + q[j]) + (b_ih[j] + b_hh[j]))
-        ez = exp_approx(-((g[H + j] + q[H + j]) + (b_ih[H + j] + b_hh[H + j])))
+        r = sigmoid(_preactivation(g, q, b_ih, b_hh, j))
+        ez = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + j))
         z = <real>1 / (<real>1 + ez)
         hn = q[2 * H + j] + b_hh[2 * H + j]
         n = tanh_approx(g[2 * H + j] + b_ih[2 * H + j] + r * hn)
@@ -100,10 +104,10 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
             fill(rh + b * H + j0, j1 - j0, <real>0)
             continue
         for j in range(j0, j1):
-            r = sigmoid((g[j] + q[j]) + (b_ih[j] + b_hh[j]))
+            r = sigmoid(_preactivation(g, q, b_ih, b_hh, j))
             if keep:
                 g[j] = r
-            e = exp_approx(-((g[H + j] + q[H + j]) + (b_ih[H + j] + b_hh[H + j])))
+            e = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + j))
             g[H + j] = <real>1 / (<real>1 + e)
             ez[b * H + j] = e
             rh[b * H + j] = r * h[b * H + j]
@@ -128,7 +132,7 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_
             continue
         for j in range(j0, j1):
             z = g[H + j]
-            n = tanh_approx((g[2 * H + j] + q[2 * H + j]) + (b_ih[2 * H + j] + b_hh[2 * H + j]))
+            n = tanh_approx(_preactivation(g, q, b_ih, b_hh, 2 * H + j))
             hp = h[b * H + j]
             if keep:
                 g[2 * H + j] = n
