@@ -86,13 +86,23 @@ cdef inline real sigmoid(real x) noexcept nogil:
     return <real>1 / (<real>1 + exp_approx(-x))
 
 
+cdef inline real exp_neg2abs(real x) noexcept nogil:
+    """exp(-2|x|) <= 1, tanh's exponential (tanh_approx; the gate pass computes it apart)."""
+    # fabsf for float: the double version would promote the whole loop to double.
+    if real is float:
+        return exp_approx(<float>-2 * fabsf(x))
+    else:
+        return exp_approx(-2 * fabs(x))
+
+
+cdef inline real copysign_real(real v, real x) noexcept nogil:
+    if real is float:
+        return copysignf(v, x)
+    else:
+        return copysign(v, x)
+
+
 cdef inline real tanh_approx(real x) noexcept nogil:
     # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow, exact +-1 in the tails.
-    # fabsf/copysignf for float: the double versions would promote the whole loop to double.
-    cdef real e
-    if real is float:
-        e = exp_approx(<float>-2 * fabsf(x))
-        return copysignf((<real>1 - e) / (<real>1 + e), x)
-    else:
-        e = exp_approx(-2 * fabs(x))
-        return copysign((<real>1 - e) / (<real>1 + e), x)
+    cdef real e = exp_neg2abs(x)
+    return copysign_real((<real>1 - e) / (<real>1 + e), x)
