@@ -131,7 +131,7 @@ class _QuantizedParameters:
             else:
                 store[name] = np.zeros(shape, _F32)
         self._store = store
-        self._rebuild()
+        self._store_changed()
 
     def _quantize_from(self, params: dict[str, np.ndarray]) -> None:
         """Fill the store from a float32 state dict (names as in _shapes)."""
@@ -143,9 +143,21 @@ class _QuantizedParameters:
                 self._store[name], self._store[name + SCALE_SUFFIX] = quantize_int8(w, name)
             else:
                 self._store[name] = to_bf16(w)
-        self._rebuild()
+        self._store_changed()
 
     # -- caches: the kernel plans built from the store ------------------------------------
+    def _store_changed(self) -> None:
+        """Move every stored array that does not start on a cache line to one that does,
+        then rebuild: the kernels read the narrow weights in place, and NumPy's allocator
+        (as unpickling's) gives 16 bytes, where a load off a line's boundary straddles two
+        lines (the float kernels' copies are aligned for the same reason)."""
+        for name, a in self._store.items():
+            if a.ctypes.data % _buffers.ALIGN_BYTES:
+                b = _buffers.aligned(a.shape, a.dtype)
+                b[...] = a
+                self._store[name] = b
+        self._rebuild()
+
     def _rebuild(self) -> None:
         """Build what is derived from the store; called whenever the store changes."""
 
@@ -154,7 +166,7 @@ class _QuantizedParameters:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._rebuild()
+        self._store_changed()
 
     # -- the float32 view, transient -----------------------------------------------------
     def _dequantize(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -252,7 +264,7 @@ class _QuantizedParameters:
                 raise ValueError(f"state_dict[{name!r}] must hold positive finite scales")
             converted[name] = np.array(value, order="C")
         self._store.update(converted)  # all checked before anything changes
-        self._rebuild()
+        self._store_changed()
 
     @property
     def nbytes(self) -> int:
