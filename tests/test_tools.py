@@ -1,0 +1,33 @@
+"""tools/tile_rate.c, the C micro-benchmark that measures the register tiles against the
+core's FMA rate: it compiles against the installed _tiles.h (so a change to the tiles'
+interface cannot leave it behind) and, where the CPU runs AVX2, prints both rates; bad
+arguments are refused. No timing is asserted."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import grufast
+from grufast import _isa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tile_rate_builds_and_runs(tmp_path):
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "a C compiler (the one that builds the kernels) is needed"
+    exe = tmp_path / "tile_rate"
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-mavx2", "-mfma",
+                    "-I", os.path.dirname(grufast.__file__),
+                    os.path.join(ROOT, "tools", "tile_rate.c"), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    features = _isa.cpu_features()
+    if not (features.get("AVX2") and features.get("FMA3")):
+        return  # built; this CPU cannot run its AVX2 instructions
+    out = subprocess.run([str(exe), "16", "48", "8", "0.01"], check=True,
+                         capture_output=True, text=True).stdout
+    rates = re.findall(r"([0-9.]+) GFLOP/s", out)
+    assert len(rates) == 2 and all(float(r) > 0 for r in rates), out
+    bad = subprocess.run([str(exe), "15", "48", "8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "multiple of 4" in bad.stderr
