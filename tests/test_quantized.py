@@ -228,8 +228,9 @@ def test_pickle_and_deepcopy(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_stored_arrays_start_on_a_cache_line(fmt):
     """The kernels read the narrow weights in place: every stored array starts on a cache
-    line however it came (quantized, loaded from a state dict of unaligned arrays,
-    unpickled), and stays equal to what was stored."""
+    line however it came (quantized, loaded from a state dict, unpickled or deep-copied,
+    restored from a state whose arrays lie 16 bytes past a line), and stays equal to what
+    was stored."""
     def aligned(m):
         return all(a.ctypes.data % 64 == 0 for a in m._store.values())
 
@@ -247,7 +248,14 @@ def test_stored_arrays_start_on_a_cache_line(fmt):
         m.load_state_dict({k: off_a_line(v) for k, v in sd.items()})
         assert aligned(m)
         assert all(np.array_equal(m.state_dict()[k], v) for k, v in sd.items())
-        assert aligned(pickle.loads(pickle.dumps(m)))
+        assert aligned(pickle.loads(pickle.dumps(m))) and aligned(copy.deepcopy(m))
+        # __setstate__ takes the arrays as given (load_state_dict copies them first)
+        state = m.__getstate__()
+        state["_store"] = {k: off_a_line(v) for k, v in state["_store"].items()}
+        restored = type(m).__new__(type(m))
+        restored.__setstate__(state)
+        assert aligned(restored)
+        assert all(np.array_equal(restored.state_dict()[k], v) for k, v in sd.items())
 
 
 def test_load_state_dict_is_strict():

@@ -57,8 +57,9 @@ cdef void _gates_lbr(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, P
 
 
 cdef enum:
-    # Units per block of _lbr_row's three loops: their scratch, 4 x 64 reals on the stack.
-    # 32 and 128 measured the same (B = 16, H = 128, both builds).
+    # Units per block of the forward gate passes' split loops (_lbr_row's three, two in
+    # _gates_rz and _gates_n): their scratch, at most 4 x 64 reals on the stack. 32 and 128
+    # measured the same (B = 16, H = 128, both builds).
     GATE_BLOCK = 64
 
 
