@@ -95,14 +95,14 @@ cdef inline real exp_neg2abs(real x) noexcept nogil:
         return exp_approx(-2 * fabs(x))
 
 
-cdef inline real copysign_real(real v, real x) noexcept nogil:
+cdef inline real tanh_from_exp(real e, real x) noexcept nogil:
+    """tanh(x) from e = exp_neg2abs(x): tanh|x| = (1 - e) / (1 + e) with e <= 1, so no
+    overflow and exact +-1 in the tails; the sign restored from x."""
     if real is float:
-        return copysignf(v, x)
+        return copysignf((<real>1 - e) / (<real>1 + e), x)
     else:
-        return copysign(v, x)
+        return copysign((<real>1 - e) / (<real>1 + e), x)
 
 
 cdef inline real tanh_approx(real x) noexcept nogil:
-    # tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow, exact +-1 in the tails.
-    cdef real e = exp_neg2abs(x)
-    return copysign_real((<real>1 - e) / (<real>1 + e), x)
+    return tanh_from_exp(exp_neg2abs(x), x)
