@@ -30,11 +30,19 @@ def test_activation_error_bound(dtype, build):
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_activation_special_values(dtype, build):
-    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype)
+@pytest.mark.parametrize("at", [0, 16, 59], ids=["head", "vector-body", "tail"])
+def test_activation_special_values(dtype, build, at):
+    # Placed inside a longer array too: the vectorised loop body (whose clamps are max/min
+    # instructions with their own NaN rule) and the scalar remainder are separate code.
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e6, -1e6], dtype)
+    x = np.full(67, 0.25, dtype)
+    x[at:at + specials.size] = specials
     sig, tanh = np.empty_like(x), np.empty_like(x)
     build.activations(x, sig, tanh)
-    assert np.isnan(sig[0]) and np.isnan(tanh[0])
-    assert sig[1] == 1 and 0 <= sig[2] < 1e-37 and sig[3] == 0.5
-    np.testing.assert_array_equal(tanh[1:], [1, -1, 0, 0])
-    assert np.signbit(tanh[4])
+    s, t = sig[at:at + specials.size], tanh[at:at + specials.size]
+    assert np.isnan(s[0]) and np.isnan(t[0])
+    assert s[1] == 1 and 0 <= s[2] < 1e-37 and s[3] == 0.5 and s[5] == 1 and 0 <= s[6] < 1e-37
+    np.testing.assert_array_equal(t[1:], [1, -1, 0, 0, 1, -1])
+    assert np.signbit(t[4])
+    rest = np.delete(np.arange(x.size), np.arange(at, at + specials.size))
+    assert np.all(sig[rest] == sig[rest][0]) and np.all(tanh[rest] == tanh[rest][0])

@@ -82,23 +82,24 @@ cdef inline void _lbr_row(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, real* g, c
     41.6-42.1 -> 39.8-41.4 us; T = 1000, H = 32 0.207-0.212 -> 0.180-0.186 ms /
     0.141-0.147 -> 0.135-0.139 ms; larger shapes within noise."""
     cdef Py_ssize_t jb = j0, j, k, m
-    cdef real r, z, a, n, hn, hp
+    cdef real r, z, a, n, hn, hp, lo, hi
     cdef real er[GATE_BLOCK]
     cdef real ez[GATE_BLOCK]
     cdef real an[GATE_BLOCK]
     cdef real en[GATE_BLOCK]
+    exp_limits(&lo, &hi)
     while jb < j1:  # blocks of units: the three loops' scratch stays in L1
         m = min(<Py_ssize_t>GATE_BLOCK, j1 - jb)
         for k in range(m):
-            er[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, jb + k))
-            ez[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + jb + k))
+            er[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, jb + k), lo, hi)
+            ez[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + jb + k), lo, hi)
         for k in range(m):
             j = jb + k
             r = <real>1 / (<real>1 + er[k])
             hn = q[2 * H + j] + b_hh[2 * H + j]
             a = g[2 * H + j] + b_ih[2 * H + j] + r * hn
             an[k] = a
-            en[k] = exp_neg2abs(a)
+            en[k] = exp_neg2abs(a, lo)
             if keep:
                 g[j] = r
                 ghn[j] = hn
@@ -130,11 +131,12 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
     reason (with _gates_n's two: T = 1000, H = 32 0.93-0.94x the time on both builds,
     B = 16, H = 128 0.98-0.99x; same bits)."""
     cdef Py_ssize_t b, j, jb, k, m, G = 3 * H
-    cdef real r, e
+    cdef real r, e, lo, hi
     cdef real* g
     cdef const real* q
     cdef real er[GATE_BLOCK]
     cdef real ezb[GATE_BLOCK]
+    exp_limits(&lo, &hi)
     for b in range(B):
         g = gi + b * G
         q = gh + b * G
@@ -145,8 +147,8 @@ cdef void _gates_rz(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
         while jb < j1:  # the exps, then the rest: two loops, as _lbr_row's three
             m = min(<Py_ssize_t>GATE_BLOCK, j1 - jb)
             for k in range(m):
-                er[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, jb + k))
-                ezb[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + jb + k))
+                er[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, jb + k), lo, hi)
+                ezb[k] = exp_approx(-_preactivation(g, q, b_ih, b_hh, H + jb + k), lo, hi)
             for k in range(m):
                 j = jb + k
                 r = <real>1 / (<real>1 + er[k])
@@ -167,11 +169,12 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_
     n = tanh(gi_n + b_in + (r*h) W_hn^T + b_hn); the new state goes to h_out; n into gi and
     h into hprev where ``keep``."""
     cdef Py_ssize_t b, j, jb, k, m, G = 3 * H
-    cdef real z, a, n, hp
+    cdef real z, a, n, hp, lo, hi
     cdef real* g
     cdef const real* q
     cdef real an[GATE_BLOCK]
     cdef real en[GATE_BLOCK]
+    exp_limits(&lo, &hi)
     for b in range(B):
         g = gi + b * G
         q = gh + b * G
@@ -184,7 +187,7 @@ cdef void _gates_n(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py_
             for k in range(m):
                 a = _preactivation(g, q, b_ih, b_hh, 2 * H + jb + k)
                 an[k] = a
-                en[k] = exp_neg2abs(a)
+                en[k] = exp_neg2abs(a, lo)
             for k in range(m):
                 j = jb + k
                 z = g[H + j]
@@ -275,7 +278,9 @@ cdef void _dgates_r(Py_ssize_t B, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, Py
 def activations(const real[::1] x, real[::1] sig, real[::1] tanh):
     """Apply the kernels' sigmoid and tanh elementwise (exposed to test their error bound)."""
     cdef Py_ssize_t i
+    cdef real lo, hi
     with nogil:
+        exp_limits(&lo, &hi)
         for i in range(x.shape[0]):
-            sig[i] = sigmoid(x[i])
-            tanh[i] = tanh_approx(x[i])
+            sig[i] = sigmoid(x[i], lo, hi)
+            tanh[i] = tanh_approx(x[i], lo)

@@ -21,7 +21,7 @@ from grufast._gemm cimport (LINE_BYTES, PANEL, aligned_free, aligned_malloc,
                             gemm_pack_buffer, pack_column_panels, pack_gemm_weights,
                             pack_panels, packed_gemm, panel_gemv, panel_gemv_ex, panel_size,
                             prepacked_gemm, prepacked_gemm_columns, small_gemm, small_gemm_tn)
-from grufast._activations cimport (exp_approx, exp_neg2abs, sigmoid, tanh_approx,
+from grufast._activations cimport (exp_approx, exp_limits, exp_neg2abs, sigmoid, tanh_approx,
                                    tanh_from_exp)
 from cython.parallel cimport parallel, prange
 
