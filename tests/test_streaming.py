@@ -171,3 +171,43 @@ def test_cell_bad_forms_raise():
         model.step(np.zeros(I, np.float32), np.zeros((2, 1, H), np.float32))
     with pytest.raises(ValueError, match="h"):
         model.step(np.zeros((1, I), np.float32), np.zeros((1, 1, H), np.float32))
+
+
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """a's values in a C-contiguous array that starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("form", ["byte-swapped", "unaligned"])
+def test_streaming_reads_only_native_arrays_in_place(form):
+    """The fast paths read x and h in place; an array of the right dtype but in the other
+    byte order ('>f4' has '<f4''s type number) or unaligned must give the same numbers, not
+    the raw bytes read as native floats."""
+    def odd(a):
+        return a.astype(a.dtype.newbyteorder()) if form == "byte-swapped" else _unaligned(a)
+
+    rng = np.random.default_rng(11)
+    cell = grufast.GRUCell(I, H, seed=12)
+    model = grufast.GRU(I, H, num_layers=2, seed=13).eval()
+    qcell = cell.quantized("int8")
+    for B in (None, 1, 3):
+        lead = () if B is None else (B,)
+        x = rng.standard_normal(lead + (I,)).astype(np.float32)
+        h = rng.standard_normal(lead + (H,)).astype(np.float32)
+        hs = rng.standard_normal((2,) + lead + (H,)).astype(np.float32)
+        want = cell(x, h)
+        np.testing.assert_array_equal(cell(odd(x), h), want)
+        np.testing.assert_array_equal(cell(x, odd(h)), want)
+        y, h_new = model.step(x, hs)
+        for args in ((odd(x), hs), (x, odd(hs))):
+            got_y, got_h = model.step(*args)
+            np.testing.assert_array_equal(got_y, y)
+            np.testing.assert_array_equal(got_h, h_new)
+        if B is None:
+            want_q = qcell(x, h)
+            np.testing.assert_allclose(qcell(odd(x), h), want_q, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(qcell(x, odd(h)), want_q, rtol=0, atol=1e-6)

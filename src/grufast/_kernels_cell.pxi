@@ -72,11 +72,21 @@ cdef inline size_t _reals_bytes(Py_ssize_t B, Py_ssize_t H, size_t size) noexcep
     return (9 * B * H * size + 7) // 8 * 8
 
 
-cdef inline bint _is_rows(object a, int typenum, int ndim, Py_ssize_t B, Py_ssize_t n):
-    """a is an exact ndarray of this dtype, C-contiguous, shaped (n,) (ndim 1) or (B, n)."""
-    if not (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+cdef inline bint _is_plain(object a, int typenum, int ndim):
+    """a is an exact ndarray of this dtype and ndim that the kernels can read in place:
+    C-contiguous, aligned and in native byte order (the type number alone does not say
+    the order: '>f4' and '<f4' share NPY_FLOAT32, and read in place '>f4' gave wrong
+    numbers)."""
+    return (cnp.PyArray_CheckExact(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
             and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef inline bint _is_rows(object a, int typenum, int ndim, Py_ssize_t B, Py_ssize_t n):
+    """a is _is_plain, shaped (n,) (ndim 1) or (B, n)."""
+    if not (_is_plain(a, typenum, ndim)
             and cnp.PyArray_DIM(<cnp.ndarray>a, ndim - 1) == n):
         return False
     return ndim == 1 or cnp.PyArray_DIM(<cnp.ndarray>a, 0) == B
@@ -248,10 +258,7 @@ def stack_step(list plans, x, h):
     if ndim == 1:
         dims[1] = H
     if h is not None:
-        if not (cnp.PyArray_CheckExact(h)
-                and cnp.PyArray_TYPE(<cnp.ndarray>h) == first.typenum
-                and cnp.PyArray_NDIM(<cnp.ndarray>h) == ndim + 1
-                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>h)):
+        if not _is_plain(h, first.typenum, ndim + 1):
             return None
         for k in range(ndim + 1):
             if cnp.PyArray_DIM(<cnp.ndarray>h, k) != dims[k]:
