@@ -154,3 +154,32 @@ def test_gru_pickles_after_streaming_steps():
     y, h = gru.step(x[0])
     for clone in (pickle.loads(pickle.dumps(gru)), copy.deepcopy(gru)):
         np.testing.assert_array_equal(clone.step(x[1], h)[0], gru.step(x[1], h)[0])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (grufast.GRU(3, 6, seed=2).eval(), x_batch()),
+    lambda: (grufast.GRUCell(3, 6, seed=2), x_batch()[0]),
+    lambda: (grufast.Linear(3, 6, seed=2), x_batch()[0]),
+    lambda: (grufast.GRU(3, 6, seed=2).quantized("int8"), x_batch()),
+    lambda: (grufast.GRUCell(3, 6, seed=2).quantized("bf16"), x_batch()[0]),
+], ids=["GRU", "GRUCell", "Linear", "QuantizedGRU", "QuantizedGRUCell"])
+def test_copy_copy_is_independent(make):
+    """copy.copy gives an independent model: new weights loaded into the copy change the
+    copy's results only. (A shallow copy shared the parameter arrays, not the weights
+    prepared from them: the original then computed with neither the old weights nor the
+    new.)"""
+    def out(m):
+        r = m(x)
+        return r[0] if isinstance(r, tuple) else r
+
+    model, x = make()
+    before = out(model)  # prepares the kernels' weights, which the copy must not share
+    other = copy.copy(model)
+    new = {k: (v * 0.5).astype(v.dtype) if v.dtype.kind == "f" else v
+           for k, v in model.state_dict().items()}
+    other.load_state_dict(new)
+    fresh = copy.deepcopy(model)
+    fresh.load_state_dict(new)
+    np.testing.assert_array_equal(out(model), before)
+    np.testing.assert_array_equal(out(other), out(fresh))
+    assert not np.array_equal(out(other), before)

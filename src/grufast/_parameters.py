@@ -4,6 +4,7 @@ the kernels (transposed copies), rebuilt whenever the parameters change."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,13 @@ class _Parameters:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._weights_changed()
+
+    def __copy__(self) -> _Parameters:
+        # A shallow copy would share the parameter arrays (load_state_dict and the
+        # optimisers write into them in place) but not the weights prepared from them, so
+        # an update through one object left the other computing with neither the old
+        # weights nor the new. copy.copy gives an independent model, as copy.deepcopy.
+        return copy.deepcopy(self)
 
     def zero_grad(self) -> None:
         """Reset the accumulated parameter gradients to zero."""

@@ -17,6 +17,7 @@ float32 copy of the weights is ever kept, so the memory saving holds.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,11 @@ class _QuantizedParameters:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._store_changed()
+
+    def __copy__(self) -> _QuantizedParameters:
+        # Independent, as _Parameters.__copy__ says why: a shallow copy would share the
+        # stored arrays' dict (load_state_dict updates it) but not the plans built from it.
+        return copy.deepcopy(self)
 
     # -- the float32 view, transient -----------------------------------------------------
     def _dequantize(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
