@@ -67,6 +67,20 @@ def test_clip_grad_norm_errors_and_nonfinite():
     assert optim.clip_grad_norm([lin], 1.0) == np.inf
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")])
+@pytest.mark.parametrize("nan_first", [True, False])
+def test_clip_grad_norm_sees_a_nan_in_any_module(norm_type, nan_first):
+    """A NaN gradient makes the total NaN whatever the modules' order (Python's max over
+    floats dropped it when it came after a larger finite norm), as torch's does."""
+    a, b = grufast.Linear(2, 2), grufast.Linear(2, 2)
+    a.grads["weight"][:] = 5
+    b.grads["weight"][0, 0] = np.nan
+    mods = [b, a] if nan_first else [a, b]
+    with pytest.raises(RuntimeError, match="non-finite"):
+        optim.clip_grad_norm(mods, 1.0, norm_type, error_if_nonfinite=True)
+    assert np.isnan(optim.clip_grad_norm(mods, 1.0, norm_type))
+
+
 @pytest.mark.parametrize("make, match, exc", [
     (lambda m: optim.Adam([]), "at least one module", ValueError),
     (lambda m: optim.Adam([m, m]), "must not repeat a module", ValueError),
@@ -150,6 +164,67 @@ def test_load_state_dict_checks():
         optim.Adam([grufast.Linear(2, 2)]).load_state_dict(sd)
     with pytest.raises(TypeError, match="state_dict must be a dict"):
         opt.load_state_dict([1])
+
+
+def _edited(sd, **entry_changes):
+    """sd with the first module's 'weight' entry changed (None removes a key)."""
+    sd = copy.deepcopy(sd)
+    entry = sd["state"][0]["weight"]
+    for k, v in entry_changes.items():
+        if v is None:
+            entry.pop(k)
+        else:
+            entry[k] = v
+    return sd
+
+
+def test_load_state_dict_refuses_buffers_it_would_ignore_or_miss():
+    """Nothing accepted and ignored: a misspelt buffer, a stepped parameter without the
+    moments its next step reads, or a buffer that is not an array of the parameter's shape
+    is refused by name (each used to load, then be ignored, restart at zero under the old
+    step count, or fail inside step())."""
+    lin = grufast.Linear(2, 3)
+    adam = optim.Adam([lin])
+    lin.grads["weight"][...] = 1
+    adam.step()
+    sd = adam.state_dict()
+    avg = sd["state"][0]["weight"]["exp_avg"]
+    for bad, match in ((_edited(sd, exp_avgg=avg), r"unexpected \['exp_avgg'\]"),
+                       (_edited(sd, exp_avg=None), r"missing \['exp_avg'\]"),
+                       (_edited(sd, exp_avg=avg.tolist()[0]), r"\['exp_avg'\] must have")):
+        with pytest.raises(ValueError, match=match):
+            optim.Adam([grufast.Linear(2, 3)]).load_state_dict(bad)
+    amsgrad = copy.deepcopy(sd)
+    amsgrad["hyperparameters"]["amsgrad"] = True
+    with pytest.raises(ValueError, match=r"missing \['max_exp_avg_sq'\]"):
+        optim.Adam([grufast.Linear(2, 3)], amsgrad=True).load_state_dict(amsgrad)
+    # A parameter that has not stepped needs no buffers.
+    optim.Adam([grufast.Linear(2, 3)]).load_state_dict(_edited(sd, step=0, exp_avg=None,
+                                                                exp_avg_sq=None))
+    sgd = optim.SGD([lin], momentum=0.9)
+    sgd.step()
+    sd = sgd.state_dict()
+    with pytest.raises(ValueError, match=r"\['momentum_buffer'\] must have shape"):
+        optim.SGD([grufast.Linear(2, 3)], momentum=0.9).load_state_dict(
+            _edited(sd, momentum_buffer=[[1.0, 2.0]]))
+    with pytest.raises(TypeError, match=r"\['momentum_buffer'\]"):
+        optim.SGD([grufast.Linear(2, 3)], momentum=0.9).load_state_dict(
+            _edited(sd, momentum_buffer="fast"))
+    loaded = optim.SGD([grufast.Linear(2, 3)], momentum=0.9)
+    loaded.load_state_dict(sd)
+    buf = loaded.state[0]["weight"]["momentum_buffer"]
+    assert not np.shares_memory(buf, sd["state"][0]["weight"]["momentum_buffer"])
+
+
+def test_amsgrad_switched_on_mid_training_starts_its_maximum():
+    lin = grufast.Linear(2, 3, seed=0)
+    opt = optim.Adam([lin])
+    lin.grads["weight"][...] = 1
+    opt.step()
+    opt.amsgrad = True
+    opt.step()  # used to raise KeyError: 'max_exp_avg_sq'
+    st = opt.state[0]["weight"]
+    np.testing.assert_array_equal(st["max_exp_avg_sq"], st["exp_avg_sq"])
 
 
 def test_hyperparameters_settable_and_checked():

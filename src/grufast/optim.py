@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from grufast._parameters import _Parameters
-from grufast._validate import describe, flag
+from grufast._validate import describe, flag, real_array
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm"]
 
@@ -107,6 +107,11 @@ class Optimizer:
     def _update(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def _buffers(self, hp: dict[str, Any]) -> tuple[set[str], set[str]]:
+        """The per-parameter buffers: those a parameter that has taken a step needs under
+        hyper-parameters ``hp``, and all those it may hold (load_state_dict's check)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     # -- resuming ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The hyper-parameters and a copy of the per-parameter state (step counts and
@@ -138,8 +143,12 @@ class Optimizer:
         if not isinstance(saved, (list, tuple)) or len(saved) != len(self.modules):
             raise ValueError(f"state_dict holds state for {describe(saved)}, expected a list "
                              f"for {len(self.modules)} modules")
+        required, allowed = self._buffers(hp)
         new: list[dict[str, dict[str, Any]]] = []
         for i, (m, st) in enumerate(zip(self.modules, saved)):
+            if not isinstance(st, dict):
+                raise TypeError(f"state_dict['state'][{i}] must be a dict of parameter "
+                                f"names, got {describe(st)}")
             unknown = sorted(set(st) - set(m._params))
             if unknown:
                 raise ValueError(f"state_dict['state'][{i}] has parameters {unknown} that "
@@ -147,18 +156,29 @@ class Optimizer:
             mod_state = {}
             for name, entry in st.items():
                 p = m._params[name]
-                copy = {}
+                where = f"state_dict['state'][{i}][{name!r}]"
+                if not isinstance(entry, dict):
+                    raise TypeError(f"{where} must be a dict, got {describe(entry)}")
                 step = entry.get("step")
                 if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-                    raise ValueError(f"state_dict['state'][{i}][{name!r}]['step'] must be a "
-                                     f"non-negative int, got {describe(step)}")
-                for k, v in entry.items():
-                    if isinstance(v, np.ndarray) or hasattr(v, "shape") and v.shape != ():
-                        v = np.array(v, dtype=p.dtype)
-                        if v.shape != p.shape:
-                            raise ValueError(f"state_dict['state'][{i}][{name!r}][{k!r}] must "
-                                             f"have shape {p.shape}, got {v.shape}")
-                    copy[k] = v
+                    raise ValueError(f"{where}['step'] must be a non-negative int, got "
+                                     f"{describe(step)}")
+                # Nothing accepted and ignored: an unknown buffer is refused, and so is a
+                # stepped parameter without one its next step reads (the moments would
+                # restart at zero under the old step count's bias correction).
+                extra = sorted(set(entry) - {"step"} - allowed)
+                missing = sorted(required - set(entry)) if step > 0 else []
+                if extra or missing:
+                    raise ValueError(f"{where} does not match {type(self).__name__}'s state "
+                                     f"under these hyper-parameters: unexpected {extra}, "
+                                     f"missing {missing}")
+                copy = {"step": int(step)}
+                for k in sorted(set(entry) - {"step"}):
+                    v = real_array(f"{where}[{k!r}]", entry[k], p.dtype)
+                    if v.shape != p.shape:
+                        raise ValueError(f"{where}[{k!r}] must have shape {p.shape}, got "
+                                         f"{v.shape}")
+                    copy[k] = np.array(v, dtype=p.dtype)  # owned, never the caller's array
                 mod_state[name] = copy
             new.append(mod_state)
         self.defaults.update(hp)
@@ -190,6 +210,11 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov needs momentum > 0 and dampening = 0, got momentum "
                              f"{hp['momentum']} and dampening {hp['dampening']}")
         return hp
+
+    def _buffers(self, hp):
+        # The buffer starts at the first step with momentum (b = g), so it may be absent;
+        # one kept from steps with momentum is carried (it serves again if momentum does).
+        return set(), {"momentum_buffer"}
 
     def _update(self, p, g, st):
         hp = self.defaults
@@ -238,6 +263,12 @@ class Adam(Optimizer):
                     amsgrad=flag("amsgrad", hp["amsgrad"]),
                     maximize=flag("maximize", hp["maximize"]))
 
+    def _buffers(self, hp):
+        # max_exp_avg_sq may outlive amsgrad's switching off; it is carried, as the steps
+        # would carry it.
+        needed = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if hp["amsgrad"] else set())
+        return needed, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+
     def _update(self, p, g, st):
         hp = self.defaults
         lr, wd, (b1, b2) = hp["lr"], hp["weight_decay"], hp["betas"]
@@ -252,8 +283,10 @@ class Adam(Optimizer):
         if "exp_avg" not in st:
             st["exp_avg"] = np.zeros_like(p)
             st["exp_avg_sq"] = np.zeros_like(p)
-            if hp["amsgrad"]:
-                st["max_exp_avg_sq"] = np.zeros_like(p)
+        if hp["amsgrad"] and "max_exp_avg_sq" not in st:
+            # From the first step, or from the step at which amsgrad was switched on: the
+            # running maximum starts there (max(0, v) = v).
+            st["max_exp_avg_sq"] = np.zeros_like(p)
         st["step"] += 1
         t = st["step"]
         m, v = st["exp_avg"], st["exp_avg_sq"]
@@ -307,7 +340,9 @@ def clip_grad_norm(modules, max_norm: float, norm_type: float = 2.0, *,
     norm_type = float(norm_type)
     grads = [g for m in mods for g in m.grads.values()]
     if norm_type == math.inf:
-        total = max((float(np.abs(g).max()) if g.size else 0.0 for g in grads), default=0.0)
+        # np.max, not Python's max: a NaN is the result whichever module holds it (Python's
+        # max keeps its first argument when a comparison with NaN is false).
+        total = float(np.max([np.abs(g).max() if g.size else 0.0 for g in grads] or [0.0]))
     elif norm_type == 2.0:
         # Sums of squares in float64 (no overflow or loss from float32 gradients), by einsum:
         # BLAS's dot would wake its threads for this little work.
