@@ -319,3 +319,19 @@ def test_repeated_calls_do_not_grow_memory():
     gc.collect()
     growth = _rss_kib() - before
     assert growth < 2048, f"resident memory grew by {growth} KiB over 100 000 calls"
+
+
+@pytest.mark.parametrize("call", [
+    lambda v: grufast.GRUCell(1, 3)(v),
+    lambda v: grufast.GRUCell(1, 3).quantized("int8")(v),
+    lambda v: grufast.GRU(1, 3).eval().step(v),
+    lambda v: grufast.Linear(1, 2)(v),
+    lambda v: grufast.GRU(1, 3).eval()(v),
+], ids=["GRUCell", "QuantizedGRUCell", "GRU.step", "Linear", "GRU"])
+@pytest.mark.parametrize("value", [0.5, np.float32(0.5), np.array(0.5)],
+                         ids=["float", "np-scalar", "0-d"])
+def test_a_scalar_input_is_refused_with_its_shape(call, value):
+    """A 0-d x is not a one-element input (as torch refuses it): the error names shape ()
+    (np.ascontiguousarray had made it (1,), so a one-input model ran on it)."""
+    with pytest.raises(ValueError, match=r"got (0-D shape )?\(\)"):
+        call(value)

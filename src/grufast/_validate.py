@@ -62,6 +62,10 @@ def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
     never write into it).
     """
     arr = real_values(name, value)
+    if arr.ndim == 0:
+        # np.ascontiguousarray makes a 0-d value 1-d: a scalar x then passed as a one-element
+        # input, and a shape error reported (1,) where the caller gave ().
+        return np.asarray(arr, dtype=arr.dtype if dtype is None else dtype)
     return np.ascontiguousarray(arr, dtype=arr.dtype if dtype is None else dtype)
 
 
