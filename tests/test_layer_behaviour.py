@@ -351,3 +351,51 @@ def test_cli_self_check_runs_and_prints_its_table(monkeypatch, capsys):
     proc = subprocess.run([sys.executable, "-m", "grufast", "--help"], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "self-check" in proc.stdout.lower(), proc.stderr
+
+
+@pytest.mark.parametrize("form", ["time-major", "torch-tensor", "view"])
+def test_train_forward_keeps_a_private_copy_of_x(form):
+    """backward gives the gradients of the x the forward saw, even when the caller reuses
+    x's buffer in between (the tape used to keep the caller's array itself)."""
+    rng = np.random.default_rng(21)
+    base = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    gru, head = grufast.GRU(4, 5, seed=22).train(), grufast.Linear(4, 2, seed=23).train()
+
+    def grads(x):
+        gru.zero_grad()
+        head.zero_grad()
+        y, _ = gru(x)
+        out = head(x)
+        return y, out
+
+    y, out = grads(base.copy())
+    gru.backward(np.ones_like(y))
+    head.backward(np.ones_like(out))
+    want = {k: v.copy() for m in (gru, head) for k, v in m.grads.items()}
+    buf = base.copy()
+    x = {"time-major": buf, "torch-tensor": torch.from_numpy(buf),
+         "view": buf.reshape(18, 4).reshape(6, 3, 4)}[form]
+    y, out = grads(x)
+    buf *= 3  # the caller reuses its buffer before backward
+    gru.backward(np.ones_like(y))
+    head.backward(np.ones_like(out))
+    for m in (gru, head):
+        for k, v in m.grads.items():
+            np.testing.assert_array_equal(v, want[k], err_msg=k)
+
+
+@pytest.mark.parametrize("change", ["optimiser step", "load_state_dict"])
+@pytest.mark.parametrize("layer", ["GRU", "Linear"])
+def test_backward_refuses_weights_changed_since_the_forward(change, layer):
+    model = (grufast.GRU(4, 5, seed=24) if layer == "GRU" else grufast.Linear(4, 5)).train()
+    x = np.ones((3, 2, 4), np.float32)
+    out = model(x)
+    y = out[0] if layer == "GRU" else out
+    if change == "optimiser step":
+        grufast.optim.SGD([model], lr=0.1).step()
+    else:
+        model.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="weights changed between the train-mode forward"):
+        model.backward(np.ones_like(y))
+    out = model(x)  # a new forward, then backward: fine
+    model.backward(np.ones_like(out[0] if layer == "GRU" else out))

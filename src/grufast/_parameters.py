@@ -62,8 +62,20 @@ class _Parameters:
                                 hidden_size=self.hidden_size)
 
     def _weights_changed(self) -> None:
-        """Drop what was prepared from the old weights (transposed copies, plans)."""
+        """Drop what was prepared from the old weights (transposed copies, plans), and count
+        the change: a train-mode forward records the count, and backward refuses to run
+        through weights changed since (an optimiser step or load_state_dict in between
+        would otherwise give the gradient of neither the old weights nor the new)."""
         self._prepared.clear()
+        self._weights_version = self.__dict__.get("_weights_version", 0) + 1
+
+    def _check_weights_since(self, version: int) -> None:
+        """Raise if the weights changed after the train-mode forward that saw ``version``."""
+        if self.__dict__.get("_weights_version", 0) != version:
+            raise ValueError("the weights changed between the train-mode forward and "
+                             "backward (an optimiser step or load_state_dict in between): "
+                             "backward would mix the two; run the forward again, then "
+                             "backward, then step")
 
     # Pickle and deepcopy carry the parameters, gradients, mode and random state. What is
     # derived from the weights (prepared copies, the cell's and step's plans) is rebuilt on

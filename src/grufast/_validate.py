@@ -69,6 +69,13 @@ def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=arr.dtype if dtype is None else dtype)
 
 
+def private_copy(arr: np.ndarray, given) -> np.ndarray:
+    """``arr`` (converted from the caller's ``given``), or a copy of it when it may be the
+    caller's memory: ``given`` itself, or a view (of a caller's array, a torch tensor...).
+    For what a train-mode forward keeps until backward."""
+    return arr.copy() if arr is given or not arr.flags.owndata else arr
+
+
 def weight_dtype(name: str, value) -> np.dtype:
     """The dtype a weight array fixes for a computation: float32 or float64."""
     arr = value if isinstance(value, np.ndarray) else real_array(name, value)

@@ -197,7 +197,12 @@ def gru_forward(
         True: n = tanh(gi_n + r * (h W_hn^T + b_hn)) (PyTorch, cuDNN); False: the original
         n = tanh(gi_n + (r * h) W_hn^T + b_hn).
     training : bool
-        Keep what :func:`gru_backward` needs and return it as the cache.
+        Keep what :func:`gru_backward` needs and return it as the cache. The cache refers
+        to ``x`` and the weights where they are already C-contiguous arrays of the compute
+        dtype (no copy): change them before :func:`gru_backward` and it computes the
+        gradient of neither the old values nor the new. (The layers, ``GRU`` and
+        ``Linear``, copy their input for the tape and refuse a backward after their
+        weights changed.)
 
     Returns
     -------

@@ -34,6 +34,7 @@ from grufast._validate import (
     lengths_array,
     model_dtype,
     positive_int,
+    private_copy,
     real_array,
     real_values,
     shaped,
@@ -282,9 +283,13 @@ class GRU(_Parameters):
         y : ndarray, shape (T, B, D * hidden_size) (batch_first and unbatched as x)
         h_n : ndarray, shape (num_layers * D, B, hidden_size) (unbatched as h0)
         """
+        given = x
         x, h0, lens, layout, order = self._sequence_inputs(x, h0, lengths, mask)
         if self.training:
             x = zero_padding(x, lens)
+            # The tape keeps x until backward: never the caller's memory, which the caller
+            # may reuse in between (the gradients changed with it).
+            x = private_copy(x, given)
         y, h_n = self._forward(x, h0, lens, layout)
         if order is not None:
             y = unpack_steps(y, order)
@@ -367,7 +372,8 @@ class GRU(_Parameters):
             masks.append(mask)
             inp = out
         if self.training:
-            self._tape = dict(caches=caches, masks=masks, shape=(T, B), layout=layout)
+            self._tape = dict(caches=caches, masks=masks, shape=(T, B), layout=layout,
+                              weights_version=self.__dict__.get("_weights_version", 0))
         return inp, h_n
 
     # -- backward -----------------------------------------------------------------------
@@ -392,6 +398,7 @@ class GRU(_Parameters):
             raise ValueError("backward needs a forward in train mode first (call train(), "
                              "then the model, then backward); got none since the last "
                              "backward, train() or eval()")
+        self._check_weights_since(tape["weights_version"])
         T, B = tape["shape"]
         layout: SequenceLayout = tape["layout"]
         D, H, LD = self.num_directions, self.hidden_size, self.num_layers * self.num_directions

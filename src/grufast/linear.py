@@ -9,7 +9,14 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from grufast._parameters import _Parameters
-from grufast._validate import describe, flag, model_dtype, positive_int, real_array
+from grufast._validate import (
+    describe,
+    flag,
+    model_dtype,
+    positive_int,
+    private_copy,
+    real_array,
+)
 
 
 class Linear(_Parameters):
@@ -88,6 +95,7 @@ class Linear(_Parameters):
         -------
         ndarray, shape (..., out_features), the layer's dtype
         """
+        given = x
         x = real_array("x", x, self.dtype)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) with in_features = "
@@ -98,8 +106,11 @@ class Linear(_Parameters):
         if self.bias:
             y += self._params["bias"]
         if self.training:
-            # Kept by reference, as the GRU keeps its input: do not modify x before backward.
+            # Kept until backward: a copy when it is the caller's array, which the caller may
+            # reuse in between (the GRU keeps its input the same way).
+            x2 = private_copy(x, given).reshape(-1, self.in_features)
             self._x, self._lead = x2, lead
+            self._x_version = self.__dict__.get("_weights_version", 0)
         return y.reshape(*lead, self.out_features)
 
     def backward(self, dy: ArrayLike) -> np.ndarray:
@@ -120,6 +131,7 @@ class Linear(_Parameters):
             raise ValueError("backward needs a forward in train mode first (call train(), "
                              "then the layer, then backward); got none since the last "
                              "backward, train() or eval()")
+        self._check_weights_since(self._x_version)
         lead, x2 = self._lead, self._x
         want = (*lead, self.out_features)
         dy = real_array("dy", dy, self.dtype)
