@@ -375,6 +375,33 @@ def test_computation_on_the_state_is_refused(tmp_path):
     close(gru(arrays["X"])[0], onnx_y_to_grufast(ort_run(path, {"X": arrays["X"]})[0], 0))
 
 
+@pytest.mark.parametrize("axis, end", [(0, 6), (1, 4), (0, 40), (0, 2**62)],
+                         ids=["time-6", "batch-4", "time-40", "time-to-the-end"])
+def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, end):
+    """A Slice of the time or batch axis is the identity on inputs shorter than its end
+    only; it used to pass the one probe size and then be dropped (grufast ran every step
+    where the ONNX model ran the first 6). A slice to the end is the identity: accepted."""
+    arrays = base_arrays()
+    inits = [numpy_helper.from_array(arrays["W"], "W"), numpy_helper.from_array(arrays["R"], "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "start"),
+             numpy_helper.from_array(np.array([end], np.int64), "end"),
+             numpy_helper.from_array(np.array([axis], np.int64), "axis")]
+    nodes = [helper.make_node("Slice", ["X", "start", "end", "axis"], ["Xs"]),
+             helper.make_node("GRU", ["Xs", "W", "R"], ["Y", "Y_h"], hidden_size=H_)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["T", "B", I_])], [helper.make_tensor_value_info(
+            "Y_h", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    if end < 2**62:
+        with pytest.raises(ValueError, match="X is not the input x"):
+            grufast.GRU.from_onnx(path)
+        return
+    gru = grufast.GRU.from_onnx(path)
+    x = np.random.default_rng(5).standard_normal((70, 2, I_)).astype(np.float32)
+    close(gru(x)[1][0], ort_run(path, {"X": x})[0][0])
+
+
 # -- the layer options the imports need -----------------------------------------------------
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_reverse_layer_is_torch_on_the_flipped_sequence(batch_first):

@@ -386,12 +386,19 @@ def _constants_batch(h_roles, l_roles, layout) -> int | None:
     return max(sizes) if sizes else None
 
 
-def _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch, layers, D, H):
-    rng = np.random.default_rng(1234)
+# The probe sizes (T, B) _verify runs the graph at. Glue that is the identity at one size
+# only (a Slice of the time or batch axis ending past it) passed with one probe and then
+# cut longer inputs in the ONNX model but not in grufast's import; two sizes, far apart.
+PROBES = ((5, 3), (61, 13))
+
+
+def _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch, layers, D, H,
+                 probe=PROBES[0]):
+    rng = np.random.default_rng(1234 + probe[0])
     L, I = len(layers), layers[0]["W"].shape[2]
     by_role = {role: name for name, role in roles.items()}
     xi = graph.inputs[by_role["x"]]
-    T, B = 5, constants_batch or 3
+    T, B = probe[0], constants_batch or probe[1]
     declared = _declared_shape(xi)
     shape = _fill(declared, [B, T, I] if batch_first else [T, B, I], by_role["x"])
     B, T = (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
@@ -410,9 +417,18 @@ def _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch, lay
 
 def _verify(graph, batch_first, h0_batch_major, constants_batch, *, layers, nodes, idx, roles,
             h_roles, l_roles, D, H) -> None:
-    """Run the graph on probe inputs; every GRU node must get what grufast feeds it."""
+    """Run the graph on probe inputs of each PROBES size; every GRU node must get what
+    grufast feeds it."""
+    for probe in PROBES:
+        _verify_at(graph, batch_first, h0_batch_major, constants_batch, probe, layers=layers,
+                   nodes=nodes, idx=idx, roles=roles, h_roles=h_roles, l_roles=l_roles, D=D,
+                   H=H)
+
+
+def _verify_at(graph, batch_first, h0_batch_major, constants_batch, probe, *, layers, nodes,
+               idx, roles, h_roles, l_roles, D, H) -> None:
     feeds, T, B = _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch,
-                               layers, D, H)
+                               layers, D, H, probe)
     values = graph.run(feeds, upto=idx[-1] + 1)
     by_role = {role: name for name, role in roles.items()}
     layout = layers[0]["layout"]
