@@ -211,3 +211,22 @@ def test_streaming_reads_only_native_arrays_in_place(form):
             want_q = qcell(x, h)
             np.testing.assert_allclose(qcell(odd(x), h), want_q, rtol=0, atol=1e-6)
             np.testing.assert_allclose(qcell(x, odd(h)), want_q, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_gru_step_refuses_default_lengths_it_cannot_honour(quantized):
+    """default_lengths (an ONNX file's constant sequence_lens) stop sequences in a whole
+    call; step runs every step it is given, so it refuses rather than ignore them, also
+    when they are set after the step's plans exist."""
+    model = grufast.GRU(I, H, seed=14).eval()
+    if quantized:
+        model = model.quantized("int8")
+    x = _xs(2)[0]
+    h = np.zeros((1, 2, H), np.float32)
+    model.step(x, h)  # plans built
+    model.default_lengths = [1, 0]
+    for args in ((x, h), (x, None), (x.astype(np.float64), h)):
+        with pytest.raises(ValueError, match="default_lengths"):
+            model.step(*args)
+    model.default_lengths = None
+    model.step(x, h)

@@ -181,6 +181,17 @@ class GRU(_Parameters):
     @default_lengths.setter
     def default_lengths(self, value: ArrayLike | None) -> None:
         self._default_lengths = self._checked_default_lengths(value)
+        self._step_plan_list = None  # step's next call checks them (_refuse_step_lengths)
+
+    def _refuse_step_lengths(self) -> None:
+        """step runs one step per call and cannot stop a sequence at its length: with
+        default_lengths set (an ONNX file's constant sequence_lens) it would ignore them."""
+        if self._default_lengths is not None:
+            raise ValueError("step cannot honour the model's default_lengths "
+                             f"{self._default_lengths.tolist()[:8]} (from an ONNX file's "
+                             "sequence_lens?): it runs every step it is given; set "
+                             "default_lengths = None to stream, or call the model on the "
+                             "whole sequence")
 
     @staticmethod
     def _checked_default_lengths(value) -> np.ndarray | None:
@@ -492,6 +503,7 @@ class GRU(_Parameters):
             raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
                              "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
+        self._refuse_step_lengths()
         x_t, unbatched = step_input("x_t", x_t, self.input_size, self.dtype)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
@@ -513,7 +525,9 @@ class GRU(_Parameters):
         return inp[0], state
 
     def _step_plans(self) -> list:
-        """One cell plan per layer for ``step``, built once per weight update."""
+        """One cell plan per layer for ``step``, built once per weight update (and after
+        default_lengths is set)."""
+        self._refuse_step_lengths()
         plans = []
         for k in range(self.num_layers):
             w = self._layer_weights(f"_l{k}")

@@ -378,8 +378,8 @@ class QuantizedGRU(_QuantizedParameters):
     # default_lengths (constants an ONNX model may carry), as GRU's
     _EXTRAS = ("default_h0", "default_lengths")
     for _name in ("default_h0", "default_lengths", "_checked_default_h0",
-                  "_checked_default_lengths", "_initial_state", "_parameter_shapes",
-                  "num_directions", "_suffixes",
+                  "_checked_default_lengths", "_refuse_step_lengths", "_initial_state",
+                  "_parameter_shapes", "num_directions", "_suffixes",
                   "_with_extras", "_split_extras"):
         locals()[_name] = vars(GRU)[_name]  # the float model's descriptors, unchanged
     del _name
@@ -433,6 +433,7 @@ class QuantizedGRU(_QuantizedParameters):
             raise ValueError("step needs a unidirectional, forward GRU: a bidirectional or "
                              "reverse one must see the whole sequence (got bidirectional="
                              f"{self.bidirectional}, reverse={self.reverse})")
+        self._refuse_step_lengths()
         x_t, unbatched = step_input("x_t", x_t, self.input_size, _F32)
         B, L, H = x_t.shape[0], self.num_layers, self.hidden_size
         if h is None:
