@@ -91,6 +91,25 @@ def test_layer_outputs_time_major_and_batch_first():
     assert_equal_bits_in_release(Y.compute(scheduler="sync"), bf(X)[0])
 
 
+def test_per_sequence_defaults_are_refused_and_a_shared_state_kept():
+    """default_lengths or a default_h0 of batch > 1 belong to one batch; each task used to
+    apply them to its own chunk's first sequences (silently wrong). A default_h0 of batch 1
+    is every sequence's: the chunks give the direct call's result."""
+    X, _ = series(n=8)
+    dX = da.from_array(X, chunks=(4, -1, -1))
+    gru = grufast.GRU(3, 5, batch_first=True, seed=1).eval()
+    gru.default_lengths = np.array([5, 4, 3, 2])
+    with pytest.raises(ValueError, match="default_lengths hold one entry per sequence"):
+        grufast.dask.predict(gru, dX)
+    gru.default_lengths = None
+    gru.default_h0 = np.random.default_rng(2).standard_normal((1, 4, 5))
+    with pytest.raises(ValueError, match="default_h0 hold one entry per sequence"):
+        grufast.dask.predict(gru, dX)
+    gru.default_h0 = np.random.default_rng(3).standard_normal((1, 1, 5))
+    assert_equal_bits_in_release(grufast.dask.predict(gru, dX).compute(scheduler="sync"),
+                                 gru(X)[0])
+
+
 def test_other_axes_split_are_merged_or_refused(regressor):
     X, _ = series(n=20)
     dX = da.from_array(X, chunks=(10, 3, 2))  # time and features split

@@ -190,6 +190,13 @@ def test_what_does_not_import_is_refused():
                                    keras.layers.GRU(2, go_backwards=True)])
     with pytest.raises(ValueError, match="different directions"):
         grufast.GRU.from_keras(directions)
+    # Each go_backwards layer hands the next its sequence in reversed time, so the second
+    # runs forward over the input's steps; imported as reverse=True it was silently wrong.
+    backwards = keras.Sequential([keras.Input((5, 3)),
+                                  keras.layers.GRU(2, return_sequences=True, go_backwards=True),
+                                  keras.layers.GRU(2, go_backwards=True)])
+    with pytest.raises(ValueError, match="a stack of 2 go_backwards GRUs"):
+        grufast.GRU.from_keras(backwards)
     with pytest.raises(TypeError, match="keras.layers.GRU"):
         grufast.GRU.from_keras(keras.layers.Dense(3))
     inp = keras.Input((5, 3))

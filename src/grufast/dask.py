@@ -94,6 +94,17 @@ def _gru_spec(gru: GRU, X) -> tuple[int, tuple[tuple[int, ...], np.dtype]]:
     if X.shape[2] != gru.input_size:
         raise ValueError(f"X must have input_size = {gru.input_size} features in its last "
                          f"axis, got shape {X.shape}")
+    # Per-sequence defaults belong to one batch; each task sees a chunk of X's sequences,
+    # and would apply them to its own first sequences (a direct call of another batch
+    # size refuses them). A default_h0 of batch 1 is one state for every sequence: kept.
+    per_sequence = [name for name, v in (("default_lengths", gru.default_lengths),
+                                         ("default_h0", gru.default_h0))
+                    if v is not None and (name == "default_lengths" or v.shape[1] > 1)]
+    if per_sequence:
+        raise ValueError(f"the GRU's {' and '.join(per_sequence)} hold one entry per "
+                         "sequence of a fixed batch, which predict cannot match to the chunks "
+                         "of X; set them to None (pass lengths or a mask to the model "
+                         "directly for such a batch)")
     axis = 0 if gru.batch_first else 1
     out = (*X.shape[:2], gru.num_directions * gru.hidden_size)
     return axis, (out, gru.dtype)

@@ -12,7 +12,9 @@ What imports:
   forward then backward features); other merge modes are refused.
 - A ``keras.Sequential`` or functional ``keras.Model`` that is a plain stack of those layers
   (after an optional ``InputLayer``), equal in units, reset_after, use_bias, activations and
-  direction, every layer but the last returning sequences.
+  direction, every layer but the last returning sequences. Not a stack of go_backwards
+  GRUs: each feeds the next its sequence in reversed time, which grufast's reverse=True
+  does not do (refused).
 
 Keras's ``dropout`` and ``recurrent_dropout`` act only in training and are not carried (the
 imported model is for inference; its own ``dropout`` is 0). Masks are call-time arguments
@@ -124,6 +126,12 @@ def gru_from_keras(cls, layer):
         raise ValueError(f"the GRU layers run in different directions ({sorted(kinds)}); "
                          "grufast.GRU needs them equal")
     kind = kinds.pop()
+    if kind == "reverse" and len(groups) > 1:
+        raise ValueError(f"a stack of {len(groups)} go_backwards GRUs: Keras returns each "
+                         "one's sequence in its processing (reversed) order, so the next "
+                         "layer runs forward over the input's steps, where grufast's "
+                         "reverse=True runs every layer backwards; only a single "
+                         "go_backwards GRU (or Bidirectional layers) imports")
     signatures = {_signature(g) for grus, _ in groups for g in grus}
     if len(signatures) > 1:
         raise ValueError(f"the GRU layers differ in (units, reset_after, use_bias): "
