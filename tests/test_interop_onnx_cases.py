@@ -402,6 +402,63 @@ def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, e
     close(gru(x)[1][0], ort_run(path, {"X": x})[0][0])
 
 
+@pytest.mark.parametrize("outputs", [["Yh0"], ["Y0"], ["Y1", "Xc"], ["Y1"], ["Y1", "Yh0"]],
+                         ids=["last-node-unused", "earlier-layer-y", "input-passed-through",
+                              "stack", "stack-h"])
+def test_outputs_must_be_what_the_layer_stack_returns(tmp_path, outputs):
+    """A GRU node no output depends on, or an output taken from the input or an earlier
+    layer's Y, would import as a model computing something else (a 2-layer GRU whose y
+    differed from ONNX Runtime's by 1.4)."""
+    rng = np.random.default_rng(6)
+    w = {"W0": rng.uniform(-0.6, 0.6, (1, 3 * H_, I_)),
+         "R0": rng.uniform(-0.6, 0.6, (1, 3 * H_, H_)),
+         "W1": rng.uniform(-0.6, 0.6, (1, 3 * H_, H_)),
+         "R1": rng.uniform(-0.6, 0.6, (1, 3 * H_, H_))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    nodes = [helper.make_node("GRU", ["X", "W0", "R0"], ["Y0", "Yh0"], hidden_size=H_),
+             helper.make_node("Squeeze", ["Y0", "axis1"], ["Y0s"]),
+             helper.make_node("GRU", ["Y0s", "W1", "R1"], ["Y1", "Yh1"], hidden_size=H_),
+             helper.make_node("Identity", ["X"], ["Xc"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["T", "B", I_])], [helper.make_tensor_value_info(
+            o, TensorProto.FLOAT, None) for o in outputs], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    if outputs == ["Yh0"]:
+        with pytest.raises(ValueError, match="no graph output depends on the last GRU node"):
+            grufast.GRU.from_onnx(path)
+    elif outputs == ["Y0"]:
+        with pytest.raises(ValueError, match="'Y0' is computed from output 0 of GRU node 0"):
+            grufast.GRU.from_onnx(path)
+    elif "Xc" in outputs:
+        with pytest.raises(ValueError, match="'Xc' is computed from graph input 'X'"):
+            grufast.GRU.from_onnx(path)
+    else:
+        gru = grufast.GRU.from_onnx(path)
+        x = np.random.default_rng(7).standard_normal((6, 2, I_)).astype(np.float32)
+        close(gru(x)[0], onnx_y_to_grufast(ort_run(path, {"X": x})[0], 0))
+
+
+@pytest.mark.parametrize("to", [TensorProto.UINT8, TensorProto.INT16, TensorProto.FLOAT16])
+def test_a_narrowing_cast_in_the_glue_is_refused(tmp_path, to):
+    """sequence_lens through Cast(uint8) and back: exact at the probes' lengths (< 61), so it
+    passed them, and a length of 300 became 44 in the ONNX model but not in grufast."""
+    arrays = base_arrays()
+    inits = [numpy_helper.from_array(arrays["W"], "W"), numpy_helper.from_array(arrays["R"], "R")]
+    nodes = [helper.make_node("Cast", ["L"], ["L8"], to=to),
+             helper.make_node("Cast", ["L8"], ["L32"], to=TensorProto.INT32),
+             helper.make_node("GRU", ["X", "W", "R", "", "L32"], ["Y", "Y_h"], hidden_size=H_)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", I_]),
+                     helper.make_tensor_value_info("L", TensorProto.INT32, ["B"])],
+        [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    with pytest.raises(ValueError, match=f"casts to {TensorProto.DataType.Name(to)}"):
+        grufast.GRU.from_onnx(path)
+
+
 # -- the layer options the imports need -----------------------------------------------------
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_reverse_layer_is_torch_on_the_flipped_sequence(batch_first):

@@ -295,6 +295,7 @@ def gru_from_onnx(cls, path):
         raise OnnxImportError(f"ONNX model has operators other than GRU and glue that only "
                               f"moves data or builds shapes: {others}; grufast.GRU cannot "
                               "represent that computation")
+    _check_casts(graph)
     idx = [k for k, n in enumerate(graph.nodes) if n.op_type == "GRU"]
     if not idx:
         raise OnnxImportError("ONNX model has no GRU node")
@@ -328,6 +329,7 @@ def gru_from_onnx(cls, path):
                                   f"the previous GRU node's Y alone, got "
                                   f"{_describe(graph, sorted(got))}; only a stack of GRU "
                                   "layers can be represented")
+    _check_outputs(graph, nodes, idx)
     h_roles = [_role(graph, n, k, 5, "initial_h") for k, n in enumerate(nodes)]
     l_roles = [_role(graph, n, k, 4, "sequence_lens") for k, n in enumerate(nodes)]
     h_src, l_src = _same_source(h_roles, "initial_h"), _same_source(l_roles, "lengths")
@@ -369,6 +371,50 @@ def gru_from_onnx(cls, path):
                           "does not feed each node what a grufast layer stack would (inputs "
                           "x, h0 (num_layers * num_directions, B, hidden_size) and lengths "
                           "(B,)): " + "; ".join(errors))
+
+
+# The Cast targets glue may use: types that hold the data and every length exactly. A
+# narrower one (8- or 16-bit, bool) is lossy beyond some size, and the probes, whose
+# lengths stay below 61, do not reach it: Cast(uint8) on sequence_lens passed them, then
+# turned a length of 300 into 44 in the ONNX model but not in grufast's import.
+CAST_TARGETS = {"FLOAT": 1, "INT32": 6, "INT64": 7, "DOUBLE": 11, "UINT32": 12, "UINT64": 13}
+
+
+def _check_casts(graph) -> None:
+    for k, node in enumerate(graph.nodes):
+        if node.op_type != "Cast":
+            continue
+        to = attributes(node).get("to")
+        if to not in CAST_TARGETS.values():
+            from onnx import TensorProto
+
+            name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() \
+                else repr(to)
+            raise OnnxImportError(f"ONNX model: node {node.name or k!r} casts to {name}, "
+                                  "which cannot hold every value or length exactly; glue "
+                                  f"may cast to {sorted(CAST_TARGETS)} only")
+
+
+def _check_outputs(graph, nodes, idx) -> None:
+    """The file's outputs must be what the layer stack returns: computed from the last GRU
+    node's Y or Y_h, or any node's Y_h (h_n gathers them), and the last node must reach one.
+    A stack whose last node feeds no output, or an output taken from an earlier layer's Y
+    or from the input, would import as a model that computes something else."""
+    last = idx[-1]
+    allowed = {("gru", last, 0)} | {("gru", k, 1) for k in idx}
+    reached = False
+    for name in graph.outputs:
+        deps = graph.data_deps(name)
+        other = sorted(deps - allowed)
+        if other:
+            raise OnnxImportError(f"ONNX model: graph output {name!r} is computed from "
+                                  f"{_describe(graph, other)}, not from the last GRU node's "
+                                  "Y or the nodes' Y_h; grufast.GRU returns only y and h_n")
+        reached = reached or any(key[1] == last for key in deps)
+    if not reached:
+        raise OnnxImportError(f"ONNX model: no graph output depends on the last GRU node "
+                              f"({_label(nodes[-1], len(nodes) - 1)}); imported as a layer, "
+                              "it would change what the model computes")
 
 
 def _node_layout_state(value: np.ndarray, layout: int) -> np.ndarray:
