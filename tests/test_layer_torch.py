@@ -185,3 +185,51 @@ def test_layer_without_lbr_matches_stacked_reference():
         inp = np.concatenate(outs, axis=-1)
     np.testing.assert_allclose(y, inp, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(hn, np.stack(hs), rtol=1e-12, atol=1e-13)
+
+
+class _DoublingGRU(torch.nn.GRU):
+    def forward(self, *args):
+        y, h = super().forward(*args)
+        return 2 * y, h
+
+
+class _TaggedGRU(torch.nn.GRU):  # a subclass that keeps GRU's forward imports
+    tag = "mine"
+
+
+def _hooked(module, pre=False):
+    hook = module.register_forward_pre_hook if pre else module.register_forward_hook
+    hook(lambda *args: None)
+    return module
+
+
+def _mixed_dtypes():
+    m = torch.nn.GRU(3, 4)
+    m.bias_hh_l0 = torch.nn.Parameter(m.bias_hh_l0.detach().double())
+    return m
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: _DoublingGRU(3, 4), TypeError, "subclass with its own forward"),
+    (lambda: _hooked(torch.nn.GRU(3, 4)), ValueError, "forward hooks"),
+    (lambda: _hooked(torch.nn.GRUCell(3, 4), pre=True), ValueError, "forward pre-hooks"),
+    (lambda: _hooked(torch.nn.Linear(3, 4)), ValueError, "forward hooks"),
+    (_mixed_dtypes, TypeError, "share one dtype"),
+    (lambda: torch.nn.GRU(3, 4, device="meta"), ValueError, "meta device"),
+], ids=["subclass-forward", "hook", "cell-pre-hook", "linear-hook", "mixed-dtypes", "meta"])
+def test_from_torch_refuses_what_a_weight_copy_would_drop(make, exc, match):
+    """Each of these imported as the plain module's weights and then computed something
+    else (doubled outputs, a hook's change), or failed with torch's own error."""
+    module = make()
+    cls = {torch.nn.GRU: grufast.GRU, torch.nn.GRUCell: grufast.GRUCell,
+           torch.nn.Linear: grufast.Linear}
+    target = next(v for k, v in cls.items() if isinstance(module, k))
+    with pytest.raises(exc, match=match):
+        target.from_torch(module)
+
+
+def test_from_torch_takes_a_subclass_that_keeps_the_forward():
+    m = _TaggedGRU(3, 4).eval()
+    x = torch.randn(5, 2, 3)
+    gru = grufast.GRU.from_torch(m)
+    np.testing.assert_allclose(gru(x.numpy())[0], m(x)[0].detach().numpy(), atol=1e-6)

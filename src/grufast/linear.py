@@ -153,6 +153,12 @@ class Linear(_Parameters):
 
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(f"module must be a torch.nn.Linear, got {describe(module)}")
+        from grufast.interop.torch import check_plain_module
+
+        check_plain_module(module, torch.nn.Linear)
+        if module.bias is not None and module.bias.dtype != module.weight.dtype:
+            raise TypeError(f"module's weight and bias must share one dtype, got "
+                            f"{module.weight.dtype} and {module.bias.dtype}")
         dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(module.weight.dtype)
         if dtype is None:
             raise TypeError(f"module's weight must be float32 or float64, got "

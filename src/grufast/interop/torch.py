@@ -10,10 +10,38 @@ from grufast._validate import describe
 def _dtype(module) -> np.dtype:
     import torch
 
+    dtypes = sorted({str(p.dtype) for p in module.parameters()})
+    if len(dtypes) > 1:  # torch itself refuses to run such a module
+        raise TypeError(f"module parameters must share one dtype, got {dtypes}")
     dtype = next(module.parameters()).dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"module parameters must be float32 or float64, got {dtype}")
     return np.dtype(np.float32 if dtype == torch.float32 else np.float64)
+
+
+def check_plain_module(module, base) -> None:
+    """Refuse what a state-dict copy would drop: a subclass with its own forward, forward
+    hooks (the module's or global ones), parameters without values (the meta device)."""
+    if type(module).forward is not base.forward:
+        raise TypeError(f"module is a {type(module).__name__}, a {base.__name__} subclass "
+                        f"with its own forward: grufast copies the weights of a plain "
+                        f"{base.__name__} and cannot represent that computation")
+    from torch.nn.modules import module as torch_module
+
+    hooks = [name for name, found in (
+        ("forward hooks", module._forward_hooks), ("forward pre-hooks",
+                                                    module._forward_pre_hooks),
+        ("global forward hooks", getattr(torch_module, "_global_forward_hooks", {})),
+        ("global forward pre-hooks", getattr(torch_module, "_global_forward_pre_hooks", {})))
+        if found]
+    if hooks:
+        raise ValueError(f"module has {' and '.join(hooks)}, which change what it computes; "
+                         "grufast copies the weights only: remove them first")
+    meta = [name for name, p in module.named_parameters() if p.is_meta]
+    if meta:
+        raise ValueError(f"module parameters {meta} are on the meta device (shapes without "
+                         "values); materialise them first (module.to_empty(...) and load "
+                         "the weights)")
 
 
 def gru_from_torch(cls, module):
@@ -21,6 +49,7 @@ def gru_from_torch(cls, module):
 
     if not isinstance(module, torch.nn.GRU):
         raise TypeError(f"module must be a torch.nn.GRU, got {describe(module)}")
+    check_plain_module(module, torch.nn.GRU)
     if getattr(module, "proj_size", 0):
         raise ValueError(f"torch GRU with proj_size={module.proj_size} is not supported")
     gru = cls(module.input_size, module.hidden_size, module.num_layers, module.bias,
@@ -35,6 +64,7 @@ def cell_from_torch(cls, module):
 
     if not isinstance(module, torch.nn.GRUCell):
         raise TypeError(f"module must be a torch.nn.GRUCell, got {describe(module)}")
+    check_plain_module(module, torch.nn.GRUCell)
     cell = cls(module.input_size, module.hidden_size, module.bias, dtype=_dtype(module))
     cell.load_state_dict(module.state_dict())
     return cell
