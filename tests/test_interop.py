@@ -160,6 +160,18 @@ def test_from_keras_refuses_unsupported():
     layer.build((1, 2, 4))
     with pytest.raises(ValueError, match="activation='relu'"):
         grufast.GRU.from_keras(layer)
+
+    def tanh(v):  # named like Keras's, computes something else: refused, not imported
+        return keras.ops.relu(v)
+
+    for kw in (dict(activation=tanh), dict(recurrent_activation=keras.activations.hard_sigmoid)):
+        impostor = keras.layers.GRU(3, **kw)
+        impostor.build((1, 2, 4))
+        with pytest.raises(ValueError, match="only Keras's own tanh and sigmoid"):
+            grufast.GRU.from_keras(impostor)
+    ops = keras.layers.GRU(3, activation=keras.ops.tanh, recurrent_activation=keras.ops.sigmoid)
+    ops.build((1, 2, 4))
+    grufast.GRU.from_keras(ops)  # keras.ops' own functions are the same computation
     with pytest.raises(TypeError, match="keras.layers.GRU"):
         grufast.GRU.from_keras(keras.layers.Dense(3))
 

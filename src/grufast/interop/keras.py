@@ -45,10 +45,14 @@ def _check_gru(keras, layer, where: str) -> None:
         raise ValueError(f"{where} must be built (called once, or build(input_shape)) so that "
                          "its weights exist")
     cell = layer.cell
-    if _name(cell.activation) != "tanh" or _name(cell.recurrent_activation) != "sigmoid":
+    # By identity, not by name: a function of the user's own called tanh is not Keras's.
+    tanh = (keras.activations.tanh, keras.ops.tanh)
+    sigmoid = (keras.activations.sigmoid, keras.ops.sigmoid)
+    if not (any(cell.activation is f for f in tanh)
+            and any(cell.recurrent_activation is f for f in sigmoid)):
         raise ValueError(f"{where} uses activation={_name(cell.activation)!r} and "
                          f"recurrent_activation={_name(cell.recurrent_activation)!r}; "
-                         "grufast supports only tanh and sigmoid")
+                         "grufast supports only Keras's own tanh and sigmoid")
 
 
 def _signature(layer) -> tuple:
