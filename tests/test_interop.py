@@ -213,3 +213,47 @@ def test_load_refuses_hostile_files(tmp_path):
     np.savez(tmp_path / "badconf.npz", **dict(arrays, __grufast_config__=np.array("{nope")))
     with pytest.raises(ValueError, match="malformed configuration"):
         grufast.load(tmp_path / "badconf.npz")
+
+
+def _tampered(tmp_path, model, *, config=None, arrays=None):
+    """A save of ``model`` with its configuration entries and arrays replaced."""
+    import json
+
+    path = tmp_path / "orig.npz"
+    grufast.save(model, path)
+    with np.load(path) as f:
+        entries = {k: f[k] for k in f.files}
+    conf = json.loads(str(entries["__grufast_config__"]))
+    conf.update(config or {})
+    entries["__grufast_config__"] = np.array(json.dumps(conf))
+    entries.update(arrays or {})
+    out = tmp_path / "tampered.npz"
+    np.savez(out, **entries)
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda: grufast.GRU(2, 3, seed=0),
+                                  lambda: grufast.GRUCell(2, 3, seed=0),
+                                  lambda: grufast.Linear(2, 3, seed=0)],
+                         ids=["GRU", "GRUCell", "Linear"])
+def test_load_refuses_an_edited_configuration_or_dtype(tmp_path, make):
+    """Each of these loaded before: an array of another dtype silently converted (float64
+    downcast, int64 rounded, float16 widened), an unhashable class a raw TypeError, a bad
+    size the constructor's error without the file, an extra key (a seed) ignored, and
+    JSON's true taken for format 1."""
+    model = make()
+    name = next(iter(model.state_dict()))
+    w = model.state_dict()[name]
+    for dtype in (np.float64, np.int64, np.float16):
+        with pytest.raises(ValueError, match=f"another dtype.*{name}: {np.dtype(dtype)}"):
+            grufast.load(_tampered(tmp_path, model, arrays={name: w.astype(dtype)}))
+    size = "in_features" if isinstance(model, grufast.Linear) else "hidden_size"
+    for config, match in (({"class": ["GRU"]}, "unknown model class"),
+                          ({"format": True}, "unknown model class"),
+                          ({size: -4}, "tampered.npz.*does not fit"),
+                          ({"seed": 3}, r"keys \['seed'\] are not")):
+        with pytest.raises(ValueError, match=match):
+            grufast.load(_tampered(tmp_path, model, config=config))
+    again = grufast.load(_tampered(tmp_path, model))  # untouched: loads, same weights
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[k], v)

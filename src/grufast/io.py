@@ -96,12 +96,31 @@ def load(path) -> GRU | GRUCell | Linear | QuantizedGRU | QuantizedGRUCell:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _not_a_model(path, f"malformed configuration ({exc})") from None
     classes = {cls.__name__: cls for cls in _MODELS}
-    if kind not in classes or fmt != FORMAT:
+    # type() checks: a list or dict class is unhashable, and JSON's true equals 1.
+    if type(kind) is not str or kind not in classes or type(fmt) is not int or fmt != FORMAT:
         raise ValueError(f"{path!r}: unknown model class {kind!r} or format {fmt!r} "
                          f"(expected one of {sorted(classes)}, format {FORMAT})")
     try:
         model = classes[kind](**config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{path!r}: the configuration does not fit {kind}: {exc}") from None
+    # Nothing accepted and ignored: save writes exactly config(); another key (a seed,
+    # say) would change nothing once the weights are loaded.
+    extra = sorted(set(config) - set(model.config()))
+    if extra:
+        raise ValueError(f"{path!r}: configuration keys {extra} are not {kind}'s (save writes "
+                         f"{sorted(model.config())})")
+    # The weights in the dtypes save wrote: load_state_dict would convert (it takes torch
+    # tensors and float64 arrays on purpose), which here would hide a damaged or edited file.
+    want = model.state_dict()
+    wrong = sorted(f"{k}: {arrays[k].dtype}" for k in set(want) & set(arrays)
+                   if arrays[k].dtype != want[k].dtype)
+    if wrong:
+        raise ValueError(f"{path!r}: arrays of another dtype than the model's "
+                         f"{_describe_dtypes(want)}: {wrong}")
     model.load_state_dict(arrays)
     return model.eval() if isinstance(model, (GRU, Linear, QuantizedGRU)) else model
+
+
+def _describe_dtypes(arrays: dict[str, np.ndarray]) -> str:
+    return "/".join(sorted({str(a.dtype) for a in arrays.values()}))
