@@ -61,11 +61,28 @@ def test_demo_cli_tiny_run(tmp_path, capsys):
     assert "GRU" in table and "RNN" in table and "baseline" in table
 
 
-def test_demo_cli_rejects_bad_settings():
-    with pytest.raises(SystemExit, match="--steps must be at least 1"):
-        cli.main(["demo", "--steps", "0"])
-    with pytest.raises(SystemExit, match="--lr must be positive"):
-        cli.main(["demo", "--lr", "-1"])
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--steps", "0"], "--steps takes a positive integer, got '0'"),
+    (["demo", "--T", "1"], "--T takes an integer >= 2, got '1'"),
+    (["demo", "--lr", "-1"], "--lr takes a finite number > 0, got '-1'"),
+    (["demo", "--lr", "inf"], "--lr takes a finite number > 0, got 'inf'"),
+    (["demo", "--seed", "-1"], "--seed takes an integer >= 0, got '-1'"),
+    (["--seed", "-1"], "--seed takes an integer >= 0"),
+    (["demo", "--json", "{missing}/d.json"], "does not exist"),
+    (["demo", "--plot", "{dir}"], "is a directory, not a file to write"),
+    (["bench", "--json", "{missing}/b.json"], "does not exist"),
+    (["bench", "--plot", "{dir}"], "is a directory"),
+    (["check", "--repeats", "0"], "--repeats takes a positive integer"),
+])
+def test_cli_rejects_bad_settings_before_any_work(argv, message, tmp_path, capsys):
+    """A usage error (exit status 2) at once: a bad output path used to end the demo or the
+    bench with a traceback after the whole run, and --lr inf or --seed -1 in NumPy's or the
+    optimiser's error."""
+    argv = [a.format(missing=tmp_path / "missing", dir=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_bench_training_runs_on_tiny_shapes():

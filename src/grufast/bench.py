@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from grufast._bench_timing import interleaved, median_ms  # noqa: F401  (median_ms: the CLI's)
+from grufast._cli_args import output_file, positive_int
 
 GRID = [(100, 1, 64, 64), (100, 1, 256, 256), (100, 1, 512, 512), (100, 16, 128, 128),
         (100, 64, 256, 256), (100, 64, 512, 512), (1000, 1, 32, 32), (50, 256, 128, 256)]
@@ -57,19 +58,6 @@ def parse_peers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _positive_int(option: str):
-    def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"{option} takes a positive integer, got {text!r}")
-        return n
-
-    return parse
-
-
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -83,7 +71,7 @@ def _seconds(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from grufast._bench_peers import PEERS
 
-    p.add_argument("--threads", type=_positive_int("--threads"), nargs="+", metavar="N",
+    p.add_argument("--threads", type=positive_int("--threads"), nargs="+", metavar="N",
                    help="thread counts to run, each in its own process (default: 1, pinned "
                         "to one core, and all visible cores)")
     p.add_argument("--one-core", action="store_true", help="same as --threads 1")
@@ -93,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated peers among {', '.join(PEERS)} (default: all "
                         "installed; grufast always runs)")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
-    p.add_argument("--layers", type=_positive_int("--layers"), default=1, metavar="N",
+    p.add_argument("--layers", type=positive_int("--layers"), default=1, metavar="N",
                    help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
     p.add_argument("--no-linear-before-reset", action="store_true",
@@ -101,14 +89,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
-    p.add_argument("--jax-unroll", type=_positive_int("--jax-unroll"), metavar="N",
+    p.add_argument("--jax-unroll", type=positive_int("--jax-unroll"), metavar="N",
                    help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--emulate", choices=["avx2"],
                    help="hold grufast and every peer that has a setting for it to this ISA "
                         "(an AVX2 CPU on one with AVX-512; docs/bench_method.md says how "
                         "each is held; ONNX Runtime cannot be)")
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
+    p.add_argument("--json", type=output_file, help="write the results to this JSON file")
+    p.add_argument("--plot", type=output_file, help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
                    help="two small shapes and short budgets: a smoke test")
     p.add_argument("--tables-only", action="store_true",

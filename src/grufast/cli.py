@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from grufast import functional, reference
+from grufast._cli_args import positive_int, seed
 from grufast.bench import median_ms
 
 
@@ -74,13 +75,6 @@ def _plain(doc: str | None) -> str:
     return re.sub(r"``([^`]+)``", r"\1", doc).strip()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grufast", description=_plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         # SUPPRESS in the subcommand, so "--seed 3 check" keeps the 3 given before it.
         default = {"seed": 0, "repeats": 9} if q is parser else dict.fromkeys(
             ("seed", "repeats"), argparse.SUPPRESS)
-        q.add_argument("--seed", type=int, default=default["seed"],
+        q.add_argument("--seed", type=seed, default=default["seed"],
                        help="seed of the random test problems (default 0)")
-        q.add_argument("--repeats", type=_positive_int, default=default["repeats"],
+        q.add_argument("--repeats", type=positive_int("--repeats"), default=default["repeats"],
                        help="timed runs per measurement; the median is printed (default 9)")
     from grufast import bench
 

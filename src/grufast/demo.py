@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from grufast import losses, optim
+from grufast._cli_args import output_file, positive_float, positive_int, seed
 from grufast._parameters import _Parameters
 from grufast.layers import GRU
 from grufast.linear import Linear
@@ -289,18 +290,21 @@ def plot(result: dict[str, Any], path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    parser.add_argument("--T", type=int, default=d["T"], help="sequence length (%(default)s)")
-    parser.add_argument("--hidden", type=int, default=d["hidden"],
+    parser.add_argument("--T", type=positive_int("--T", 2), default=d["T"],
+                        help="sequence length (%(default)s)")
+    parser.add_argument("--hidden", type=positive_int("--hidden"), default=d["hidden"],
                         help="hidden size of both models (%(default)s)")
-    parser.add_argument("--steps", type=int, default=d["steps"],
+    parser.add_argument("--steps", type=positive_int("--steps"), default=d["steps"],
                         help="training steps per model (%(default)s)")
-    parser.add_argument("--batch", type=int, default=d["batch"],
+    parser.add_argument("--batch", type=positive_int("--batch"), default=d["batch"],
                         help="sequences per step (%(default)s)")
-    parser.add_argument("--lr", type=float, default=d["lr"],
+    parser.add_argument("--lr", type=positive_float("--lr"), default=d["lr"],
                         help="Adam's learning rate (%(default)s)")
-    parser.add_argument("--seed", type=int, default=d["seed"], help="(%(default)s)")
-    parser.add_argument("--plot", metavar="PNG", help="write the three-panel figure here")
-    parser.add_argument("--json", metavar="PATH", help="write the numbers here")
+    parser.add_argument("--seed", type=seed, default=d["seed"], help="(%(default)s)")
+    parser.add_argument("--plot", type=output_file, metavar="PNG",
+                        help="write the three-panel figure here")
+    parser.add_argument("--json", type=output_file, metavar="PATH",
+                        help="write the numbers here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
