@@ -180,7 +180,7 @@ def test_seed_and_repeats_reach_the_check_wherever_given(monkeypatch, capsys):
     assert seen == [(3, 9), (4, 2), (0, 9)]
     with pytest.raises(SystemExit):
         cli.main(["--repeats", "0"])
-    assert "--repeats: must be a positive integer, got 0" in capsys.readouterr().err
+    assert "--repeats takes a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_no_help_text_cites_a_document_outside_the_repository(capsys):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from grufast._validate import describe, real_array
+from grufast._validate import c_array, describe, real_array
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SequenceLayout:
             return a[(slice(None),) * (lead + 1) + (0,)]
         if self.batch_first:
             a = np.swapaxes(a, lead, lead + 1)
-            return np.ascontiguousarray(a) if contiguous else a
+            return c_array(a) if contiguous else a
         return a
 
 

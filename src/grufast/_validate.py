@@ -66,7 +66,15 @@ def real_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
         # np.ascontiguousarray makes a 0-d value 1-d: a scalar x then passed as a one-element
         # input, and a shape error reported (1,) where the caller gave ().
         return np.asarray(arr, dtype=arr.dtype if dtype is None else dtype)
-    return np.ascontiguousarray(arr, dtype=arr.dtype if dtype is None else dtype)
+    return c_array(arr, arr.dtype if dtype is None else dtype)
+
+
+def c_array(a, dtype=None) -> np.ndarray:
+    """``a`` as a C-contiguous, aligned ndarray (of ``dtype`` if given): the same array when
+    it is one already, else a copy. The kernels read such arrays in place, and through an
+    unaligned float pointer that is undefined behaviour in C (UBSan reports it; np.
+    ascontiguousarray passes an unaligned array through)."""
+    return np.require(np.asarray(a, dtype=dtype), requirements=("C", "A"))
 
 
 def private_copy(arr: np.ndarray, given) -> np.ndarray:

@@ -20,6 +20,7 @@ from grufast._isa import kernels as _kernels
 from grufast._layout import full_lengths, zero_padding
 from grufast._validate import (
     blas_sized,
+    c_array,
     describe,
     flag,
     lengths_array,
@@ -101,13 +102,13 @@ class Weights:
     def __init__(self, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray,
                  b_hh: np.ndarray, has_bias: bool) -> None:
         self.w_ih = w_ih
-        self.w_hh = np.ascontiguousarray(w_hh)
+        self.w_hh = c_array(w_hh)
         self.b_ih = b_ih
         self.b_hh = b_hh
         self.has_bias = has_bias
         # Every tiled float projection (the split by units' windows included) reads W_ih^T
         # packed, straight from W_ih (no transposed copy first).
-        self.w_ih_pp = _kernels.pack_gemm_panels(np.ascontiguousarray(w_ih),
+        self.w_ih_pp = _kernels.pack_gemm_panels(c_array(w_ih),
                                                  transposed=True)
 
     @cached_property
@@ -220,7 +221,7 @@ def gru_forward(
     T, B = x.shape[:2]
     shaped("x", x, (T, B, I), "(T, B, I)")
     blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H, "input_size": I})
-    x = np.ascontiguousarray(x, dtype)  # only now that its size is known to be sane
+    x = c_array(x, dtype)  # only now that its size is known to be sane
     if h0 is None:
         h = np.zeros((B, H), dtype)
     else:

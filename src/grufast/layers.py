@@ -29,6 +29,7 @@ from grufast._layout import (
 from grufast._parameters import _Parameters
 from grufast._validate import (
     blas_sized,
+    c_array,
     describe,
     flag,
     lengths_array,
@@ -326,7 +327,7 @@ class GRU(_Parameters):
         T, B, _ = x.shape
         LD, H = self.num_layers * self.num_directions, self.hidden_size
         blas_sized(**{"T*B": T * B, "3*hidden_size": 3 * H})
-        x = np.ascontiguousarray(x, self.dtype)  # one conversion, time-major
+        x = c_array(x, self.dtype)  # one conversion, time-major
         if h0 is None:
             h0 = self._initial_state(B)
         else:
@@ -417,7 +418,7 @@ class GRU(_Parameters):
         h_shape = (LD, H) if layout.unbatched else (LD, B, H)
         if dy is not None:
             dy = shaped_like("dy", real_array("dy", dy, self.dtype), y_shape, "y")
-            dy = np.ascontiguousarray(layout.to_time_major(dy))
+            dy = c_array(layout.to_time_major(dy))
         order = tape.get("order")
         if order is not None and dy is not None:  # a masked forward ran packed steps
             dy = dy[order, np.arange(B)]
