@@ -74,7 +74,8 @@ def c_array(a, dtype=None) -> np.ndarray:
     it is one already, else a copy. The kernels read such arrays in place, and through an
     unaligned float pointer that is undefined behaviour in C (UBSan reports it; np.
     ascontiguousarray passes an unaligned array through)."""
-    return np.require(np.asarray(a, dtype=dtype), requirements=("C", "A"))
+    arr = np.ascontiguousarray(a, dtype=dtype)  # (np.require: ~1 us more per call)
+    return arr if arr.flags.aligned else arr.copy()
 
 
 def private_copy(arr: np.ndarray, given) -> np.ndarray:
