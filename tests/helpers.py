@@ -74,3 +74,12 @@ def assert_layer_close(ours, theirs, dtype) -> None:
     assert set(grads) == set(tgrads)
     for name, g in tgrads.items():
         assert_close(grads[name], g, dtype, "grad", name)
+
+
+def unaligned(a: np.ndarray) -> np.ndarray:
+    """a's values in a C-contiguous array that starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out

@@ -108,6 +108,10 @@ def test_per_sequence_defaults_are_refused_and_a_shared_state_kept():
     gru.default_h0 = np.random.default_rng(3).standard_normal((1, 1, 5))
     assert_equal_bits_in_release(grufast.dask.predict(gru, dX).compute(scheduler="sync"),
                                  gru(X)[0])
+    gru.default_lengths = np.arange(8) % 7 + 1  # one chunk of sequences: they match
+    one = da.from_array(X, chunks=(-1, -1, -1))
+    assert_equal_bits_in_release(grufast.dask.predict(gru, one).compute(scheduler="sync"),
+                                 gru(X)[0])
 
 
 def test_other_axes_split_are_merged_or_refused(regressor):

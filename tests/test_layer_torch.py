@@ -203,6 +203,12 @@ def _hooked(module, pre=False):
     return module
 
 
+def _instance_forward(module):
+    plain = module.forward
+    module.forward = lambda *args: tuple(2 * t for t in plain(*args))
+    return module
+
+
 def _mixed_dtypes():
     m = torch.nn.GRU(3, 4)
     m.bias_hh_l0 = torch.nn.Parameter(m.bias_hh_l0.detach().double())
@@ -210,13 +216,15 @@ def _mixed_dtypes():
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: _DoublingGRU(3, 4), TypeError, "subclass with its own forward"),
+    (lambda: _DoublingGRU(3, 4), TypeError, "with its own forward"),
+    (lambda: _instance_forward(torch.nn.GRU(3, 4)), TypeError, "with its own forward"),
     (lambda: _hooked(torch.nn.GRU(3, 4)), ValueError, "forward hooks"),
     (lambda: _hooked(torch.nn.GRUCell(3, 4), pre=True), ValueError, "forward pre-hooks"),
     (lambda: _hooked(torch.nn.Linear(3, 4)), ValueError, "forward hooks"),
     (_mixed_dtypes, TypeError, "share one dtype"),
     (lambda: torch.nn.GRU(3, 4, device="meta"), ValueError, "meta device"),
-], ids=["subclass-forward", "hook", "cell-pre-hook", "linear-hook", "mixed-dtypes", "meta"])
+], ids=["subclass-forward", "instance-forward", "hook", "cell-pre-hook", "linear-hook",
+        "mixed-dtypes", "meta"])
 def test_from_torch_refuses_what_a_weight_copy_would_drop(make, exc, match):
     """Each of these imported as the plain module's weights and then computed something
     else (doubled outputs, a hook's change), or failed with torch's own error."""

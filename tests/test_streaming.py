@@ -7,6 +7,8 @@ import pytest
 
 import grufast
 
+from .helpers import unaligned
+
 I, H, T = 24, 32, 5
 
 
@@ -173,22 +175,13 @@ def test_cell_bad_forms_raise():
         model.step(np.zeros((1, I), np.float32), np.zeros((1, 1, H), np.float32))
 
 
-def _unaligned(a: np.ndarray) -> np.ndarray:
-    """a's values in a C-contiguous array that starts one byte past an aligned address."""
-    raw = np.zeros(a.nbytes + 1, np.uint8)
-    out = raw[1:].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    assert not out.flags.aligned and out.flags.c_contiguous
-    return out
-
-
 @pytest.mark.parametrize("form", ["byte-swapped", "unaligned"])
 def test_streaming_reads_only_native_arrays_in_place(form):
     """The fast paths read x and h in place; an array of the right dtype but in the other
     byte order ('>f4' has '<f4''s type number) or unaligned must give the same numbers, not
     the raw bytes read as native floats."""
     def odd(a):
-        return a.astype(a.dtype.newbyteorder()) if form == "byte-swapped" else _unaligned(a)
+        return a.astype(a.dtype.newbyteorder()) if form == "byte-swapped" else unaligned(a)
 
     rng = np.random.default_rng(11)
     cell = grufast.GRUCell(I, H, seed=12)

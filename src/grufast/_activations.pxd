@@ -12,12 +12,12 @@ The float version is the gate passes' hot path. There, split into loops whose un
 (_lbr_row), the exps are throughput-bound on the two FMA-capable ports, so each takes as few
 operations there as it can: the polynomial evaluated 5 fused multiply-adds deep (Estrin's
 scheme for the high terms, Horner's for the last two, which keeps the rounding of the sum
-near 1 as in Horner's), 2^k added to p's exponent bits by an integer add instead of a
-multiply, and x clamped to the range first by one max (or min) per bound. The bounds come
-from exp_limits, read outside the loop: with literal bounds gcc emits a compare and a blend
-per bound. Against a select on x after the fact, the previous form: the same bits inside
-the range; B = 16, I = H = 128, T = 100, one core, AVX2 ~1% less time, B = 1, H = 64 ~2.5%;
-AVX-512 within noise (gcc 12).
+near 1 as in Horner's), and x clamped to the range first by one max (or min) per bound.
+The bounds come from exp_limits, read outside the loop: with literal bounds gcc emits a
+compare and a blend per bound. Against a select on x after the fact, the previous form:
+the same bits inside the range; B = 16, I = H = 128, T = 100, one core, AVX2 ~1% less time,
+B = 1, H = 64 ~2.5% (measured with an integer add for 2^k, since reverted, worth ~3% of the
+gate pass in a C copy); AVX-512 within noise (gcc 12).
 
 Error bound, absolute, against float64 libm (tests/test_activations.py checks it on a dense
 grid; measured maxima 9.0e-8 and 2.2e-16, on every build):
@@ -62,9 +62,9 @@ cdef inline void exp_limits(real* lo, real* hi) noexcept nogil:
 
 cdef inline real exp_in_range(real x) noexcept nogil:
     """e^x for lo <= x <= hi (exp_limits) or NaN."""
-    cdef real t, kf, r, r2, p
-    cdef uint32_t b32, p32
-    cdef uint64_t b64, p64
+    cdef real t, kf, r, r2, p, scale
+    cdef uint32_t b32
+    cdef uint64_t b64
     if real is float:
         t = x * <float>1.44269504088896341 + <float>12582912.0
         kf = t - <float>12582912.0
@@ -78,13 +78,13 @@ cdef inline real exp_in_range(real x) noexcept nogil:
         p = (<float>0.5 + r * <float>(1.0 / 6.0)) + r2 * p
         p = p * r + <float>1.0
         p = p * r + <float>1.0
-        # p * 2^k as k added to p's exponent bits: an integer add on any vector port instead
-        # of a multiply on an FMA port, and the same bits (in range, p * 2^k is normal, so
-        # the product is exact). t's low mantissa bits hold k; the shift drops the rest.
+        # p * 2^k with 2^k built in the exponent bits. (Adding k to p's exponent bits
+        # instead, an integer add, gave the same bits in range, but for a NaN x with a
+        # payload the add carried into the exponent and made the NaN a finite number.)
         memcpy(&b32, &t, 4)
-        memcpy(&p32, &p, 4)
-        p32 = p32 + (b32 << 23)
-        memcpy(&p, &p32, 4)
+        b32 = (b32 + 127u) << 23
+        memcpy(&scale, &b32, 4)
+        p = p * scale
     else:
         t = x * 1.4426950408889634074 + 6755399441055744.0
         kf = t - 6755399441055744.0
@@ -104,9 +104,9 @@ cdef inline real exp_in_range(real x) noexcept nogil:
         p = p * r + 1.0
         p = p * r + 1.0
         memcpy(&b64, &t, 8)
-        memcpy(&p64, &p, 8)
-        p64 = p64 + (b64 << 52)
-        memcpy(&p, &p64, 8)
+        b64 = (b64 + 1023u) << 52
+        memcpy(&scale, &b64, 8)
+        p = p * scale
     return p
 
 

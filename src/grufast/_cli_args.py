@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 
 
-def positive_int(option: str, least: int = 1):
-    """An int >= ``least`` (1 unless given) for ``option``."""
+def int_at_least(option: str, least: int = 1) -> Callable[[str], int]:
+    """A parser of an int >= ``least`` (1 unless given) for ``option``."""
     def parse(text: str) -> int:
         try:
             n = int(text)
@@ -23,7 +24,7 @@ def positive_int(option: str, least: int = 1):
     return parse
 
 
-def seed(text: str) -> int:
+def seed_arg(text: str) -> int:
     """A random seed: NumPy's generators take integers >= 0."""
     try:
         n = int(text)
@@ -34,8 +35,8 @@ def seed(text: str) -> int:
     return n
 
 
-def positive_float(option: str):
-    """A finite float > 0 for ``option``."""
+def positive_float(option: str) -> Callable[[str], float]:
+    """A parser of a finite float > 0 for ``option``."""
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -49,16 +50,20 @@ def positive_float(option: str):
 
 
 def output_file(text: str) -> str:
-    """A file the command can create or replace: not a directory, in a directory that
-    exists and is writable (checked now, since the file is written after the run)."""
-    path = os.path.abspath(os.path.expanduser(text))
-    parent = os.path.dirname(path)
+    """A file the command can create or replace: not a directory; writable if it exists,
+    else in a directory that exists and is writable (checked now, since the file is written
+    after the run). Returns the path with ``~`` expanded (the shell leaves ``--json=~/x``
+    alone)."""
+    path = os.path.expanduser(text)
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file to write")
-    if not os.path.isdir(parent):
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
+    elif not os.path.isdir(parent):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {parent!r} does "
                                          "not exist")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path)
-                                          and not os.access(path, os.W_OK)):
+    elif not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: permission denied")
-    return text
+    return path

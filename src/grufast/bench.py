@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from grufast._bench_timing import interleaved, median_ms  # noqa: F401  (median_ms: the CLI's)
-from grufast._cli_args import output_file, positive_int
+from grufast._cli_args import int_at_least, output_file
 
 GRID = [(100, 1, 64, 64), (100, 1, 256, 256), (100, 1, 512, 512), (100, 16, 128, 128),
         (100, 64, 256, 256), (100, 64, 512, 512), (1000, 1, 32, 32), (50, 256, 128, 256)]
@@ -71,7 +71,7 @@ def _seconds(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from grufast._bench_peers import PEERS
 
-    p.add_argument("--threads", type=positive_int("--threads"), nargs="+", metavar="N",
+    p.add_argument("--threads", type=int_at_least("--threads"), nargs="+", metavar="N",
                    help="thread counts to run, each in its own process (default: 1, pinned "
                         "to one core, and all visible cores)")
     p.add_argument("--one-core", action="store_true", help="same as --threads 1")
@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated peers among {', '.join(PEERS)} (default: all "
                         "installed; grufast always runs)")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
-    p.add_argument("--layers", type=positive_int("--layers"), default=1, metavar="N",
+    p.add_argument("--layers", type=int_at_least("--layers"), default=1, metavar="N",
                    help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
     p.add_argument("--no-linear-before-reset", action="store_true",
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
                    help="seconds of interleaved rounds per cell (default 2; 0.3 with --quick)")
-    p.add_argument("--jax-unroll", type=positive_int("--jax-unroll"), metavar="N",
+    p.add_argument("--jax-unroll", type=int_at_least("--jax-unroll"), metavar="N",
                    help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--emulate", choices=["avx2"],
                    help="hold grufast and every peer that has a setting for it to this ISA "

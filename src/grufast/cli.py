@@ -10,7 +10,7 @@ import re
 import numpy as np
 
 from grufast import functional, reference
-from grufast._cli_args import positive_int, seed
+from grufast._cli_args import int_at_least, seed_arg
 from grufast.bench import median_ms
 
 
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         # SUPPRESS in the subcommand, so "--seed 3 check" keeps the 3 given before it.
         default = {"seed": 0, "repeats": 9} if q is parser else dict.fromkeys(
             ("seed", "repeats"), argparse.SUPPRESS)
-        q.add_argument("--seed", type=seed, default=default["seed"],
+        q.add_argument("--seed", type=seed_arg, default=default["seed"],
                        help="seed of the random test problems (default 0)")
-        q.add_argument("--repeats", type=positive_int("--repeats"), default=default["repeats"],
+        q.add_argument("--repeats", type=int_at_least("--repeats"), default=default["repeats"],
                        help="timed runs per measurement; the median is printed (default 9)")
     from grufast import bench
 

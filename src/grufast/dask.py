@@ -71,6 +71,8 @@ def predict(model, X, *, method: str = "predict", max_chunk_bytes: int | str | N
     else:
         axis, out_meta = _estimator_spec(model, X, method)
     X = _merge_other_axes(X, axis, max_chunk_bytes)
+    if isinstance(model, GRU):
+        _check_per_sequence_defaults(model, len(X.chunks[axis]))
     ref = _model_reference(model)
     limits = _thread_limits()
     out_shape, dtype = out_meta
@@ -94,20 +96,24 @@ def _gru_spec(gru: GRU, X) -> tuple[int, tuple[tuple[int, ...], np.dtype]]:
     if X.shape[2] != gru.input_size:
         raise ValueError(f"X must have input_size = {gru.input_size} features in its last "
                          f"axis, got shape {X.shape}")
-    # Per-sequence defaults belong to one batch; each task sees a chunk of X's sequences,
-    # and would apply them to its own first sequences (a direct call of another batch
-    # size refuses them). A default_h0 of batch 1 is one state for every sequence: kept.
-    per_sequence = [name for name, v in (("default_lengths", gru.default_lengths),
-                                         ("default_h0", gru.default_h0))
-                    if v is not None and (name == "default_lengths" or v.shape[1] > 1)]
-    if per_sequence:
-        raise ValueError(f"the GRU's {' and '.join(per_sequence)} hold one entry per "
-                         "sequence of a fixed batch, which predict cannot match to the chunks "
-                         "of X; set them to None (pass lengths or a mask to the model "
-                         "directly for such a batch)")
     axis = 0 if gru.batch_first else 1
     out = (*X.shape[:2], gru.num_directions * gru.hidden_size)
     return axis, (out, gru.dtype)
+
+
+def _check_per_sequence_defaults(gru: GRU, chunks: int) -> None:
+    """Per-sequence defaults belong to one batch; with X's sequences in several chunks,
+    each task would apply them to its own chunk's first sequences (a direct call of another
+    batch size refuses them). A default_h0 of batch 1 is every sequence's: kept."""
+    per_sequence = [name for name, v in (("default_lengths", gru.default_lengths),
+                                         ("default_h0", gru.default_h0))
+                    if v is not None and (name == "default_lengths" or v.shape[1] > 1)]
+    if per_sequence and chunks > 1:
+        raise ValueError(f"the GRU's {' and '.join(per_sequence)} hold one entry per "
+                         f"sequence of a fixed batch, which predict cannot match to X's "
+                         f"{chunks} chunks of sequences; set them to None (pass lengths or a "
+                         "mask to the model directly for such a batch), or give X one chunk "
+                         "of sequences")
 
 
 def _estimator_spec(model, X, method: str):

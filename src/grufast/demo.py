@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from grufast import losses, optim
-from grufast._cli_args import output_file, positive_float, positive_int, seed
+from grufast._cli_args import int_at_least, output_file, positive_float, seed_arg
 from grufast._parameters import _Parameters
 from grufast.layers import GRU
 from grufast.linear import Linear
@@ -290,17 +290,17 @@ def plot(result: dict[str, Any], path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    parser.add_argument("--T", type=positive_int("--T", 2), default=d["T"],
+    parser.add_argument("--T", type=int_at_least("--T", 2), default=d["T"],
                         help="sequence length (%(default)s)")
-    parser.add_argument("--hidden", type=positive_int("--hidden"), default=d["hidden"],
+    parser.add_argument("--hidden", type=int_at_least("--hidden"), default=d["hidden"],
                         help="hidden size of both models (%(default)s)")
-    parser.add_argument("--steps", type=positive_int("--steps"), default=d["steps"],
+    parser.add_argument("--steps", type=int_at_least("--steps"), default=d["steps"],
                         help="training steps per model (%(default)s)")
-    parser.add_argument("--batch", type=positive_int("--batch"), default=d["batch"],
+    parser.add_argument("--batch", type=int_at_least("--batch"), default=d["batch"],
                         help="sequences per step (%(default)s)")
     parser.add_argument("--lr", type=positive_float("--lr"), default=d["lr"],
                         help="Adam's learning rate (%(default)s)")
-    parser.add_argument("--seed", type=seed, default=d["seed"], help="(%(default)s)")
+    parser.add_argument("--seed", type=seed_arg, default=d["seed"], help="(%(default)s)")
     parser.add_argument("--plot", type=output_file, metavar="PNG",
                         help="write the three-panel figure here")
     parser.add_argument("--json", type=output_file, metavar="PATH",
@@ -309,12 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    for name in ("T", "hidden", "steps", "batch"):
-        if getattr(args, name) < (2 if name == "T" else 1):
-            raise SystemExit(f"--{name} must be at least {2 if name == 'T' else 1}, got "
-                             f"{getattr(args, name)}")
-    if not args.lr > 0:
-        raise SystemExit(f"--lr must be positive, got {args.lr}")
+    # The values are checked as add_arguments parses them (grufast._cli_args).
     result = run(T=args.T, hidden=args.hidden, steps=args.steps, batch=args.batch,
                  lr=args.lr, seed=args.seed, progress=not args.quiet)
     print(table(result))

@@ -107,10 +107,11 @@ class Optimizer:
     def _update(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any]) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _buffers(self, hp: dict[str, Any]) -> tuple[set[str], set[str]]:
+    def _buffers(self, hp: dict[str, Any]) -> tuple[set[str], set[str] | None]:
         """The per-parameter buffers: those a parameter that has taken a step needs under
-        hyper-parameters ``hp``, and all those it may hold (load_state_dict's check)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        hyper-parameters ``hp``, and all those it may hold, for load_state_dict's check
+        (None: any; the default, for a subclass that does not say)."""
+        return set(), None
 
     # -- resuming ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -166,7 +167,7 @@ class Optimizer:
                 # Nothing accepted and ignored: an unknown buffer is refused, and so is a
                 # stepped parameter without one its next step reads (the moments would
                 # restart at zero under the old step count's bias correction).
-                extra = sorted(set(entry) - {"step"} - allowed)
+                extra = [] if allowed is None else sorted(set(entry) - {"step"} - allowed)
                 missing = sorted(required - set(entry)) if step > 0 else []
                 if extra or missing:
                     raise ValueError(f"{where} does not match {type(self).__name__}'s state "
@@ -264,10 +265,9 @@ class Adam(Optimizer):
                     maximize=flag("maximize", hp["maximize"]))
 
     def _buffers(self, hp):
-        # max_exp_avg_sq may outlive amsgrad's switching off; it is carried, as the steps
-        # would carry it.
-        needed = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if hp["amsgrad"] else set())
-        return needed, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+        # max_exp_avg_sq starts at the first step with amsgrad (which may be switched on
+        # mid-training), so it may be absent; kept when amsgrad is off, as the steps keep it.
+        return {"exp_avg", "exp_avg_sq"}, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
 
     def _update(self, p, g, st):
         hp = self.defaults

@@ -38,6 +38,20 @@ def _numpy(keras, v) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(v))
 
 
+def _computes(keras, fn, reference) -> bool:
+    """Whether the activation ``fn`` gives ``reference``'s values on a grid over the range
+    where the two differ if they differ at all. By value, not by name: a user's function
+    called tanh can compute something else, and a backend's own tanh (tf.nn.tanh,
+    jax.nn.sigmoid) is another object than Keras's."""
+    v = np.linspace(-9.0, 9.0, 145).astype(np.float32)
+    try:
+        out = _numpy(keras, fn(keras.ops.convert_to_tensor(v)))
+    except Exception:  # noqa: BLE001 - whatever fails here is not an activation we run
+        return False
+    return out.shape == v.shape and bool(np.allclose(out, reference(v.astype(np.float64)),
+                                                     rtol=0, atol=1e-6))
+
+
 def _check_gru(keras, layer, where: str) -> None:
     if not isinstance(layer, keras.layers.GRU):
         raise TypeError(f"{where} must be a keras.layers.GRU, got {describe(layer)}")
@@ -45,14 +59,11 @@ def _check_gru(keras, layer, where: str) -> None:
         raise ValueError(f"{where} must be built (called once, or build(input_shape)) so that "
                          "its weights exist")
     cell = layer.cell
-    # By identity, not by name: a function of the user's own called tanh is not Keras's.
-    tanh = (keras.activations.tanh, keras.ops.tanh)
-    sigmoid = (keras.activations.sigmoid, keras.ops.sigmoid)
-    if not (any(cell.activation is f for f in tanh)
-            and any(cell.recurrent_activation is f for f in sigmoid)):
+    if not (_computes(keras, cell.activation, np.tanh)
+            and _computes(keras, cell.recurrent_activation, lambda v: 1 / (1 + np.exp(-v)))):
         raise ValueError(f"{where} uses activation={_name(cell.activation)!r} and "
                          f"recurrent_activation={_name(cell.recurrent_activation)!r}; "
-                         "grufast supports only Keras's own tanh and sigmoid")
+                         "grufast supports only tanh and sigmoid (checked by their values)")
 
 
 def _signature(layer) -> tuple:

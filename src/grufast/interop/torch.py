@@ -20,23 +20,21 @@ def _dtype(module) -> np.dtype:
 
 
 def check_plain_module(module, base) -> None:
-    """Refuse what a state-dict copy would drop: a subclass with its own forward, forward
-    hooks (the module's or global ones), parameters without values (the meta device)."""
-    if type(module).forward is not base.forward:
-        raise TypeError(f"module is a {type(module).__name__}, a {base.__name__} subclass "
-                        f"with its own forward: grufast copies the weights of a plain "
-                        f"{base.__name__} and cannot represent that computation")
-    from torch.nn.modules import module as torch_module
-
-    hooks = [name for name, found in (
-        ("forward hooks", module._forward_hooks), ("forward pre-hooks",
-                                                    module._forward_pre_hooks),
-        ("global forward hooks", getattr(torch_module, "_global_forward_hooks", {})),
-        ("global forward pre-hooks", getattr(torch_module, "_global_forward_pre_hooks", {})))
-        if found]
+    """Refuse what a state-dict copy would drop: a subclass's or the instance's own forward,
+    the module's forward hooks (any of which may change what it computes; grufast cannot
+    tell an observing one from a changing one), parameters without values (the meta
+    device). Global hooks, which profilers register for every module, are not the
+    module's."""
+    if type(module).forward is not base.forward or "forward" in vars(module):
+        raise TypeError(f"module is a {type(module).__name__} with its own forward: grufast "
+                        f"copies the weights of a plain {base.__name__} and cannot represent "
+                        "that computation")
+    hooks = [name for name, found in (("forward hooks", module._forward_hooks),
+                                      ("forward pre-hooks", module._forward_pre_hooks))
+             if found]
     if hooks:
-        raise ValueError(f"module has {' and '.join(hooks)}, which change what it computes; "
-                         "grufast copies the weights only: remove them first")
+        raise ValueError(f"module has {' and '.join(hooks)}, which may change what it "
+                         "computes; grufast copies the weights only: remove them first")
     meta = [name for name, p in module.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"module parameters {meta} are on the meta device (shapes without "
