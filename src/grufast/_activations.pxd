@@ -15,9 +15,9 @@ scheme for the high terms, Horner's for the last two, which keeps the rounding o
 near 1 as in Horner's), and x clamped to the range first by one max (or min) per bound.
 The bounds come from exp_limits, read outside the loop: with literal bounds gcc emits a
 compare and a blend per bound. Against a select on x after the fact, the previous form:
-the same bits inside the range; B = 16, I = H = 128, T = 100, one core, AVX2 ~1% less time,
-B = 1, H = 64 ~2.5% (measured with an integer add for 2^k, since reverted, worth ~3% of the
-gate pass in a C copy); AVX-512 within noise (gcc 12).
+the same bits inside the range; T = 100, I = H, one core: AVX2 1.2-1.6% less time (B = 16,
+H = 128; B = 1, H = 64; T = 1000, H = 32), AVX-512 the same at B = 16 and ~1% more at the
+smallest shapes, where the clamp at the chain's start adds latency (gcc 12).
 
 Error bound, absolute, against float64 libm (tests/test_activations.py checks it on a dense
 grid; measured maxima 9.0e-8 and 2.2e-16, on every build):
