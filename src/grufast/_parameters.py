@@ -19,6 +19,8 @@ class _Parameters:
     dtype: np.dtype
     _params: dict[str, np.ndarray]
     grads: dict[str, np.ndarray]
+    # Counts weight changes (_weights_changed); the class's 0 until the first one.
+    _weights_version: int = 0
 
     def _init_params(self, shapes: dict[str, tuple[int, ...]], hidden_size: int, seed) -> None:
         # PyTorch's initialisation: every parameter uniform in +-1/sqrt(hidden_size).
@@ -67,11 +69,11 @@ class _Parameters:
         through weights changed since (an optimiser step or load_state_dict in between
         would otherwise give the gradient of neither the old weights nor the new)."""
         self._prepared.clear()
-        self._weights_version = self.__dict__.get("_weights_version", 0) + 1
+        self._weights_version += 1
 
     def _check_weights_since(self, version: int) -> None:
         """Raise if the weights changed after the train-mode forward that saw ``version``."""
-        if self.__dict__.get("_weights_version", 0) != version:
+        if self._weights_version != version:
             raise ValueError("the weights changed between the train-mode forward and "
                              "backward (an optimiser step or load_state_dict in between): "
                              "backward would mix the two; run the forward again, then "

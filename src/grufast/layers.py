@@ -385,7 +385,7 @@ class GRU(_Parameters):
             inp = out
         if self.training:
             self._tape = dict(caches=caches, masks=masks, shape=(T, B), layout=layout,
-                              weights_version=self.__dict__.get("_weights_version", 0))
+                              weights_version=self._weights_version)
         return inp, h_n
 
     # -- backward -----------------------------------------------------------------------

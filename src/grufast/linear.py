@@ -110,7 +110,7 @@ class Linear(_Parameters):
             # reuse in between (the GRU keeps its input the same way).
             x2 = private_copy(x, given).reshape(-1, self.in_features)
             self._x, self._lead = x2, lead
-            self._x_version = self.__dict__.get("_weights_version", 0)
+            self._x_version = self._weights_version
         return y.reshape(*lead, self.out_features)
 
     def backward(self, dy: ArrayLike) -> np.ndarray:
@@ -153,16 +153,10 @@ class Linear(_Parameters):
 
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(f"module must be a torch.nn.Linear, got {describe(module)}")
-        from grufast.interop.torch import check_plain_module
+        from grufast.interop.torch import check_plain_module, module_dtype
 
         check_plain_module(module, torch.nn.Linear)
-        if module.bias is not None and module.bias.dtype != module.weight.dtype:
-            raise TypeError(f"module's weight and bias must share one dtype, got "
-                            f"{module.weight.dtype} and {module.bias.dtype}")
-        dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(module.weight.dtype)
-        if dtype is None:
-            raise TypeError(f"module's weight must be float32 or float64, got "
-                            f"{module.weight.dtype}")
+        dtype = module_dtype(module)
         lin = cls(module.in_features, module.out_features, module.bias is not None,
                   dtype=dtype)
         lin.load_state_dict(module.state_dict())

@@ -7,7 +7,8 @@ import numpy as np
 from grufast._validate import describe
 
 
-def _dtype(module) -> np.dtype:
+def module_dtype(module) -> np.dtype:
+    """The one dtype of a torch module's parameters, float32 or float64, as NumPy's."""
     import torch
 
     dtypes = sorted({str(p.dtype) for p in module.parameters()})
@@ -52,7 +53,7 @@ def gru_from_torch(cls, module):
         raise ValueError(f"torch GRU with proj_size={module.proj_size} is not supported")
     gru = cls(module.input_size, module.hidden_size, module.num_layers, module.bias,
               module.batch_first, float(module.dropout), module.bidirectional,
-              dtype=_dtype(module))
+              dtype=module_dtype(module))
     gru.load_state_dict(module.state_dict())
     return gru.train(module.training)
 
@@ -63,6 +64,6 @@ def cell_from_torch(cls, module):
     if not isinstance(module, torch.nn.GRUCell):
         raise TypeError(f"module must be a torch.nn.GRUCell, got {describe(module)}")
     check_plain_module(module, torch.nn.GRUCell)
-    cell = cls(module.input_size, module.hidden_size, module.bias, dtype=_dtype(module))
+    cell = cls(module.input_size, module.hidden_size, module.bias, dtype=module_dtype(module))
     cell.load_state_dict(module.state_dict())
     return cell
