@@ -364,8 +364,8 @@ def test_tables_only_skips_the_extras(tmp_path):
 def test_avx2_emulation_holds_every_peer_that_has_a_setting(tmp_path, monkeypatch):
     """--emulate avx2: grufast's AVX2 build, OpenBLAS on its Haswell kernels, PyTorch's and
     JAX's settings in the worker (JAX's products sent to oneDNN, which its setting holds),
-    a user's own XLA flags kept, and the record and the table saying ONNX Runtime is not
-    held."""
+    a user's own XLA flags kept, ONNX Runtime's held copy imported (_bench_hold), and the
+    record and the table saying every peer is held."""
     from grufast import _bench_env as E
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX512 --xla_dump_to=/tmp/x")
@@ -378,26 +378,29 @@ def test_avx2_emulation_holds_every_peer_that_has_a_setting(tmp_path, monkeypatc
     assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["GRUFAST_ISA"] == "avx2"
     assert "GRUFAST_BENCH_EMULATE" not in plain and "--xla_cpu_max_isa=AVX512" in plain["XLA_FLAGS"]
 
-    proc, (res,) = _bench_cli(tmp_path, "--shape", "4,16,3,4", "--peers", "torch,jax",
+    proc, (res,) = _bench_cli(tmp_path, "--shape", "4,16,3,4",
+                              "--peers", "torch,jax,onnxruntime",
                               "--threads", "1", "--tables-only", "--emulate", "avx2")
     rec = res["environment"]
     has_avx2 = {"avx2", "fma"} <= set(rec["cpu"]["flags"])
     assert rec["isa_build"] == ("avx2" if has_avx2 else "baseline")
-    assert rec["emulated"]["isa"] == "avx2" and "onnxruntime" in rec["emulated"]["not_held"]
+    assert rec["emulated"]["isa"] == "avx2" and rec["emulated"]["not_held"] == {}
     assert rec["emulated"]["held"]["grufast"] == "GRUFAST_ISA=avx2"
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in rec["emulated"]["held"]["jax"]
     assert "--xla_cpu_max_isa=AVX2" in rec["emulated"]["held"]["jax"]
-    assert "onnxruntime" not in rec["emulated"]["held"]
+    assert "FMA3 kernels" in rec["emulated"]["held"]["onnxruntime"]
+    assert "held_onnxruntime" in res["settings"]["onnxruntime_hold"]["path"]
     assert rec["limits"]["env"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert "--xla_cpu_experimental_ynn_fusion_type=" in rec["limits"]["env"]["XLA_FLAGS"]
     if has_avx2:
         assert rec["blas"]["grufast"]["architecture"] == "Haswell"
-    assert "AVX2 emulated (every peer held to it but onnxruntime)" in proc.stdout
+    assert "AVX2 emulated (every peer held to it);" in proc.stdout
     assert res["rows"][0]["inference"]["jax"]["median"] > 0  # XLA accepted the flags
+    assert res["rows"][0]["inference"]["onnxruntime"]["median"] > 0
     table = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "readme_table.py"),
                             str(tmp_path / "bench.json")], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": os.path.abspath(SRC)}, check=True)
-    assert "against the fastest peer held to AVX2 (all but onnxruntime): 1 core" in table.stdout
+    assert "against the fastest peer, every peer held to AVX2: 1 core" in table.stdout
 
 
 def test_a_cpu_sysfs_does_not_know_is_its_own_core():

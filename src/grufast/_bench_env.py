@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
 import os
 import platform
 
@@ -128,7 +129,8 @@ def thread_mode(threads: int, pinned: set[int] | None, visible: int) -> str:
 # worker's environment before anything loads. XLA's flag holds only the code XLA generates;
 # its matrix products go to YNNPACK, which has no such setting, so they are sent to oneDNN
 # instead (the empty YNN fusion list), which ONEDNN_MAX_CPU_ISA holds. ONNX Runtime's MLAS
-# reads CPUID when it loads and has no setting at all: it cannot be held.
+# tests CPUID and XCR0 when it loads and has no setting at all: the workers import a copy
+# of it that reads XCR0 without AVX-512 state (_bench_hold), first on their PYTHONPATH.
 EMULATE = {
     "avx2": {
         "env": {"GRUFAST_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell",
@@ -140,9 +142,11 @@ EMULATE = {
                     "torch": ["ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
                               "ONEDNN_MAX_CPU_ISA"],
                     "jax": ["XLA_FLAGS", "ONEDNN_MAX_CPU_ISA"]},
-        "not_held": {"onnxruntime": "MLAS picks its kernels from CPUID and has no setting"},
     },
 }
+# ONNX Runtime's hold, made once per bench run (_bench_hold.hold_onnxruntime), as the
+# workers get it: {"path": first on PYTHONPATH, "how": what was done} or {"error": why not}.
+ORT_HOLD_VAR = "GRUFAST_BENCH_ORT_HOLD"
 ISA_VARS = tuple(EMULATE["avx2"]["env"])
 
 
@@ -155,9 +159,11 @@ def held(emulate: str) -> dict[str, str]:
             for peer, names in hold["held_by"].items()}
 
 
-def worker_env(threads: int, emulate: str | None = None) -> dict[str, str]:
+def worker_env(threads: int, emulate: str | None = None,
+               ort_hold: dict | None = None) -> dict[str, str]:
     """The environment of a worker process with ``threads`` threads, every library held to
-    the ISA ``emulate`` names (a key of EMULATE) where it can be."""
+    the ISA ``emulate`` names (a key of EMULATE) where it can be; ``ort_hold``: ONNX
+    Runtime's hold (ORT_HOLD_VAR), its held copy put first on PYTHONPATH."""
     env = dict(os.environ)
     for v in LIMIT_VARS:
         env[v] = str(threads)
@@ -171,6 +177,12 @@ def worker_env(threads: int, emulate: str | None = None) -> dict[str, str]:
         env["GRUFAST_BENCH_EMULATE"] = emulate  # for the worker's record
         names = {f.split("=")[0] for f in hold["xla_flags"]}
         flags = [f for f in flags if f.split("=")[0] not in names] + hold["xla_flags"]
+        if ort_hold is not None:
+            env[ORT_HOLD_VAR] = json.dumps(ort_hold)
+            if "path" in ort_hold:
+                env["PYTHONPATH"] = os.pathsep.join(
+                    [ort_hold["path"]] + [p for p in env.get("PYTHONPATH", "").split(
+                        os.pathsep) if p])
     env["XLA_FLAGS"] = " ".join(flags)
     return env
 
@@ -269,6 +281,24 @@ def isa_build() -> str:
         or "baseline"
 
 
+def emulation(emulate: str, peers: list[str]) -> dict:
+    """The worker's record of the emulation: each peer held, with how, and each that is not,
+    with why. ONNX Runtime counts as held only where this process imported the held copy."""
+    record = {"isa": emulate, "held": held(emulate), "not_held": {}}
+    if "onnxruntime" in peers:
+        hold = json.loads(os.environ.get(ORT_HOLD_VAR, "null")) or {
+            "error": "the bench made no held copy for this worker"}
+        import onnxruntime
+
+        imported = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__)))
+        if "path" in hold and imported == os.path.abspath(hold["path"]):
+            record["held"]["onnxruntime"] = hold["how"]
+        else:
+            record["not_held"]["onnxruntime"] = hold.get(
+                "error", f"onnxruntime was imported from {imported}, not the held copy")
+    return record
+
+
 def environment(threads: int, peers: list[str]) -> dict:
     """The record of this worker once its limits are applied."""
     import scipy
@@ -296,8 +326,7 @@ def environment(threads: int, peers: list[str]) -> dict:
         limits["onnxruntime_intra_op_num_threads"] = threads
     blas = _blas()
     emulate = os.environ.get("GRUFAST_BENCH_EMULATE")
-    emulated = None if emulate not in EMULATE else {
-        "isa": emulate, "held": held(emulate), "not_held": EMULATE[emulate]["not_held"]}
+    emulated = None if emulate not in EMULATE else emulation(emulate, peers)
     return {"cpu": _cpu(), "l2": _l2(), "isa_build": isa_build(), "emulated": emulated,
             "blas": blas,
             "physical_cores": physical_cores(affinity), "threads": threads,
@@ -313,8 +342,8 @@ def describe(env: dict) -> str:
     blas = f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')} kernels)"
     emulated = env.get("emulated")
     held = "" if not emulated else (
-        f", {emulated['isa'].upper()} emulated (every peer held to it but "
-        f"{', '.join(emulated['not_held'])})")
+        f", {emulated['isa'].upper()} emulated (every peer held to it"
+        + (f" but {', '.join(emulated['not_held'])})" if emulated["not_held"] else ")"))
     return (f"{cpu['model']} [{', '.join(cpu['flags']) or 'no avx2'}]; grufast "
             f"{env['isa_build']} build{held}; L2 {env['l2']}; BLAS {blas}; "
             f"{env['thread_mode']}; {env['date']}")

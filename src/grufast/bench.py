@@ -92,9 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jax-unroll", type=int_at_least("--jax-unroll"), metavar="N",
                    help="JAX's scan unroll (default: the fastest of 1, 2, 4, 8 per shape)")
     p.add_argument("--emulate", choices=["avx2"],
-                   help="hold grufast and every peer that has a setting for it to this ISA "
-                        "(an AVX2 CPU on one with AVX-512; docs/bench_method.md says how "
-                        "each is held; ONNX Runtime cannot be)")
+                   help="hold grufast and every peer to this ISA (an AVX2 CPU on one with "
+                        "AVX-512; docs/bench_method.md says how each is held)")
     p.add_argument("--json", type=output_file, help="write the results to this JSON file")
     p.add_argument("--plot", type=output_file, help="write a PNG plot here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
@@ -379,7 +378,7 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
     from grufast._bench_env import cpus_for, visible_cpus, worker_env
 
     cpus = cpus_for(threads)
-    env = worker_env(threads, settings.get("emulate"))
+    env = worker_env(threads, settings.get("emulate"), settings.get("onnxruntime_hold"))
     env["GRUFAST_BENCH_VISIBLE_CPUS"] = str(len(visible_cpus()))
     settings = {**settings, "jax_unroll_cache": os.path.join(tmp, "jax_unroll.json")}
     settings_path = os.path.join(tmp, "settings.json")
@@ -399,6 +398,20 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
                          f"(exit status {proc.returncode}); its error is printed above")
     with open(out) as f:
         return json.load(f)
+
+
+def _hold_onnxruntime(tmp: str) -> dict:
+    """ONNX Runtime held to the emulated ISA for the workers (a patched copy under ``tmp``:
+    _bench_hold), or why it cannot be, said on stderr and in the record."""
+    from grufast._bench_hold import HoldError, hold_onnxruntime
+
+    try:
+        path, how = hold_onnxruntime(os.path.join(tmp, "held_onnxruntime"))
+    except (HoldError, OSError) as e:
+        print(f"onnxruntime: not held to the emulated ISA ({e}); its column runs the "
+              "CPU's own kernels", file=sys.stderr)
+        return {"error": str(e)}
+    return {"path": path, "how": how}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -428,6 +441,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         thread_counts = args.threads or sorted({1, len(visible_cpus())})
     with tempfile.TemporaryDirectory() as tmp:
+        if settings["emulate"] and "onnxruntime" in settings["peers"]:
+            settings["onnxruntime_hold"] = _hold_onnxruntime(tmp)
         results = [_in_worker(n, settings, tmp) for n in thread_counts]
     if args.json:
         with open(args.json, "w") as f:
