@@ -9,8 +9,12 @@ gives the median wall time of the whole work and the ratio 2 threads / 1 thread 
 the second thread loses; the target is at most 1.2). ONNX Runtime runs one GRU node (the
 model's own to_onnx export) with intra_op_num_threads = n, inter_op_num_threads = 1.
 
+``--emulate avx2`` runs it all as on an AVX2 machine: grufast's AVX2 build, OpenBLAS on its
+Haswell kernels, and ONNX Runtime's copy held to its FMA3 kernels (grufast._bench_hold, as in
+the bench's --emulate avx2).
+
 Usage:
-    python tools/load_test.py [--rounds 3] [--out docs/load_test.txt]
+    python tools/load_test.py [--rounds 3] [--out docs/load_test.txt] [--emulate avx2]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -138,17 +143,47 @@ def measure(scenario: str, lib: str, shape, rounds: int, onnx_dir: str) -> dict[
     return {n: statistics.median(v) for n, v in out.items()}
 
 
+HELD = "GRUFAST_LOAD_TEST_HELD"  # set in the held run: what holds onnxruntime
+
+
+def _held_run(argv: list[str]) -> int:
+    """This script again, in a process whose libraries are held to AVX2 (the processes it
+    starts inherit the environment)."""
+    from grufast._bench_hold import hold_onnxruntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, how = hold_onnxruntime(tmp)
+        env = {**os.environ, "GRUFAST_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell", HELD: how,
+               "PYTHONPATH": os.pathsep.join(
+                   [path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                             if p])}
+        return subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
+                              env=env, check=False).returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file")
     parser.add_argument("--scenarios", default="hog,threads4,procs2")
+    parser.add_argument("--emulate", choices=["avx2"],
+                        help="grufast, OpenBLAS and ONNX Runtime held to AVX2")
     args = parser.parse_args(argv)
+    if args.emulate and HELD not in os.environ:
+        return _held_run(argv if argv is not None else sys.argv[1:])
     os.sched_setaffinity(0, {0, 1})
     from grufast._isa import kernels
 
+    held = ""
+    if args.emulate:
+        import onnxruntime
+
+        where = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__)))
+        if where != os.environ["PYTHONPATH"].split(os.pathsep)[0]:
+            raise SystemExit(f"onnxruntime was imported from {where}, not the held copy")
+        held = f"; AVX2 emulated, OpenBLAS Haswell, onnxruntime: {os.environ[HELD]}"
     lines = [f"grufast kernels {kernels.__name__}, cpus {sorted(os.sched_getaffinity(0))}, "
-             f"load average before {os.getloadavg()[0]:.1f}",
+             f"load average before {os.getloadavg()[0]:.1f}{held}",
              f"{'scenario':9} {'T,B,H':12} {'library':12} {'1 thread s':>10} "
              f"{'2 threads s':>11} {'2/1':>5}"]
     print("\n".join(lines), flush=True)
