@@ -375,15 +375,23 @@ def test_computation_on_the_state_is_refused(tmp_path):
     close(gru(arrays["X"])[0], onnx_y_to_grufast(ort_run(path, {"X": arrays["X"]})[0], 0))
 
 
-@pytest.mark.parametrize("axis, end", [(0, 6), (1, 4), (0, 40), (0, 2**62)],
-                         ids=["time-6", "batch-4", "time-40", "time-to-the-end"])
-def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, end):
+@pytest.mark.parametrize("axis, start, end, refused", [
+    (0, 0, 6, "X is not the input x"), (1, 0, 4, "X is not the input x"),
+    (0, 0, 40, "X is not the input x"), (0, 0, 100, "Slice node"), (1, 0, 50, "Slice node"),
+    (0, -100, 2**62, "Slice node"), (0, 0, 2**62, None), (0, 0, 2**31 - 1, None),
+    (0, -2**62, 2**62, None)],
+    ids=["time-6", "batch-4", "time-40", "time-100", "batch-50", "time-last-100",
+         "time-to-the-end", "time-to-int32-max", "time-from-int64-min"])
+def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, start, end,
+                                                               refused):
     """A Slice of the time or batch axis is the identity on inputs shorter than its end
     only; it used to pass the one probe size and then be dropped (grufast ran every step
-    where the ONNX model ran the first 6). A slice to the end is the identity: accepted."""
+    where the ONNX model ran the first 6). Two probe sizes catch ends below the larger one;
+    ends past it (100 steps, 50 sequences, the last 100 steps) are refused by their
+    values. A slice from the start to the end is the identity: accepted."""
     arrays = base_arrays()
     inits = [numpy_helper.from_array(arrays["W"], "W"), numpy_helper.from_array(arrays["R"], "R"),
-             numpy_helper.from_array(np.array([0], np.int64), "start"),
+             numpy_helper.from_array(np.array([start], np.int64), "start"),
              numpy_helper.from_array(np.array([end], np.int64), "end"),
              numpy_helper.from_array(np.array([axis], np.int64), "axis")]
     nodes = [helper.make_node("Slice", ["X", "start", "end", "axis"], ["Xs"]),
@@ -393,12 +401,12 @@ def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, e
             "Y_h", TensorProto.FLOAT, None)], inits)
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
-    if end < 2**62:
-        with pytest.raises(ValueError, match="X is not the input x"):
+    if refused:
+        with pytest.raises(ValueError, match=refused):
             grufast.GRU.from_onnx(path)
         return
     gru = grufast.GRU.from_onnx(path)
-    x = np.random.default_rng(5).standard_normal((70, 2, I_)).astype(np.float32)
+    x = np.random.default_rng(5).standard_normal((130, 2, I_)).astype(np.float32)
     close(gru(x)[1][0], ort_run(path, {"X": x})[0][0])
 
 

@@ -133,6 +133,23 @@ def _axes(node, ins, opset, since):
     return None if len(ins) < 2 or ins[1] is None else [int(a) for a in ins[1]]
 
 
+def slice_params(node, ins: list, opset: int) -> list[tuple[int, int, int, int]]:
+    """A Slice node's (axis, start, end, step) per sliced axis, from its attributes before
+    opset 10 and its inputs from then on (``ins``: the input values, the data first)."""
+    a = attributes(node)
+    if opset < 10:
+        starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
+    else:
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 and ins[3] is not None else None
+        steps = ins[4] if len(ins) > 4 and ins[4] is not None else None
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    ndim = ins[0].ndim
+    return [(int(ax) % ndim if -ndim <= int(ax) < ndim else int(ax), int(s), int(e), int(st))
+            for ax, s, e, st in zip(axes, starts, ends, steps)]
+
+
 def run_glue(node, ins: list, opset: int) -> list:
     """One glue operator in NumPy (ONNX semantics)."""
     from onnx import helper, numpy_helper
@@ -180,17 +197,9 @@ def run_glue(node, ins: list, opset: int) -> list:
             shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
         return [x.reshape(shape)]
     if op == "Slice":
-        if opset < 10:
-            starts, ends, axes, steps = a["starts"], a["ends"], a.get("axes"), None
-        else:
-            starts, ends = ins[1], ins[2]
-            axes = ins[3] if len(ins) > 3 and ins[3] is not None else None
-            steps = ins[4] if len(ins) > 4 and ins[4] is not None else None
         index = [slice(None)] * x.ndim
-        axes = range(len(starts)) if axes is None else axes
-        steps = [1] * len(starts) if steps is None else steps
-        for ax, s, e, st in zip(axes, starts, ends, steps):
-            index[int(ax)] = slice(int(s), int(e), int(st))
+        for ax, s, e, st in slice_params(node, ins, opset):
+            index[ax] = slice(s, e, st)
         return [x[tuple(index)]]
     if op == "Split":
         axis = a.get("axis", 0)

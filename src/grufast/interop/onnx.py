@@ -26,7 +26,13 @@ import os
 import numpy as np
 
 from grufast.interop import rzn_to_zrn, zrn_to_rzn
-from grufast.interop._onnx_graph import GLUE_OPS, Graph, OnnxImportError, attributes
+from grufast.interop._onnx_graph import (
+    GLUE_OPS,
+    Graph,
+    OnnxImportError,
+    attributes,
+    slice_params,
+)
 
 DEFAULT_ACTIVATIONS = ["sigmoid", "tanh"]
 GRU_ATTRIBUTES = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
@@ -465,14 +471,48 @@ def _verify(graph, batch_first, h0_batch_major, constants_batch, *, layers, node
             h_roles, l_roles, D, H) -> None:
     """Run the graph on probe inputs of each PROBES size; every GRU node must get what
     grufast feeds it."""
-    for probe in PROBES:
-        _verify_at(graph, batch_first, h0_batch_major, constants_batch, probe, layers=layers,
-                   nodes=nodes, idx=idx, roles=roles, h_roles=h_roles, l_roles=l_roles, D=D,
-                   H=H)
+    runs = [_verify_at(graph, batch_first, h0_batch_major, constants_batch, probe,
+                       layers=layers, nodes=nodes, idx=idx, roles=roles, h_roles=h_roles,
+                       l_roles=l_roles, D=D, H=H) for probe in PROBES]
+    _check_slices(graph, idx[-1] + 1, runs)
+
+
+# Where a Slice runs to the end (or from the start) of an axis, exporters write INT64's
+# extreme (PyTorch) or INT32's; anything nearer is a size.
+SLICE_UNBOUNDED = 2**31 - 1
+
+
+def _check_slices(graph, upto, runs) -> None:
+    """Each Slice on the way to the GRU nodes must be the identity, at any size, on every
+    axis whose extent follows the input's (time, batch: the axes whose size differs
+    between the probes): from 0 or an unbounded start, to an unbounded end, step 1. The
+    probes only show a slice to be the identity up to their sizes; one ending at 100 would
+    pass both and then cut longer inputs in the ONNX model but not in grufast's import.
+    Ends computed from the input's shape (Shape, Gather) differ between the probes and are
+    judged by the probes' values."""
+    for k, node in enumerate(graph.nodes[:upto]):
+        if node.op_type != "Slice":
+            continue
+        shapes = [values[node.input[0]].shape for values in runs]
+        dynamic = {i for i in range(len(shapes[0])) if len({s[i] for s in shapes}) > 1}
+        params = [slice_params(node, [values[i] if i else None for i in node.input],
+                               graph.opset) for values in runs]
+        for j, (ax, start, end, step) in enumerate(params[0]):
+            if ax not in dynamic or any(p[j][2] != end for p in params[1:]):
+                continue
+            if step != 1 or end < SLICE_UNBOUNDED or not (
+                    start == 0 or start <= -SLICE_UNBOUNDED):
+                raise OnnxImportError(
+                    f"ONNX model: Slice node {node.name or f'#{k}'!r} takes [{start}:{end}:"
+                    f"{step}] of axis {ax}, whose size follows the input's (time or batch): "
+                    "the identity only on inputs that fit it, which grufast's import cannot "
+                    "represent; glue may slice such an axis only whole (start 0, end "
+                    f">= {SLICE_UNBOUNDED}, step 1)")
 
 
 def _verify_at(graph, batch_first, h0_batch_major, constants_batch, probe, *, layers, nodes,
-               idx, roles, h_roles, l_roles, D, H) -> None:
+               idx, roles, h_roles, l_roles, D, H) -> dict:
+    """One probe's run; returns every value computed, by name."""
     feeds, T, B = _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch,
                                layers, D, H, probe)
     values = graph.run(feeds, upto=idx[-1] + 1)
@@ -508,6 +548,7 @@ def _verify_at(graph, batch_first, h0_batch_major, constants_batch, probe, *, la
             got = values[node.input[4]]
             if not np.array_equal(got, feeds[by_role["lengths"]]):
                 raise OnnxImportError(f"{label}: sequence_lens is not the lengths input")
+    return values
 
 
 def _build(cls, graph, batch_first, h0_batch_major, h_src, l_src, *, layers, nodes, idx,
