@@ -17,14 +17,17 @@ from grufast._bench_hold import HoldError, hold_onnxruntime, patch_xgetbv, xgetb
 
 needs_x86 = pytest.mark.skipif(os.uname().machine != "x86_64", reason="xgetbv is x86-64")
 
-# Two functions: one reads XCR0, the other returns a constant whose encoding contains
+# One function reads XCR0 with junk in eax and edx beforehand (the patch must set all of
+# eax, not only its low byte); the other returns a constant whose encoding contains
 # xgetbv's three bytes (mov eax, 0xd0010f: b8 0f 01 d0 00), which a byte search would
-# "patch" into a different constant.
+# "patch" into a different constant. Linked with its code at 0x10000000, far from its file
+# offset, so that the patch must map addresses to offsets.
 LIB_SOURCE = textwrap.dedent("""
-    unsigned xcr0_low(void) {
+    unsigned xcr0_low32(void) {
         unsigned eax, edx;
-        __asm__ volatile ("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
-        return eax & 0xff;
+        __asm__ volatile ("movl $0xdeadbeef, %%eax\\n\\tmovl $0xfeedface, %%edx\\n\\txgetbv"
+                          : "=a"(eax), "=d"(edx) : "c"(0));
+        return eax;
     }
     unsigned lookalike(void) {
         unsigned v;
@@ -32,16 +35,29 @@ LIB_SOURCE = textwrap.dedent("""
         return v;
     }
 """)
+# An xgetbv of an XCR the caller picks: not provably XCR0, so not patched.
+ANY_XCR_SOURCE = textwrap.dedent("""
+    unsigned xcr_low32(unsigned which) {
+        unsigned eax, edx;
+        __asm__ volatile ("xgetbv" : "=a"(eax), "=d"(edx) : "c"(which));
+        return eax;
+    }
+""")
+
+
+def _compile(d, source, name, *flags):
+    src = d / f"{name}.c"
+    src.write_text(source)
+    lib = d / f"lib{name}.so"
+    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", *flags, str(src), "-o", str(lib)],
+                   check=True)
+    return lib
 
 
 @pytest.fixture(scope="module")
 def tiny_lib(tmp_path_factory):
-    d = tmp_path_factory.mktemp("xgetbv")
-    src = d / "lib.c"
-    src.write_text(LIB_SOURCE)
-    lib = d / "libx.so"
-    subprocess.run(["gcc", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
-    return lib
+    return _compile(tmp_path_factory.mktemp("xgetbv"), LIB_SOURCE, "x",
+                    "-Wl,-Ttext-segment=0x10000000")
 
 
 def _call(lib, name):
@@ -54,22 +70,35 @@ def _call(lib, name):
 
 @needs_x86
 def test_patch_replaces_each_xgetbv_and_nothing_else(tiny_lib, tmp_path):
-    """After the patch XCR0's low byte reads x87 | SSE | AVX (AVX-512's bits 5-7 clear),
-    and the look-alike bytes inside another instruction are left alone."""
-    before = _call(tiny_lib, "xcr0_low")
+    """After the patch XCR0's low 32 bits read exactly x87 | SSE | AVX (AVX-512's bits 5-7
+    and AMX's 17-18 clear, whatever eax held before), and the look-alike bytes inside
+    another instruction are left alone."""
+    before = _call(tiny_lib, "xcr0_low32")
     assert before & 0x7 == 0x7  # this machine's OS saves AVX state
     copy = tmp_path / "libx_held.so"
     shutil.copy(tiny_lib, copy)
     data = copy.read_bytes()
     assert data.count(b"\x0f\x01\xd0") == 2  # the instruction and the look-alike
     assert patch_xgetbv(str(copy)) == 1
-    assert _call(copy, "xcr0_low") == 0x7
+    assert _call(copy, "xcr0_low32") == 0x7
     assert _call(copy, "lookalike") == 0xd0010f == _call(tiny_lib, "lookalike")
     assert xgetbv_offsets(str(copy)) == []
     changed = [i for i, (a, b) in enumerate(zip(data, copy.read_bytes())) if a != b]
     assert len(changed) <= 3 and changed[-1] - changed[0] <= 2
 
 
+@needs_x86
+def test_an_xgetbv_not_shown_to_read_xcr0_is_refused(tmp_path):
+    """With ecx from the caller, the replacement's result would not be XCR0's: refused,
+    and the file left as it was."""
+    lib = _compile(tmp_path, ANY_XCR_SOURCE, "anyxcr")
+    data = lib.read_bytes()
+    with pytest.raises(HoldError, match="cannot show"):
+        patch_xgetbv(str(lib))
+    assert lib.read_bytes() == data
+
+
+@needs_x86
 def test_without_objdump_the_hold_says_why(tiny_lib, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(HoldError, match="objdump"):
@@ -132,9 +161,10 @@ def test_the_held_copy_computes_what_the_installed_package_does(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     installed = os.path.dirname(ort.__file__)
     before = _tree_digest(installed)
-    path, how = hold_onnxruntime(str(tmp_path / "held"))
+    path = str(tmp_path / "held")
+    how = hold_onnxruntime(path)
     assert _tree_digest(installed) == before
-    assert "FMA3" in how and "onnxruntime_pybind11_state" in how
+    assert "FMA3" in how and "replaced in the extension" in how
     held = os.path.join(path, "onnxruntime")
     (ext,) = [f for f in os.listdir(os.path.join(held, "capi"))
               if f.startswith("onnxruntime_pybind11_state")]  # the library Python loads

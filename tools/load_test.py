@@ -143,20 +143,34 @@ def measure(scenario: str, lib: str, shape, rounds: int, onnx_dir: str) -> dict[
     return {n: statistics.median(v) for n, v in out.items()}
 
 
+SCENARIOS = ("hog", "threads4", "procs2")
+
+
+def _scenarios(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {unknown}; choose among "
+                                         f"{', '.join(SCENARIOS)}")
+    return names
+
+
 HELD = "GRUFAST_LOAD_TEST_HELD"  # set in the held run: what holds onnxruntime
 
 
 def _held_run(argv: list[str]) -> int:
     """This script again, in a process whose libraries are held to AVX2 (the processes it
     starts inherit the environment)."""
-    from grufast._bench_hold import hold_onnxruntime
+    from grufast._bench_hold import HoldError, hold_onnxruntime, python_path
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, how = hold_onnxruntime(tmp)
+        try:
+            how = hold_onnxruntime(tmp)
+        except HoldError as e:
+            print(f"error: --emulate avx2 cannot hold onnxruntime here: {e}", file=sys.stderr)
+            return 2
         env = {**os.environ, "GRUFAST_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell", HELD: how,
-               "PYTHONPATH": os.pathsep.join(
-                   [path] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                             if p])}
+               "PYTHONPATH": python_path(tmp, os.environ)}
         return subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
                               env=env, check=False).returncode
 
@@ -165,7 +179,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file")
-    parser.add_argument("--scenarios", default="hog,threads4,procs2")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), type=_scenarios,
+                        help=f"comma-separated, among {', '.join(SCENARIOS)}")
     parser.add_argument("--emulate", choices=["avx2"],
                         help="grufast, OpenBLAS and ONNX Runtime held to AVX2")
     args = parser.parse_args(argv)
@@ -176,19 +191,19 @@ def main(argv=None) -> int:
 
     held = ""
     if args.emulate:
-        import onnxruntime
+        from grufast._bench_hold import imported_from
 
-        where = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__)))
-        if where != os.environ["PYTHONPATH"].split(os.pathsep)[0]:
-            raise SystemExit(f"onnxruntime was imported from {where}, not the held copy")
+        if not imported_from(os.environ["PYTHONPATH"].split(os.pathsep)[0]):
+            raise SystemExit("onnxruntime was not imported from the held copy")
         held = f"; AVX2 emulated, OpenBLAS Haswell, onnxruntime: {os.environ[HELD]}"
     lines = [f"grufast kernels {kernels.__name__}, cpus {sorted(os.sched_getaffinity(0))}, "
-             f"load average before {os.getloadavg()[0]:.1f}{held}",
+             f"load average before {os.getloadavg()[0]:.1f}, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}{held}",
              f"{'scenario':9} {'T,B,H':12} {'library':12} {'1 thread s':>10} "
              f"{'2 threads s':>11} {'2/1':>5}"]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as onnx_dir:
-        for scenario in args.scenarios.split(","):
+        for scenario in args.scenarios:
             for shape in SHAPES:
                 for lib in ("grufast", "onnxruntime"):
                     t = measure(scenario, lib, shape, args.rounds, onnx_dir)

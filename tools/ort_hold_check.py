@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ORT = """
 import sys, time, numpy as np, onnxruntime as ort
@@ -31,6 +32,7 @@ s = ort.InferenceSession(helper.make_model(g).SerializeToString(), so,
                          providers=["CPUExecutionProvider"])
 a, b = (np.random.default_rng(i).random((n, n), dtype=np.float32) for i in (0, 1))
 run = lambda: s.run(None, {"A": a, "B": b})
+print(ort.capi.onnxruntime_pybind11_state.__file__)
 """
 BLAS = """
 import sys, time, numpy as np
@@ -49,36 +51,45 @@ print(2 * n ** 3 / sorted(ts)[4] / 1e9)
 """
 
 
-def rate(code: str, n: int, env: dict) -> float:
+def rate(code: str, n: int, env: dict[str, str], held: str | None = None) -> float:
+    """GFLOP/s of ``code``'s product in a fresh process pinned to one core; ``held``: the
+    held copy's directory, which the process must have imported ONNX Runtime from."""
     out = subprocess.run([sys.executable, "-c", code + TIME, str(n)], env=env,
-                         capture_output=True, text=True, check=True,
+                         capture_output=True, text=True, check=True, cwd=tempfile.gettempdir(),
                          preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
-    return float(out.stdout)
+    lines = out.stdout.split()
+    if held is not None and not lines[0].startswith(os.path.join(held, "")):
+        raise SystemExit(f"the held run imported ONNX Runtime from {lines[0]}")
+    return float(lines[-1])
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    from grufast._bench_hold import hold_onnxruntime
+    from grufast._bench_hold import hold_onnxruntime, python_path
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    print(f"$ python tools/ort_hold_check.py --n {args.n} --rounds {args.rounds}   # "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, one pinned core")
     with tempfile.TemporaryDirectory() as tmp:
-        path, how = hold_onnxruntime(tmp)
+        how = hold_onnxruntime(tmp)
         print(f"held copy: {how}")
-        runs = {"onnxruntime as installed": (ORT, base),
-                "onnxruntime held": (ORT, {**base, "PYTHONPATH": path}),
-                "OpenBLAS, Haswell kernels": (BLAS, {**base, "OPENBLAS_CORETYPE": "Haswell"})}
+        runs = {"onnxruntime as installed": (ORT, base, None),
+                "onnxruntime held": (ORT, {**base, "PYTHONPATH": python_path(tmp, base)}, tmp),
+                "OpenBLAS, Haswell kernels": (BLAS, {**base, "OPENBLAS_CORETYPE": "Haswell"},
+                                              None)}
         rates = {k: [] for k in runs}
         for _ in range(args.rounds):
-            for name, (code, env) in runs.items():
-                rates[name].append(rate(code, args.n, env))
+            for name, (code, env, held) in runs.items():
+                rates[name].append(rate(code, args.n, env, held))
     print(f"float32 MatMul {args.n}^3, one core, GFLOP/s (median of {args.rounds} rounds; "
           "each the median of 9 calls):")
     for name, rs in rates.items():
         print(f"  {name:28s} {statistics.median(rs):7.1f}  ({min(rs):.1f}-{max(rs):.1f})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

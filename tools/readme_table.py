@@ -74,11 +74,11 @@ def main(path: str) -> None:
                 if rs:
                     parts.append(f"{label} {min(rs):.2f}–{max(rs):.2f}×")
             if parts:
-                which = (f"held to {emulated['isa'].upper()} (all but "
-                         f"{', '.join(sorted(out))})" if out else
-                         f", every peer held to {emulated['isa'].upper()}")
-                print(f"{kind.capitalize()} against the fastest peer"
-                      + (" " if out else "") + which + ": " + ", ".join(parts) + ".")
+                isa = emulated["isa"].upper()
+                which = (f" held to {isa} (all but {', '.join(sorted(out))})" if out
+                         else f", every peer held to {isa}")
+                print(f"{kind.capitalize()} against the fastest peer{which}: "
+                      + ", ".join(parts) + ".")
     for res, label in runs:
         s = res.get("streaming", {})  # absent from a --tables-only run
         for L, cells in s.get("layers", {}).items():

@@ -160,7 +160,7 @@ def held(emulate: str) -> dict[str, str]:
 
 
 def worker_env(threads: int, emulate: str | None = None,
-               ort_hold: dict | None = None) -> dict[str, str]:
+               ort_hold: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a worker process with ``threads`` threads, every library held to
     the ISA ``emulate`` names (a key of EMULATE) where it can be; ``ort_hold``: ONNX
     Runtime's hold (ORT_HOLD_VAR), its held copy put first on PYTHONPATH."""
@@ -180,9 +180,9 @@ def worker_env(threads: int, emulate: str | None = None,
         if ort_hold is not None:
             env[ORT_HOLD_VAR] = json.dumps(ort_hold)
             if "path" in ort_hold:
-                env["PYTHONPATH"] = os.pathsep.join(
-                    [ort_hold["path"]] + [p for p in env.get("PYTHONPATH", "").split(
-                        os.pathsep) if p])
+                from grufast._bench_hold import python_path
+
+                env["PYTHONPATH"] = python_path(ort_hold["path"], env)
     env["XLA_FLAGS"] = " ".join(flags)
     return env
 
@@ -286,16 +286,18 @@ def emulation(emulate: str, peers: list[str]) -> dict:
     with why. ONNX Runtime counts as held only where this process imported the held copy."""
     record = {"isa": emulate, "held": held(emulate), "not_held": {}}
     if "onnxruntime" in peers:
+        from grufast._bench_hold import imported_from
+
         hold = json.loads(os.environ.get(ORT_HOLD_VAR, "null")) or {
             "error": "the bench made no held copy for this worker"}
-        import onnxruntime
-
-        imported = os.path.dirname(os.path.dirname(os.path.abspath(onnxruntime.__file__)))
-        if "path" in hold and imported == os.path.abspath(hold["path"]):
+        if "path" in hold and imported_from(hold["path"]):
             record["held"]["onnxruntime"] = hold["how"]
         else:
+            import onnxruntime
+
             record["not_held"]["onnxruntime"] = hold.get(
-                "error", f"onnxruntime was imported from {imported}, not the held copy")
+                "error", f"onnxruntime was imported from {onnxruntime.__file__}, not the "
+                         "held copy")
     return record
 
 

@@ -1,22 +1,28 @@
 """ONNX Runtime held to AVX2 on a CPU with AVX-512, for ``python -m grufast bench --emulate
-avx2``.
+avx2`` (and ``tools/load_test.py --emulate avx2``).
 
 MLAS, ONNX Runtime's kernels, picks its AVX-512 kernels where CPUID reports AVX512F *and*
 XCR0, which the instruction ``xgetbv`` reads, says that the operating system saves the
 AVX-512 registers (bits 5-7), the test every library makes. On a machine whose operating
 system does not enable AVX-512 (a kernel booted with ``clearcpuid=avx512f``, a hypervisor
 that masks it) those bits are clear, and MLAS runs its FMA3 (AVX2) kernels, as on an
-AVX2-only CPU. ONNX Runtime has no setting for this, so the bench gives the workers a copy
-of the installed package in which each ``xgetbv`` of its native libraries is replaced by
-``mov al, 7; nop`` (three bytes for three): XCR0's low byte then reads x87, SSE and AVX
-state and nothing else, so every AVX-512 test fails (the bits above the low byte keep what
-the register held; they name state that CPUID must also report, none of it
-AVX-512). The installed package is never modified.
+AVX2-only CPU. ONNX Runtime has no setting for this, so the workers get a copy of the
+installed package in which each ``xgetbv`` of its native libraries is replaced by
+``lea eax, [rcx + 7]`` (three bytes for three). Every site reads XCR0, so ecx is 0 there
+(checked, below): eax becomes exactly 7, x87, SSE and AVX state, and every AVX-512 or AMX
+test fails. edx keeps what it held (XCR0's bits 32-63 name no state any library tests
+today). No stack or memory is touched: a push would clobber the red zone these functions
+use. The installed package is never modified.
+
+What this does not change: CPUID, so int8 paths still see AVX-VNNI where the CPU has it
+(the float32 GRU the bench times uses none).
 
 The sites are found with ``objdump`` (GNU binutils), which decodes the instructions: the
 three bytes of ``xgetbv`` also occur inside other instructions (15 times in ONNX Runtime
-1.32's extension, 4 of them instructions). Without objdump, or when a site's bytes are not
-``xgetbv``, ONNX Runtime is left unheld, and the bench's record says why.
+1.32's extension, 4 of them instructions). The hold is refused (HoldError, and the bench
+then records ONNX Runtime as not held, with why) without objdump, on a CPU without AVX or
+AVX-512, where a site's bytes are not ``xgetbv``, where ecx cannot be shown to be 0 at a
+site, or where the extension Python loads has no site.
 
 Checked (``tools/ort_hold_check.py``): a 1024^3 MatMul in the held copy runs at OpenBLAS's
 Haswell rate, 0.57x the unheld one's, on a CPU whose 512-bit units are full width (Zen 5).
@@ -28,45 +34,116 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 XGETBV = b"\x0f\x01\xd0"
-AVX_STATE_ONLY = b"\xb0\x07\x90"  # mov al, 7 (x87 | SSE | AVX); nop
+XCR0_AVX_ONLY = b"\x8d\x41\x07"  # lea eax, [rcx + 7]: 7 = x87 | SSE | AVX state, ecx = 0
+EXTENSION = "onnxruntime_pybind11_state"  # the library Python loads (capi/)
+LINE = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
 
 
 class HoldError(Exception):
     """ONNX Runtime cannot be held here; the message says why."""
 
 
-def _objdump(*args: str) -> str:
+def _objdump(*args: str) -> subprocess.Popen:
+    """objdump with ``args``, its listing read line by line from ``stdout`` (the whole
+    listing of ONNX Runtime's extension is ~250 MB of text)."""
     exe = shutil.which("objdump")
     if exe is None:
         raise HoldError("objdump (GNU binutils) is not installed: it finds MLAS's xgetbv")
-    proc = subprocess.run([exe, *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise HoldError(f"objdump {' '.join(args[:-1])} failed on {args[-1]}: "
-                        f"{proc.stderr.strip()[:200]}")
-    return proc.stdout
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "LC_ALL": "C"})
+
+
+def _finish(proc: subprocess.Popen, what: str) -> None:
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise HoldError(f"objdump failed on {what}: {err.strip()[:200]}")
 
 
 def _code_sections(path: str) -> list[tuple[int, int, int]]:
     """(address, size, file offset) of each code section of an ELF file."""
-    out = _objdump("-h", path)
-    sections = []
+    proc = _objdump("-h", path)
+    out = proc.stdout.read()
+    _finish(proc, path)
     # objdump -h: "Idx Name Size VMA LMA File-off Algn", then the flags on the next line.
     rows = re.finditer(r"^\s*\d+\s+\S+\s+([0-9a-f]+)\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)"
                        r"\s+\S+\s*\n\s*([^\n]*)", out, re.M)
-    for m in rows:
-        if "CODE" in m.group(4):
-            size, vma, offset = (int(m.group(i), 16) for i in (1, 2, 3))
-            sections.append((vma, size, offset))
-    return sections
+    return [(int(m.group(2), 16), int(m.group(1), 16), int(m.group(3), 16))
+            for m in rows if "CODE" in m.group(4)]
+
+
+# Registers an instruction writes without naming them, by the family's 64-bit name less
+# "r" ("cx" is rcx, ecx, cx, cl): a call may clobber every caller-saved register.
+IMPLICIT_WRITES = {
+    "cpuid": {"ax", "bx", "cx", "dx"}, "rdtscp": {"ax", "cx", "dx"},
+    "syscall": {"ax", "cx", "11"}, "rep": {"cx", "si", "di"}, "loop": {"cx"},
+    "call": {"ax", "cx", "dx", "si", "di", "8", "9", "10", "11"},
+    "mul": {"ax", "dx"}, "div": {"ax", "dx"}, "idiv": {"ax", "dx"}, "cltq": {"ax"},
+    "cqto": {"dx"}, "cltd": {"dx"}, "cwtl": {"ax"}, "xchg": None, "xadd": None,
+    "cmpxchg": None}  # None: writes its operands, whichever they are
+
+
+def _family(operand: str) -> tuple[str, bool] | None:
+    """A register operand's family and whether the operand is all of it, or 32 bits of it
+    (a 32-bit write zeroes the rest); None for anything else."""
+    m = re.fullmatch(r"%(?:[re]([a-d]x|si|di|bp|sp)|r(\d+)d?)", operand)
+    if m:
+        return m.group(1) or m.group(2), True
+    m = re.fullmatch(r"%(?:([a-d])[lhx]|(si|di|bp|sp)l?|r(\d+)[wb])", operand)
+    if m:
+        return (f"{m.group(1)}x" if m.group(1) else m.group(2) or m.group(3)), False
+    return None
+
+
+def _ecx_is_zero(window: list[tuple[str, str]]) -> bool:
+    """Whether the straight-line instructions ``window`` (mnemonic, operands; the latest
+    last) leave ecx = 0: its last write zeroes it, or copies a register whose last write
+    zeroes it. Any other write, or one this cannot read, answers no."""
+    want = "cx"
+    for mnem, ops in reversed(window):
+        implicit = next((v for k, v in IMPLICIT_WRITES.items() if mnem.startswith(k)), ())
+        operands = [_family(o) for o in re.split(r",(?![^(]*\))", ops) if o]
+        named = {f[0] for f in operands if f}
+        if implicit is None and want in named or implicit and want in implicit:
+            return False
+        dest = operands[-1] if operands else None
+        if dest is None or dest[0] != want:
+            continue
+        src = operands[0] if len(operands) == 2 else None
+        source = ops.split(",")[0]
+        if not dest[1]:
+            return False  # a partial write: the rest of the register is unknown
+        if mnem.startswith(("xor", "sub")) and src == dest or (
+                mnem.startswith("mov") and source == "$0x0"):
+            return True
+        if mnem.startswith("mov") and src and src[1]:
+            want = src[0]  # a copy: now, was that register zeroed?
+            continue
+        return False
+    return False
 
 
 def xgetbv_offsets(path: str) -> list[int]:
-    """File offsets of every xgetbv instruction in the ELF file ``path``."""
-    listing = _objdump("-d", "--no-show-raw-insn", path)
-    addresses = [int(m.group(1), 16)
-                 for m in re.finditer(r"^\s*([0-9a-f]+):\s+xgetbv\s*$", listing, re.M)]
+    """File offsets of every xgetbv instruction in the ELF file ``path``; HoldError where
+    one is not a read of XCR0 (ecx not shown to be 0 just before it)."""
+    proc = _objdump("-d", "--no-show-raw-insn", path)
+    addresses, window = [], []
+    for line in proc.stdout:
+        m = LINE.match(line)
+        if m is None:
+            window = []  # a label or a gap: straight-line code starts again
+            continue
+        address, mnem, ops = int(m.group(1), 16), m.group(2), m.group(3).strip()
+        if mnem == "xgetbv":
+            if not _ecx_is_zero(window):
+                proc.kill()
+                raise HoldError(f"{path}: cannot show that the xgetbv at {address:#x} reads "
+                                "XCR0 (ecx = 0)")
+            addresses.append(address)
+        window = (window + [(mnem, ops)])[-12:]
+    _finish(proc, path)
     sections = _code_sections(path)
     offsets = []
     for a in addresses:
@@ -78,26 +155,54 @@ def xgetbv_offsets(path: str) -> list[int]:
 
 
 def patch_xgetbv(path: str) -> int:
-    """Replace every xgetbv in the ELF file ``path`` (a copy) by ``mov al, 7; nop``; return
-    how many there were."""
+    """Replace every xgetbv in the ELF file ``path`` (a copy) by ``lea eax, [rcx + 7]``;
+    return how many there were."""
     offsets = xgetbv_offsets(path)
     with open(path, "rb") as f:
         data = bytearray(f.read())
     for o in offsets:
         if data[o:o + 3] != XGETBV:
             raise HoldError(f"{path}: the bytes at offset {o:#x} are not xgetbv")
-        data[o:o + 3] = AVX_STATE_ONLY
+        data[o:o + 3] = XCR0_AVX_ONLY
     with open(path, "wb") as f:
         f.write(data)
     return len(offsets)
 
 
-def hold_onnxruntime(dest: str) -> tuple[str, str]:
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def python_path(first: str, env: dict[str, str]) -> str:
+    """``env``'s PYTHONPATH with ``first`` put first."""
+    return os.pathsep.join([first] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                      if p])
+
+
+def imported_from(path: str) -> bool:
+    """Whether this process's onnxruntime extension is the held copy under ``path``."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ext
+
+    return os.path.abspath(ext.__file__).startswith(os.path.abspath(path) + os.sep)
+
+
+def hold_onnxruntime(dest: str) -> str:
     """Copy the installed ``onnxruntime`` package into ``dest`` with its native libraries'
-    xgetbv patched. Returns the directory to put first on the workers' ``sys.path`` and a
-    line saying what was done; raises HoldError where it cannot be done."""
+    xgetbv patched, to be put first on the ``PYTHONPATH`` of the processes to hold; returns
+    a line saying what was done. HoldError where it cannot be done."""
     import importlib.util
 
+    flags = _cpu_flags()
+    if not {"avx", "avx2", "avx512f"} <= flags:
+        raise HoldError("this CPU (or its OS) reports no AVX-512 (or no AVX2): nothing to "
+                        "hold ONNX Runtime from, or no AVX2 to hold it to")
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
         raise HoldError("onnxruntime is not installed")
@@ -111,9 +216,16 @@ def hold_onnxruntime(dest: str) -> tuple[str, str]:
             if re.search(r"\.so(\.|$)", name) and not os.path.islink(path):
                 n = patch_xgetbv(path)
                 if n:
-                    patched[os.path.relpath(path, copy)] = n
-    if not patched:
-        raise HoldError(f"no xgetbv in {src}'s libraries: MLAS's test is not where expected")
-    sites = ", ".join(f"{n} in {name}" for name, n in sorted(patched.items()))
-    return dest, (f"a copy whose xgetbv reads XCR0 without AVX-512 state, so MLAS runs its "
-                  f"FMA3 kernels (xgetbv replaced: {sites})")
+                    patched[name] = n
+    loaded = [name for name in patched if name.startswith(EXTENSION)]
+    if not loaded:
+        raise HoldError(f"no xgetbv in {src}'s {EXTENSION} extension: MLAS's test is not "
+                        "where expected")
+    check = subprocess.run([sys.executable, "-c", "import onnxruntime"],
+                           env={**os.environ, "PYTHONPATH": python_path(dest, os.environ)},
+                           capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise HoldError(f"the held copy does not import: {check.stderr.strip()[-300:]}")
+    return (f"a copy whose xgetbv reads XCR0 as x87, SSE and AVX state only, so MLAS runs "
+            f"its FMA3 kernels ({patched[loaded[0]]} xgetbv replaced in the extension "
+            f"Python loads)")

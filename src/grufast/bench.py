@@ -400,13 +400,14 @@ def _in_worker(threads: int, settings: dict, tmp: str) -> dict:
         return json.load(f)
 
 
-def _hold_onnxruntime(tmp: str) -> dict:
+def _hold_onnxruntime(tmp: str) -> dict[str, str]:
     """ONNX Runtime held to the emulated ISA for the workers (a patched copy under ``tmp``:
     _bench_hold), or why it cannot be, said on stderr and in the record."""
     from grufast._bench_hold import HoldError, hold_onnxruntime
 
+    path = os.path.join(tmp, "held_onnxruntime")
     try:
-        path, how = hold_onnxruntime(os.path.join(tmp, "held_onnxruntime"))
+        how = hold_onnxruntime(path)
     except (HoldError, OSError) as e:
         print(f"onnxruntime: not held to the emulated ISA ({e}); its column runs the "
               "CPU's own kernels", file=sys.stderr)
