@@ -63,6 +63,13 @@ def rate(code: str, n: int, env: dict[str, str], held: str | None = None) -> flo
     return float(lines[-1])
 
 
+def _cpu() -> str:
+    from grufast._bench_env import _cpu as cpu
+
+    info = cpu()
+    return f"{info['model']} [{', '.join(info['flags'])}]"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1024)
@@ -72,7 +79,7 @@ def main() -> int:
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     print(f"$ python tools/ort_hold_check.py --n {args.n} --rounds {args.rounds}   # "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, one pinned core")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {_cpu()}, one pinned core")
     with tempfile.TemporaryDirectory() as tmp:
         how = hold_onnxruntime(tmp)
         print(f"held copy: {how}")

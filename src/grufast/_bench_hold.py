@@ -25,7 +25,7 @@ AVX-512, where a site's bytes are not ``xgetbv``, where ecx cannot be shown to b
 site, or where the extension Python loads has no site.
 
 Checked (``tools/ort_hold_check.py``): a 1024^3 MatMul in the held copy runs at OpenBLAS's
-Haswell rate, 0.57x the unheld one's, on a CPU whose 512-bit units are full width (Zen 5).
+Haswell rate, 0.54x the unheld one's, on a CPU whose 512-bit units are full width (Zen 5).
 """
 
 from __future__ import annotations
