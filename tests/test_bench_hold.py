@@ -13,9 +13,20 @@ import numpy as np
 import pytest
 
 from grufast import _bench_env as E
-from grufast._bench_hold import HoldError, hold_onnxruntime, patch_xgetbv, xgetbv_offsets
+from grufast._bench_hold import (
+    HoldError,
+    _cpu_flags,
+    hold_onnxruntime,
+    patch_xgetbv,
+    xgetbv_offsets,
+)
 
 needs_x86 = pytest.mark.skipif(os.uname().machine != "x86_64", reason="xgetbv is x86-64")
+# Holding ONNX Runtime needs objdump and something to hold it from (the hold refuses, with
+# why, elsewhere: test_bench's emulation test checks that branch).
+needs_hold = pytest.mark.skipif(
+    not (shutil.which("objdump") and {"avx", "avx2", "avx512f"} <= _cpu_flags()),
+    reason="holding ONNX Runtime needs objdump and a CPU with AVX-512")
 
 # One function reads XCR0 with junk in eax and edx beforehand (the patch must set all of
 # eax, not only its low byte); the other returns a constant whose encoding contains
@@ -98,6 +109,29 @@ def test_an_xgetbv_not_shown_to_read_xcr0_is_refused(tmp_path):
     assert lib.read_bytes() == data
 
 
+# Each: an xgetbv whose ecx the patch cannot show to be 0, in hand-written code (the .L
+# labels leave no symbol, so objdump's listing runs straight through them).
+NOT_SHOWN = {
+    "after-ret": "xor %ecx, %ecx\n ret\n xgetbv\n ret",
+    "branch-in": "xor %ecx, %ecx\n.Lin: xgetbv\n ret\n mov %edi, %ecx\n jmp .Lin",
+    "lock-prefix": "xor %ecx, %ecx\n lock xadd %ecx, (%rsi)\n xgetbv\n ret",
+    "call-between": "xor %ecx, %ecx\n call *%rdx\n xgetbv\n ret",
+    "copied-unknown": "xor %r9d, %r9d\n mov %edi, %r9d\n mov %r9d, %ecx\n xgetbv\n ret",
+}
+
+
+@needs_x86
+@pytest.mark.parametrize("case", sorted(NOT_SHOWN))
+def test_an_xgetbv_whose_ecx_cannot_be_shown_zero_is_refused(tmp_path, case):
+    """Code before a ret or a jump, a branch into the stretch after the zeroing, a prefixed
+    or calling instruction, a register copied in that was not zeroed: each refused."""
+    body = NOT_SHOWN[case].replace("\n", "\\n")
+    source = f'__asm__(".text\\n.globl f\\n.type f,@function\\nf:\\n {body}\\n");\n'
+    lib = _compile(tmp_path, source, "notshown")
+    with pytest.raises(HoldError, match="cannot show|a branch lands"):
+        patch_xgetbv(str(lib))
+
+
 @needs_x86
 def test_without_objdump_the_hold_says_why(tiny_lib, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
@@ -154,7 +188,7 @@ GRU_RUN = textwrap.dedent("""
 """)
 
 
-@needs_x86
+@needs_hold
 def test_the_held_copy_computes_what_the_installed_package_does(tmp_path):
     """The installed package is untouched, the copy has no xgetbv left, a process given the
     copy first on PYTHONPATH imports it, and its GRU gives the installed one's outputs."""

@@ -410,6 +410,72 @@ def test_glue_that_is_the_identity_at_one_size_only_is_refused(tmp_path, axis, s
     close(gru(x)[1][0], ort_run(path, {"X": x})[0][0])
 
 
+def _sliced_model(tmp_path, slice_inputs, nodes_before=(), inits_extra=(), h0=None):
+    """X -> [nodes_before] -> Slice(*slice_inputs) -> GRU, the GRU's Y_h the output; h0: a
+    constant initial_h."""
+    arrays = base_arrays()
+    inits = [numpy_helper.from_array(arrays["W"], "W"),
+             numpy_helper.from_array(arrays["R"], "R"), *inits_extra]
+    gru_in = ["Xs", "W", "R"]
+    if h0 is not None:
+        inits.append(numpy_helper.from_array(h0, "h0"))
+        gru_in += ["", "", "h0"]
+    nodes = [*nodes_before, helper.make_node("Slice", list(slice_inputs), ["Xs"]),
+             helper.make_node("GRU", gru_in, ["Y", "Y_h"], hidden_size=H_)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "X", TensorProto.FLOAT, ["T", "B", I_])], [helper.make_tensor_value_info(
+            "Y_h", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    return path
+
+
+def _i64(name, *values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def test_a_slice_with_a_bounded_start_is_refused_whatever_its_end(tmp_path):
+    """The last 100 steps, the end taken from X's shape: the end follows the size, the
+    start does not (ONNX Runtime ran 100 of 130 steps where grufast ran all 130)."""
+    shape_end = [helper.make_node("Shape", ["X"], ["shape"]),
+                 helper.make_node("Gather", ["shape", "zero"], ["T_end"])]
+    path = _sliced_model(tmp_path, ["X", "start", "T_end", "axis0"], shape_end,
+                         [_i64("start", -100), _i64("zero", 0), _i64("axis0", 0)])
+    with pytest.raises(ValueError, match="Slice node"):
+        grufast.GRU.from_onnx(path)
+
+
+def test_a_batch_slice_ending_at_the_number_of_steps_is_refused(tmp_path):
+    """The batch cut to X's number of steps: the identity wherever there are more steps
+    than sequences, which the probe with 29 sequences and 7 steps is not (ONNX Runtime
+    returned 2 sequences of 10 at T = 2, grufast 10)."""
+    shape_end = [helper.make_node("Shape", ["X"], ["shape"]),
+                 helper.make_node("Gather", ["shape", "zero"], ["T_end"])]
+    path = _sliced_model(tmp_path, ["X", "start", "T_end", "axis1"], shape_end,
+                         [_i64("start", 0), _i64("zero", 0), _i64("axis1", 1)])
+    with pytest.raises(ValueError, match="X is not the input x"):
+        grufast.GRU.from_onnx(path)
+
+
+def test_a_batch_cut_to_one_beside_a_constant_state_of_batch_one_is_refused(tmp_path):
+    """A constant initial_h of batch 1 broadcasts in grufast's import, so the batch stays
+    free in the probes: glue that keeps only the first sequence is caught (it passed when
+    the probes ran at batch 1 and then computed every sequence where ONNX Runtime computed
+    one). Without that glue the model imports, and agrees with ONNX Runtime at batch 1."""
+    h0 = np.random.default_rng(3).standard_normal((1, 1, H_)).astype(np.float32)
+    path = _sliced_model(tmp_path, ["X", "start", "one", "axis1"],
+                         inits_extra=[_i64("start", 0), _i64("one", 1), _i64("axis1", 1)],
+                         h0=h0)
+    with pytest.raises(ValueError, match="X is not the input x"):
+        grufast.GRU.from_onnx(path)
+    whole = _sliced_model(tmp_path, ["X", "start", "end", "axis1"],
+                          inits_extra=[_i64("start", 0), _i64("end", 2**62), _i64("axis1", 1)],
+                          h0=h0)
+    gru = grufast.GRU.from_onnx(whole)
+    x = np.random.default_rng(4).standard_normal((6, 1, I_)).astype(np.float32)
+    close(gru(x)[1][0], ort_run(whole, {"X": x})[0][0])
+
+
 @pytest.mark.parametrize("outputs", [["Yh0"], ["Y0"], ["Y1", "Xc"], ["Y1"], ["Y1", "Yh0"]],
                          ids=["last-node-unused", "earlier-layer-y", "input-passed-through",
                               "stack", "stack-h"])

@@ -166,7 +166,7 @@ def _held_run(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             how = hold_onnxruntime(tmp)
-        except HoldError as e:
+        except (HoldError, OSError) as e:
             print(f"error: --emulate avx2 cannot hold onnxruntime here: {e}", file=sys.stderr)
             return 2
         env = {**os.environ, "GRUFAST_ISA": "avx2", "OPENBLAS_CORETYPE": "Haswell", HELD: how,

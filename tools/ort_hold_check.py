@@ -75,13 +75,17 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    from grufast._bench_hold import hold_onnxruntime, python_path
+    from grufast._bench_hold import HoldError, hold_onnxruntime, python_path
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     print(f"$ python tools/ort_hold_check.py --n {args.n} --rounds {args.rounds}   # "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {_cpu()}, one pinned core")
     with tempfile.TemporaryDirectory() as tmp:
-        how = hold_onnxruntime(tmp)
+        try:
+            how = hold_onnxruntime(tmp)
+        except (HoldError, OSError) as e:
+            print(f"error: onnxruntime cannot be held here: {e}", file=sys.stderr)
+            return 2
         print(f"held copy: {how}")
         runs = {"onnxruntime as installed": (ORT, base, None),
                 "onnxruntime held": (ORT, {**base, "PYTHONPATH": python_path(tmp, base)}, tmp),

@@ -25,7 +25,7 @@ AVX-512, where a site's bytes are not ``xgetbv``, where ecx cannot be shown to b
 site, or where the extension Python loads has no site.
 
 Checked (``tools/ort_hold_check.py``): a 1024^3 MatMul in the held copy runs at OpenBLAS's
-Haswell rate, 0.54x the unheld one's, on a CPU whose 512-bit units are full width (Zen 5).
+Haswell rate, 0.54x the installed one's, on a CPU whose 512-bit units are full width (Zen 5).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 XGETBV = b"\x0f\x01\xd0"
 XCR0_AVX_ONLY = b"\x8d\x41\x07"  # lea eax, [rcx + 7]: 7 = x87 | SSE | AVX state, ecx = 0
@@ -48,18 +49,21 @@ class HoldError(Exception):
 
 def _objdump(*args: str) -> subprocess.Popen:
     """objdump with ``args``, its listing read line by line from ``stdout`` (the whole
-    listing of ONNX Runtime's extension is ~250 MB of text)."""
+    listing of ONNX Runtime's extension is ~250 MB of text); stderr to a temporary file, so
+    that no amount of warnings can fill a pipe nobody reads yet."""
     exe = shutil.which("objdump")
     if exe is None:
         raise HoldError("objdump (GNU binutils) is not installed: it finds MLAS's xgetbv")
-    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "LC_ALL": "C"})
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE,
+                            stderr=tempfile.TemporaryFile(mode="w+"), text=True,
+                            env={**os.environ, "LC_ALL": "C"})
 
 
 def _finish(proc: subprocess.Popen, what: str) -> None:
-    err = proc.stderr.read()
+    proc.stdout.close()
     if proc.wait() != 0:
-        raise HoldError(f"objdump failed on {what}: {err.strip()[:200]}")
+        proc.stderr.seek(0)
+        raise HoldError(f"objdump failed on {what}: {proc.stderr.read().strip()[:200]}")
 
 
 def _code_sections(path: str) -> list[tuple[int, int, int]]:
@@ -74,15 +78,18 @@ def _code_sections(path: str) -> list[tuple[int, int, int]]:
             for m in rows if "CODE" in m.group(4)]
 
 
-# Registers an instruction writes without naming them, by the family's 64-bit name less
-# "r" ("cx" is rcx, ecx, cx, cl): a call may clobber every caller-saved register.
-IMPLICIT_WRITES = {
-    "cpuid": {"ax", "bx", "cx", "dx"}, "rdtscp": {"ax", "cx", "dx"},
-    "syscall": {"ax", "cx", "11"}, "rep": {"cx", "si", "di"}, "loop": {"cx"},
-    "call": {"ax", "cx", "dx", "si", "di", "8", "9", "10", "11"},
-    "mul": {"ax", "dx"}, "div": {"ax", "dx"}, "idiv": {"ax", "dx"}, "cltq": {"ax"},
-    "cqto": {"dx"}, "cltd": {"dx"}, "cwtl": {"ax"}, "xchg": None, "xadd": None,
-    "cmpxchg": None}  # None: writes its operands, whichever they are
+# The instructions the walk back from an xgetbv may cross (mnemonic prefixes), each writing
+# at most its last operand, or the registers IMPLICIT names (by family: "cx" is rcx, ecx,
+# cx, cl). Anything else (a call, a string instruction, a prefix such as lock or data16
+# that objdump prints as the mnemonic) ends the walk with "not shown".
+WALKABLE = ("mov", "lea", "xor", "sub", "add", "or", "and", "sh", "sa", "ro", "not", "neg",
+            "inc", "dec", "test", "cmp", "bt", "set", "cmov", "push", "pop", "nop", "cpuid",
+            "xgetbv", "v", "p")
+READ_ONLY = ("test", "cmp", "bt", "push", "nop")  # their last operand is not written
+IMPLICIT = {"cpuid": {"ax", "bx", "cx", "dx"}, "xgetbv": {"ax", "dx"}}
+# Where straight-line code ends: no instruction after these follows one before them.
+BOUNDARY = ("ret", "jmp", "ud2", "hlt", "int3")
+BRANCH = re.compile(r"^(j[a-z]+|call|loop\w*)$")
 
 
 def _family(operand: str) -> tuple[str, bool] | None:
@@ -97,56 +104,67 @@ def _family(operand: str) -> tuple[str, bool] | None:
     return None
 
 
-def _ecx_is_zero(window: list[tuple[str, str]]) -> bool:
-    """Whether the straight-line instructions ``window`` (mnemonic, operands; the latest
-    last) leave ecx = 0: its last write zeroes it, or copies a register whose last write
-    zeroes it. Any other write, or one this cannot read, answers no."""
+def _ecx_zeroed_at(window: list[tuple[int, str, str]]) -> int | None:
+    """The address of the instruction that zeroes ecx for the xgetbv after the straight-line
+    instructions ``window`` (address, mnemonic, operands; the latest last), directly or
+    through a register copied into it; None where that cannot be shown."""
     want = "cx"
-    for mnem, ops in reversed(window):
-        implicit = next((v for k, v in IMPLICIT_WRITES.items() if mnem.startswith(k)), ())
+    for address, mnem, ops in reversed(window):
+        if not mnem.startswith(WALKABLE) or mnem == "pause":
+            return None
+        if want in IMPLICIT.get(mnem, ()):
+            return None
         operands = [_family(o) for o in re.split(r",(?![^(]*\))", ops) if o]
-        named = {f[0] for f in operands if f}
-        if implicit is None and want in named or implicit and want in implicit:
-            return False
         dest = operands[-1] if operands else None
-        if dest is None or dest[0] != want:
+        if mnem.startswith(READ_ONLY) or dest is None or dest[0] != want:
             continue
         src = operands[0] if len(operands) == 2 else None
-        source = ops.split(",")[0]
         if not dest[1]:
-            return False  # a partial write: the rest of the register is unknown
-        if mnem.startswith(("xor", "sub")) and src == dest or (
-                mnem.startswith("mov") and source == "$0x0"):
-            return True
-        if mnem.startswith("mov") and src and src[1]:
+            return None  # a partial write: the rest of the register is unknown
+        if mnem in ("xor", "sub") and src == dest or (mnem == "mov" and
+                                                      ops.split(",")[0] == "$0x0"):
+            return address
+        if mnem == "mov" and src and src[1]:
             want = src[0]  # a copy: now, was that register zeroed?
             continue
-        return False
-    return False
+        return None
+    return None
 
 
 def xgetbv_offsets(path: str) -> list[int]:
     """File offsets of every xgetbv instruction in the ELF file ``path``; HoldError where
-    one is not a read of XCR0 (ecx not shown to be 0 just before it)."""
+    one is not shown to read XCR0: ecx zeroed in the straight-line code just before it, with
+    no branch into that stretch."""
     proc = _objdump("-d", "--no-show-raw-insn", path)
-    addresses, window = [], []
-    for line in proc.stdout:
-        m = LINE.match(line)
-        if m is None:
-            window = []  # a label or a gap: straight-line code starts again
-            continue
-        address, mnem, ops = int(m.group(1), 16), m.group(2), m.group(3).strip()
-        if mnem == "xgetbv":
-            if not _ecx_is_zero(window):
-                proc.kill()
-                raise HoldError(f"{path}: cannot show that the xgetbv at {address:#x} reads "
-                                "XCR0 (ecx = 0)")
-            addresses.append(address)
-        window = (window + [(mnem, ops)])[-12:]
+    sites, window, targets = [], [], set()
+    try:
+        for line in proc.stdout:
+            m = LINE.match(line)
+            if m is None:
+                window = []  # a label or a gap: straight-line code starts again
+                continue
+            address, mnem, ops = int(m.group(1), 16), m.group(2), m.group(3).strip()
+            if BRANCH.match(mnem) and re.match(r"[0-9a-f]+ <", ops):
+                targets.add(int(ops.split()[0], 16))
+            if "xgetbv" in (mnem, ops.split(" ")[0]):
+                zeroed = _ecx_zeroed_at(window) if mnem == "xgetbv" else None
+                if zeroed is None:
+                    raise HoldError(f"{path}: cannot show that the xgetbv at {address:#x} "
+                                    "reads XCR0 (ecx = 0)")
+                sites.append((zeroed, address))
+            window = [] if mnem.startswith(BOUNDARY) else (window + [(address, mnem, ops)])[-12:]
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     _finish(proc, path)
+    for zeroed, address in sites:
+        if any(zeroed < t <= address for t in targets):
+            raise HoldError(f"{path}: a branch lands between the zeroing of ecx at "
+                            f"{zeroed:#x} and the xgetbv at {address:#x}")
     sections = _code_sections(path)
     offsets = []
-    for a in addresses:
+    for _, a in sites:
         where = [off + a - vma for vma, size, off in sections if vma <= a < vma + size]
         if len(where) != 1:
             raise HoldError(f"xgetbv at {a:#x} in {path} is in no single code section")

@@ -227,6 +227,8 @@ def run_gru(node, ins: list) -> list:
         X = X.transpose(1, 0, 2)
         h0 = None if h0 is None else h0.transpose(1, 0, 2)
     D, H = W.shape[0], R.shape[-1]
+    if h0 is not None and h0.shape[1] == 1 < X.shape[1]:
+        h0 = np.broadcast_to(h0, (h0.shape[0], X.shape[1], h0.shape[2]))  # as grufast does
     direction = a.get("direction", "forward")
     ys, hs = [], []
     for d in range(D):

@@ -429,19 +429,23 @@ def _node_layout_state(value: np.ndarray, layout: int) -> np.ndarray:
 
 
 def _constants_batch(h_roles, l_roles, layout) -> int | None:
-    """The batch a constant initial_h or sequence_lens fixes (None if none does)."""
+    """The batch a constant initial_h or sequence_lens fixes (None if none does). A
+    constant state of batch 1 fixes none: grufast broadcasts it to any batch, so the
+    probes keep their batch sizes (and glue that cuts the batch to 1 is caught)."""
     sizes = {_node_layout_state(r[1], layout).shape[1] for r in h_roles
              if r[0] == "const" and r[1].ndim == 3}
-    sizes |= {r[1].shape[0] for r in l_roles if r[0] == "const" and r[1].ndim == 1}
-    if len(sizes) > 1:
+    lengths = {r[1].shape[0] for r in l_roles if r[0] == "const" and r[1].ndim == 1}
+    sizes |= lengths
+    if len(sizes) > 1 or 1 not in lengths:
         sizes.discard(1)  # grufast broadcasts a constant state of batch 1
     return max(sizes) if sizes else None
 
 
 # The probe sizes (T, B) _verify runs the graph at. Glue that is the identity at one size
 # only (a Slice of the time or batch axis ending past it) passed with one probe and then
-# cut longer inputs in the ONNX model but not in grufast's import; two sizes, far apart.
-PROBES = ((5, 3), (61, 13))
+# cut longer inputs in the ONNX model but not in grufast's import: sizes far apart, one
+# with more sequences than steps (an end taken from the time axis cuts the batch there).
+PROBES = ((5, 3), (61, 13), (7, 29))
 
 
 def _probe_feeds(graph, roles, batch_first, h0_batch_major, constants_batch, layers, D, H,
@@ -489,7 +493,8 @@ def _check_slices(graph, upto, runs) -> None:
     probes only show a slice to be the identity up to their sizes; one ending at 100 would
     pass both and then cut longer inputs in the ONNX model but not in grufast's import.
     Ends computed from the input's shape (Shape, Gather) differ between the probes and are
-    judged by the probes' values."""
+    judged by the probes' values (one probe has more sequences than steps, so an end
+    taken from the other axis's size cuts it)."""
     for k, node in enumerate(graph.nodes[:upto]):
         if node.op_type != "Slice":
             continue
@@ -498,10 +503,14 @@ def _check_slices(graph, upto, runs) -> None:
         params = [slice_params(node, [values[i] if i else None for i in node.input],
                                graph.opset) for values in runs]
         for j, (ax, start, end, step) in enumerate(params[0]):
-            if ax not in dynamic or any(p[j][2] != end for p in params[1:]):
+            if ax not in dynamic:
                 continue
-            if step != 1 or end < SLICE_UNBOUNDED or not (
-                    start == 0 or start <= -SLICE_UNBOUNDED):
+            # Each of start, end and step that is the same at every probe is a constant of
+            # the model and must be the whole axis's; one that follows the sizes (computed
+            # from Shape) is judged by the probes' values.
+            fixed = [all(p[j][i] == params[0][j][i] for p in params[1:]) for i in (1, 2, 3)]
+            if (fixed[0] and not (start == 0 or start <= -SLICE_UNBOUNDED)
+                    or fixed[1] and end < SLICE_UNBOUNDED or fixed[2] and step != 1):
                 raise OnnxImportError(
                     f"ONNX model: Slice node {node.name or f'#{k}'!r} takes [{start}:{end}:"
                     f"{step}] of axis {ax}, whose size follows the input's (time or batch): "
