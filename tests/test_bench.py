@@ -4,7 +4,6 @@ computing the same thing as grufast, and the command's options, with and without
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 import grufast
 from grufast import _bench_peers as P
 from grufast import bench
+from grufast._bench_hold import cannot_hold
 
 # Where the grufast under test was imported from (the source tree or an installed package):
 # the bench's subprocesses must import the same one.
@@ -386,7 +386,7 @@ def test_avx2_emulation_holds_every_peer_that_has_a_setting(tmp_path, monkeypatc
     has_avx2 = {"avx2", "fma"} <= set(rec["cpu"]["flags"])
     assert rec["isa_build"] == ("avx2" if has_avx2 else "baseline")
     # The hold needs objdump and a CPU with AVX-512 to hold ONNX Runtime from.
-    can_hold = shutil.which("objdump") and {"avx2", "avx512f"} <= set(rec["cpu"]["flags"])
+    can_hold = cannot_hold() is None
     assert rec["emulated"]["isa"] == "avx2"
     assert rec["emulated"]["not_held"] == {} if can_hold else (
         "onnxruntime" in rec["emulated"]["not_held"])

@@ -15,7 +15,7 @@ import pytest
 from grufast import _bench_env as E
 from grufast._bench_hold import (
     HoldError,
-    _cpu_flags,
+    cannot_hold,
     hold_onnxruntime,
     patch_xgetbv,
     xgetbv_offsets,
@@ -24,9 +24,9 @@ from grufast._bench_hold import (
 needs_x86 = pytest.mark.skipif(os.uname().machine != "x86_64", reason="xgetbv is x86-64")
 # Holding ONNX Runtime needs objdump and something to hold it from (the hold refuses, with
 # why, elsewhere: test_bench's emulation test checks that branch).
-needs_hold = pytest.mark.skipif(
-    not (shutil.which("objdump") and {"avx", "avx2", "avx512f"} <= _cpu_flags()),
-    reason="holding ONNX Runtime needs objdump and a CPU with AVX-512")
+needs_hold = pytest.mark.skipif(cannot_hold() is not None,
+                                reason="holding ONNX Runtime needs objdump and a CPU with "
+                                       "AVX-512")
 
 # One function reads XCR0 with junk in eax and edx beforehand (the patch must set all of
 # eax, not only its low byte); the other returns a constant whose encoding contains

@@ -212,6 +212,19 @@ class ThreadLimits:
                 jax.config.update("jax_enable_x64", True)
 
 
+def cpu_flags() -> set[str]:
+    """Every feature flag /proc/cpuinfo lists for the first CPU (empty where it cannot be
+    read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.partition(":")[0].strip() == "flags":
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
 def _cpu() -> dict:
     info = {"model": platform.processor() or platform.machine(), "flags": []}
     try:
@@ -225,9 +238,9 @@ def _cpu() -> dict:
                                                              platform.machine()):
             info["model"] = value.strip()
         if key.strip() == "flags":
-            have = set(value.split())
-            info["flags"] = [f for f in ("avx2", "fma", "avx512f") if f in have]
             break
+    have = cpu_flags()
+    info["flags"] = [f for f in ("avx2", "fma", "avx512f") if f in have]
     return info
 
 

@@ -187,15 +187,17 @@ def patch_xgetbv(path: str) -> int:
     return len(offsets)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def cannot_hold() -> str | None:
+    """Why ONNX Runtime cannot be held on this machine, or None: objdump finds the sites,
+    and there must be AVX-512 to hold it from and AVX2 to hold it to."""
+    from grufast._bench_env import cpu_flags
+
+    if shutil.which("objdump") is None:
+        return "objdump (GNU binutils) is not installed: it finds MLAS's xgetbv"
+    if not {"avx", "avx2", "avx512f"} <= cpu_flags():
+        return ("this CPU (or its OS) reports no AVX-512 (or no AVX2): nothing to hold ONNX "
+                "Runtime from, or no AVX2 to hold it to")
+    return None
 
 
 def python_path(first: str, env: dict[str, str]) -> str:
@@ -217,10 +219,9 @@ def hold_onnxruntime(dest: str) -> str:
     a line saying what was done. HoldError where it cannot be done."""
     import importlib.util
 
-    flags = _cpu_flags()
-    if not {"avx", "avx2", "avx512f"} <= flags:
-        raise HoldError("this CPU (or its OS) reports no AVX-512 (or no AVX2): nothing to "
-                        "hold ONNX Runtime from, or no AVX2 to hold it to")
+    why_not = cannot_hold()
+    if why_not:
+        raise HoldError(why_not)
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:
         raise HoldError("onnxruntime is not installed")
